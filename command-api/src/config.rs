@@ -1,0 +1,40 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use platform::config::{JwtArgs, KafkaArgs, LogArgs, RedisArgs, parse_duration};
+
+/// The write side of DevConnect: validates commands against the write model
+/// rebuilt from Kafka and appends their events.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "command-api", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "DEVCONNECT_COMMAND_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Lifetime of a session token.
+    #[arg(long, env = "DEVCONNECT_SESSION_TTL", default_value = "8h", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+    /// How long an append may wait for the broker before the command gets 503.
+    #[arg(long, env = "DEVCONNECT_KAFKA_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+    /// Failed log-ins per account per window before 429.
+    #[arg(long, env = "DEVCONNECT_LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5)]
+    pub login_max_failures_per_account: u64,
+    /// Failed log-ins per client address per window before 429.
+    #[arg(long, env = "DEVCONNECT_LOGIN_MAX_FAILURES_PER_CLIENT", default_value_t = 100)]
+    pub login_max_failures_per_client: u64,
+    #[arg(long, env = "DEVCONNECT_LOGIN_FAILURE_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub login_failure_window: Duration,
+    /// Mark the session cookie `Secure` (set behind HTTPS).
+    #[arg(long, env = "DEVCONNECT_COOKIE_SECURE", default_value_t = false)]
+    pub cookie_secure: bool,
+}

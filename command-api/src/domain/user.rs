@@ -1,0 +1,343 @@
+//! The user aggregate: profile, credentials and sessions.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use events::user::{
+    CredentialsSet, Profile, ProfileUpdated, RevocationReason, SessionStarted, SessionsRevoked, UserEvent,
+    UserRegistered,
+};
+use uuid::Uuid;
+
+use super::Rejection;
+use super::validation::{self, ProfileInput};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub expires_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+impl Session {
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        !self.revoked && self.expires_at > now
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserState {
+    pub user_id: Uuid,
+    pub email: String,
+    pub profile: Profile,
+    /// argon2id PHC string; `None` only between the two events of a sign-up.
+    pub password_hash: Option<String>,
+    pub sessions: HashMap<Uuid, Session>,
+    pub version: u64,
+}
+
+/// A field of a partial update: absent (unchanged), `null` (cleared) or a value.
+pub type Patch<T> = Option<Option<T>>;
+
+#[derive(Debug, Clone, Default)]
+pub struct ProfilePatch {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub age: Patch<i64>,
+    pub gender: Patch<String>,
+    pub about: Patch<String>,
+    pub skills: Patch<Vec<String>>,
+    pub photo_url: Patch<String>,
+}
+
+impl ProfilePatch {
+    fn is_empty(&self) -> bool {
+        self.first_name.is_none()
+            && self.last_name.is_none()
+            && self.age.is_none()
+            && self.gender.is_none()
+            && self.about.is_none()
+            && self.skills.is_none()
+            && self.photo_url.is_none()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum UserCommand {
+    /// Sign-up. The email has been validated and normalised; the password
+    /// hashed (hashing is slow and random, so it happens outside `decide`).
+    Register {
+        user_id: Uuid,
+        email: String,
+        profile: Profile,
+        password_hash: String,
+    },
+    UpdateProfile {
+        patch: ProfilePatch,
+    },
+    /// The current password has been verified by the caller.
+    ChangePassword {
+        new_password_hash: String,
+        keep_session: Uuid,
+    },
+    StartSession {
+        session_id: Uuid,
+        expires_at: DateTime<Utc>,
+    },
+    EndSession {
+        session_id: Uuid,
+    },
+}
+
+/// Sign-up is decided against the email index (who owns this email), the
+/// other commands against the user's own state.
+pub fn decide_registration(email_owner: Option<Uuid>, command: UserCommand) -> Result<Vec<UserEvent>, Rejection> {
+    let UserCommand::Register { user_id, email, profile, password_hash } = command else {
+        return Err(Rejection::invalid("unsupported_command", "not a registration"));
+    };
+    if email_owner.is_some() {
+        return Err(Rejection::Conflict {
+            code: "email_taken",
+            message: "an account with this email already exists".into(),
+        });
+    }
+    Ok(vec![
+        UserEvent::Registered(UserRegistered { user_id, email_id: email, profile }),
+        UserEvent::CredentialsSet(CredentialsSet { password_hash }),
+    ])
+}
+
+pub fn decide(state: &UserState, command: UserCommand, now: DateTime<Utc>) -> Result<Vec<UserEvent>, Rejection> {
+    match command {
+        UserCommand::Register { .. } => {
+            Err(Rejection::Conflict { code: "user_exists", message: "user already exists".into() })
+        }
+        UserCommand::UpdateProfile { patch } => {
+            if patch.is_empty() {
+                return Err(Rejection::invalid("empty_update", "send at least one profile field to change"));
+            }
+            let current = &state.profile;
+            let merged = ProfileInput {
+                first_name: patch.first_name.unwrap_or_else(|| current.first_name.clone()),
+                last_name: patch.last_name.unwrap_or_else(|| current.last_name.clone()),
+                age: patch.age.unwrap_or(current.age.map(i64::from)),
+                gender: patch.gender.unwrap_or_else(|| current.gender.map(|g| g.as_str().to_owned())),
+                about: patch.about.unwrap_or_else(|| current.about.clone()),
+                skills: Some(patch.skills.unwrap_or_else(|| Some(current.skills.clone())).unwrap_or_default()),
+                photo_url: patch.photo_url.unwrap_or_else(|| current.photo_url.clone()),
+            };
+            let profile = validation::profile(&merged)?;
+            Ok(vec![UserEvent::ProfileUpdated(ProfileUpdated { profile })])
+        }
+        UserCommand::ChangePassword { new_password_hash, keep_session } => {
+            let mut others: Vec<Uuid> = state
+                .sessions
+                .iter()
+                .filter(|(id, s)| **id != keep_session && s.is_active(now))
+                .map(|(id, _)| *id)
+                .collect();
+            others.sort();
+            let mut events = vec![UserEvent::CredentialsSet(CredentialsSet { password_hash: new_password_hash })];
+            if !others.is_empty() {
+                events.push(UserEvent::SessionsRevoked(SessionsRevoked {
+                    session_ids: others,
+                    reason: RevocationReason::PasswordChanged,
+                }));
+            }
+            Ok(events)
+        }
+        UserCommand::StartSession { session_id, expires_at } => {
+            Ok(vec![UserEvent::SessionStarted(SessionStarted { session_id, expires_at })])
+        }
+        UserCommand::EndSession { session_id } => match state.sessions.get(&session_id) {
+            Some(s) if s.is_active(now) => Ok(vec![UserEvent::SessionsRevoked(SessionsRevoked {
+                session_ids: vec![session_id],
+                reason: RevocationReason::Logout,
+            })]),
+            _ => Err(Rejection::SessionNotActive),
+        },
+    }
+}
+
+/// Folds one event into the state. Events of other aggregates, or a first
+/// event that is not a registration, leave the state as it is.
+pub fn apply(
+    state: Option<UserState>,
+    event: &UserEvent,
+    version: u64,
+    occurred_at: DateTime<Utc>,
+) -> Option<UserState> {
+    let mut state = match (state, event) {
+        (None, UserEvent::Registered(r)) => {
+            return Some(UserState {
+                user_id: r.user_id,
+                email: r.email_id.clone(),
+                profile: r.profile.clone(),
+                password_hash: None,
+                sessions: HashMap::new(),
+                version,
+            });
+        }
+        (None, _) => return None,
+        (Some(s), _) => s,
+    };
+    match event {
+        UserEvent::Registered(_) => {}
+        UserEvent::CredentialsSet(c) => state.password_hash = Some(c.password_hash.clone()),
+        UserEvent::ProfileUpdated(p) => state.profile = p.profile.clone(),
+        UserEvent::SessionStarted(s) => {
+            // Forget sessions that had expired when this one started, so the
+            // map does not grow with every log-in; event time keeps replay
+            // deterministic.
+            state.sessions.retain(|_, old| old.expires_at > occurred_at);
+            state.sessions.insert(s.session_id, Session { expires_at: s.expires_at, revoked: false });
+        }
+        UserEvent::SessionsRevoked(r) => {
+            for id in &r.session_ids {
+                if let Some(s) = state.sessions.get_mut(id) {
+                    s.revoked = true;
+                }
+            }
+        }
+    }
+    state.version = version;
+    Some(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn profile() -> Profile {
+        Profile {
+            first_name: "Ada".into(),
+            last_name: "Lovelace".into(),
+            age: Some(36),
+            gender: None,
+            about: None,
+            skills: vec!["math".into()],
+            photo_url: None,
+        }
+    }
+
+    /// Given these events, folded in order.
+    fn given(events: &[UserEvent]) -> UserState {
+        let now = Utc::now();
+        events
+            .iter()
+            .enumerate()
+            .fold(None, |s, (i, e)| apply(s, e, i as u64 + 1, now))
+            .expect("the history starts with a registration")
+    }
+
+    fn registered(user_id: Uuid) -> Vec<UserEvent> {
+        decide_registration(
+            None,
+            UserCommand::Register {
+                user_id,
+                email: "ada@example.com".into(),
+                profile: profile(),
+                password_hash: "$h1".into(),
+            },
+        )
+        .expect("registers")
+    }
+
+    fn started(session_id: Uuid, hours: i64) -> UserEvent {
+        UserEvent::SessionStarted(SessionStarted { session_id, expires_at: Utc::now() + Duration::hours(hours) })
+    }
+
+    #[test]
+    fn registration_emits_the_profile_and_the_credentials_separately() {
+        let id = Uuid::new_v4();
+        let events = registered(id);
+        assert!(matches!(&events[0], UserEvent::Registered(r) if r.user_id == id && r.email_id == "ada@example.com"));
+        assert!(matches!(&events[1], UserEvent::CredentialsSet(c) if c.password_hash == "$h1"));
+        let state = given(&events);
+        assert_eq!(state.password_hash.as_deref(), Some("$h1"));
+        assert_eq!(state.version, 2);
+    }
+
+    #[test]
+    fn a_taken_email_is_a_conflict() {
+        let cmd = UserCommand::Register {
+            user_id: Uuid::new_v4(),
+            email: "a@b.co".into(),
+            profile: profile(),
+            password_hash: "h".into(),
+        };
+        assert!(matches!(
+            decide_registration(Some(Uuid::new_v4()), cmd),
+            Err(Rejection::Conflict { code: "email_taken", .. })
+        ));
+    }
+
+    #[test]
+    fn a_profile_patch_keeps_unsent_fields_and_clears_nulls() {
+        let state = given(&registered(Uuid::new_v4()));
+        let patch = ProfilePatch { first_name: Some("Augusta".into()), age: Some(None), ..Default::default() };
+        let events = decide(&state, UserCommand::UpdateProfile { patch }, Utc::now()).expect("valid patch");
+        let UserEvent::ProfileUpdated(p) = &events[0] else { panic!("expected ProfileUpdated") };
+        assert_eq!(p.profile.first_name, "Augusta");
+        assert_eq!(p.profile.last_name, "Lovelace");
+        assert_eq!(p.profile.age, None);
+        assert_eq!(p.profile.skills, vec!["math"]);
+    }
+
+    #[test]
+    fn an_invalid_or_empty_patch_is_rejected() {
+        let state = given(&registered(Uuid::new_v4()));
+        let empty = decide(&state, UserCommand::UpdateProfile { patch: ProfilePatch::default() }, Utc::now());
+        assert!(matches!(empty, Err(Rejection::Invalid { code: "empty_update", .. })));
+        let patch = ProfilePatch { age: Some(Some(12)), ..Default::default() };
+        let young = decide(&state, UserCommand::UpdateProfile { patch }, Utc::now());
+        assert!(matches!(young, Err(Rejection::Invalid { code: "age_below_minimum", .. })));
+    }
+
+    #[test]
+    fn logout_revokes_only_an_active_session_once() {
+        let (s1, s2) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut history = registered(Uuid::new_v4());
+        history.push(started(s1, 8));
+        let state = given(&history);
+        let events = decide(&state, UserCommand::EndSession { session_id: s1 }, Utc::now()).expect("active");
+        history.extend(events);
+        let state = given(&history);
+        assert!(state.sessions[&s1].revoked);
+        assert_eq!(
+            decide(&state, UserCommand::EndSession { session_id: s1 }, Utc::now()).err(),
+            Some(Rejection::SessionNotActive)
+        );
+        assert_eq!(
+            decide(&state, UserCommand::EndSession { session_id: s2 }, Utc::now()).err(),
+            Some(Rejection::SessionNotActive)
+        );
+    }
+
+    #[test]
+    fn a_password_change_revokes_every_other_active_session() {
+        let (mine, other, expired) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut history = registered(Uuid::new_v4());
+        history.extend([started(mine, 8), started(other, 8), started(expired, -1)]);
+        let state = given(&history);
+        let events = decide(
+            &state,
+            UserCommand::ChangePassword { new_password_hash: "$h2".into(), keep_session: mine },
+            Utc::now(),
+        )
+        .expect("changes");
+        assert!(matches!(&events[0], UserEvent::CredentialsSet(c) if c.password_hash == "$h2"));
+        let UserEvent::SessionsRevoked(r) = &events[1] else { panic!("expected SessionsRevoked") };
+        assert_eq!(r.session_ids, vec![other]);
+        history.extend(events);
+        let state = given(&history);
+        assert!(state.sessions[&mine].is_active(Utc::now()));
+        assert!(state.sessions[&other].revoked);
+        assert_eq!(state.password_hash.as_deref(), Some("$h2"));
+    }
+
+    #[test]
+    fn events_before_a_registration_are_ignored() {
+        assert_eq!(apply(None, &started(Uuid::new_v4(), 1), 1, Utc::now()), None);
+    }
+}

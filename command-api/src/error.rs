@@ -1,0 +1,62 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use platform::http::{BodyRejection, error_response};
+
+use crate::domain::Rejection;
+use crate::service::CommandError;
+
+/// Every way a command-api request can fail, as one JSON error each.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("{}", .0.message)]
+    Body(BodyRejection),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+}
+
+impl From<BodyRejection> for ApiError {
+    fn from(r: BodyRejection) -> Self {
+        ApiError::Body(r)
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        ApiError::Command(CommandError::Rejected(r))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let command = match self {
+            ApiError::Body(rejection) => return rejection.into_response(),
+            ApiError::BadRequest { code, message } => {
+                return error_response(StatusCode::BAD_REQUEST, code, &message, None);
+            }
+            ApiError::Command(c) => c,
+        };
+        let message = command.to_string();
+        let (status, code, retry_after) = match command {
+            CommandError::Rejected(Rejection::Invalid { code, .. }) => (StatusCode::BAD_REQUEST, code, None),
+            CommandError::Rejected(Rejection::Conflict { code, .. }) => (StatusCode::CONFLICT, code, None),
+            CommandError::Rejected(Rejection::NotFound { code, .. }) => (StatusCode::NOT_FOUND, code, None),
+            CommandError::Rejected(Rejection::SessionNotActive) | CommandError::Unauthenticated => {
+                (StatusCode::UNAUTHORIZED, "invalid_token", None)
+            }
+            CommandError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials", None),
+            CommandError::Throttled { retry_after_secs } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", Some(retry_after_secs))
+            }
+            CommandError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", None),
+            CommandError::Unavailable { dependency, ref detail } => {
+                tracing::warn!(dependency, detail, "dependency unavailable");
+                let message = format!("{dependency} is unavailable; nothing was written, retry shortly");
+                return error_response(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", &message, Some(1));
+            }
+            CommandError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", Some(1)),
+        };
+        error_response(status, code, &message, retry_after)
+    }
+}

@@ -1,0 +1,109 @@
+//! The Kafka edge of the write side: appending a commit, and rebuilding the
+//! write model from the log at start.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use events::{Envelope, Topic, TopicNames, decode_record, encode_record};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::model::{Position, WriteModel};
+
+#[derive(Debug, thiserror::Error)]
+#[error("the broker did not acknowledge the append: {0}")]
+pub struct AppendError(String);
+
+pub struct EventLog {
+    producer: FutureProducer,
+    topics: TopicNames,
+    delivery_timeout: Duration,
+}
+
+impl EventLog {
+    pub fn new(producer: FutureProducer, topics: TopicNames, delivery_timeout: Duration) -> Self {
+        Self { producer, topics, delivery_timeout }
+    }
+
+    /// Appends one command's events as one record keyed by the aggregate id
+    /// and waits for the broker's acknowledgement (`acks=all`).
+    pub async fn append(&self, topic: Topic, commit: &[Envelope]) -> Result<Position, AppendError> {
+        let key = commit.first().map(|e| e.aggregate_id.as_str()).unwrap_or_default();
+        let payload = encode_record(commit);
+        let topic_name = self.topics.name(topic);
+        let record = FutureRecord::to(&topic_name).key(key).payload(&payload);
+        let started = Instant::now();
+        let result = self.producer.send(record, self.delivery_timeout).await;
+        metrics::histogram!("kafka_append_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(delivery) => Ok(Position { topic: topic_name, partition: delivery.partition, offset: delivery.offset }),
+            Err((err, _)) => {
+                metrics::counter!("kafka_append_failures_total").increment(1);
+                Err(AppendError(err.to_string()))
+            }
+        }
+    }
+
+    /// True when the broker answers a metadata request.
+    pub fn broker_reachable(&self) -> bool {
+        use rdkafka::producer::Producer;
+        self.producer.client().fetch_metadata(None, Duration::from_secs(2)).is_ok()
+    }
+}
+
+/// Reads `topic` from the beginning to the high watermark as it was when
+/// called, folding every commit into `model`. Returns the records applied.
+pub async fn rebuild_model(brokers: &str, topic: &str, model: &std::sync::RwLock<WriteModel>) -> anyhow::Result<u64> {
+    let consumer: StreamConsumer = platform::kafka::client_config(brokers)
+        .set("group.id", "command-api-write-model")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions (does it exist?)");
+
+    let mut assignment = TopicPartitionList::new();
+    let mut end_of: HashMap<i32, i64> = HashMap::new();
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        if high > low {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+            end_of.insert(partition, high);
+        }
+    }
+    if end_of.is_empty() {
+        return Ok(0);
+    }
+    consumer.assign(&assignment)?;
+    let mut applied = 0u64;
+    while !end_of.is_empty() {
+        let message = consumer.recv().await?;
+        let (partition, offset) = (message.partition(), message.offset());
+        match decode_record(message.payload().unwrap_or_default()) {
+            Ok(commit) => {
+                let position = Position { topic: topic.to_owned(), partition, offset };
+                model.write().unwrap_or_else(std::sync::PoisonError::into_inner).apply_commit(&commit, position);
+                applied += 1;
+            }
+            // A record we cannot read cannot be part of any decision; the
+            // projector dead-letters the same record. Loud, not fatal.
+            Err(err) => {
+                metrics::counter!("write_model_undecodable_records_total").increment(1);
+                tracing::error!(topic, partition, offset, error = %err, "skipping undecodable record while rebuilding the write model");
+            }
+        }
+        if end_of.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+            end_of.remove(&partition);
+        }
+    }
+    Ok(applied)
+}

@@ -1,0 +1,362 @@
+//! Thin axum handlers: extract, call the command service, shape the answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post, put};
+use axum::{Json, Router};
+use blake2::{Blake2s256, Digest};
+use metrics_exporter_prometheus::PrometheusHandle;
+use platform::auth::{Claims, JwtKeys, TOKEN_COOKIE};
+use platform::http::{ApiJson, CorrelationId, ErrorResponse};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+use uuid::Uuid;
+use views::ConsistencyToken;
+
+use crate::domain::user::ProfilePatch;
+use crate::domain::validation::ProfileInput;
+use crate::error::ApiError;
+use crate::service::{Answer, CommandContext, CommandError, CommandService, Outcome, SignupInput};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<CommandService>,
+    pub keys: Arc<JwtKeys>,
+    pub metrics: PrometheusHandle,
+    pub cookie_secure: bool,
+}
+
+impl FromRef<AppState> for Arc<CommandService> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.service)
+    }
+}
+
+/// The verified claims of the caller's token. The session's state (active,
+/// revoked) is checked by the service under the aggregate's lock.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = platform::auth::token_from_headers(&parts.headers).ok_or(CommandError::Unauthenticated)?;
+        let claims = state.keys.verify(&token).map_err(|_| CommandError::Unauthenticated)?;
+        Ok(Caller(claims))
+    }
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+fn command_context(correlation: CorrelationId, headers: &HeaderMap) -> Result<CommandContext, ApiError> {
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().ok().map(str::trim).filter(|k| {
+                !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic())
+            });
+            let key = key.ok_or_else(|| ApiError::BadRequest {
+                code: "idempotency_key_invalid",
+                message: format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+            })?;
+            Some(key.to_owned())
+        }
+    };
+    Ok(CommandContext { correlation_id: correlation.0, idempotency_key, fingerprint: None })
+}
+
+/// A digest of what the request asks for, secrets left out: passwords must
+/// not be recoverable from the log by guessing against an unsalted digest.
+fn fingerprint(route: &str, body: &impl Serialize) -> String {
+    let mut value = serde_json::to_value(body).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        for secret in ["password", "currentPassword", "newPassword"] {
+            object.remove(secret);
+        }
+    }
+    let digest = Blake2s256::digest(format!("{route}\n{value}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn with_fingerprint(mut ctx: CommandContext, route: &str, body: &impl Serialize) -> CommandContext {
+    if ctx.idempotency_key.is_some() {
+        ctx.fingerprint = Some(fingerprint(route, body));
+    }
+    ctx
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserIdResponse {
+    pub user_id: Uuid,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginResponse {
+    pub token: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub user_id: Uuid,
+}
+
+/// Turns an outcome into the HTTP answer, with the consistency token.
+fn respond(state: &AppState, outcome: Outcome) -> Response {
+    let mut response = match outcome.answer {
+        Answer::Registered { user_id } => (StatusCode::CREATED, Json(UserIdResponse { user_id })).into_response(),
+        Answer::ProfileUpdated { user_id } => (StatusCode::OK, Json(UserIdResponse { user_id })).into_response(),
+        Answer::NoContent => StatusCode::NO_CONTENT.into_response(),
+        Answer::LoggedIn { user_id, session_id, issued_at, expires_at } => {
+            let token = state.keys.sign(&Claims::new(user_id, session_id, issued_at, expires_at));
+            let max_age = (expires_at - chrono::Utc::now()).num_seconds().max(0);
+            let secure = if state.cookie_secure { "; Secure" } else { "" };
+            let cookie =
+                format!("{TOKEN_COOKIE}={token}; HttpOnly; Path=/; SameSite=Strict; Max-Age={max_age}{secure}");
+            let mut response = (StatusCode::OK, Json(LoginResponse { token, expires_at, user_id })).into_response();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+    };
+    let token = ConsistencyToken {
+        topic: outcome.position.topic,
+        partition: outcome.position.partition,
+        offset: outcome.position.offset,
+    };
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&token.encode()) {
+        headers.insert(ConsistencyToken::HEADER, value);
+    }
+    if outcome.replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignupRequest {
+    #[schema(min_length = 2, max_length = 50)]
+    pub first_name: String,
+    #[schema(min_length = 2, max_length = 50)]
+    pub last_name: String,
+    #[schema(format = "email")]
+    pub email_id: String,
+    /// At least 8 characters with upper, lower, digit and symbol.
+    pub password: String,
+    #[schema(minimum = 18)]
+    pub age: Option<i64>,
+    /// male, female or other.
+    pub gender: Option<String>,
+    #[schema(max_length = 500)]
+    pub about: Option<String>,
+    /// At most 10, each at most 30 characters.
+    pub skills: Option<Vec<String>>,
+    #[schema(format = "uri")]
+    pub photo_url: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key")),
+    responses(
+        (status = 201, description = "Account created", body = UserIdResponse),
+        (status = 400, description = "A field breaks a rule; `code` names it", body = ErrorResponse),
+        (status = 409, description = "Email taken", body = ErrorResponse),
+        (status = 503, description = "Kafka unavailable; nothing written", body = ErrorResponse)))]
+pub async fn signup(
+    State(state): State<AppState>,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SignupRequest>,
+) -> Result<Response, ApiError> {
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, "signup", &body);
+    let input = SignupInput {
+        email: body.email_id,
+        password: body.password,
+        profile: ProfileInput {
+            first_name: body.first_name,
+            last_name: body.last_name,
+            age: body.age,
+            gender: body.gender,
+            about: body.about,
+            skills: body.skills,
+            photo_url: body.photo_url,
+        },
+    };
+    let outcome = state.service.signup(input, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginRequest {
+    pub email_id: String,
+    pub password: String,
+}
+
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in; the token is also set as an HttpOnly cookie", body = LoginResponse),
+        (status = 401, description = "Wrong email or password (same answer for both)", body = ErrorResponse),
+        (status = 429, description = "Too many failed attempts; see Retry-After", body = ErrorResponse)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, "login", &body);
+    let outcome = state.service.login(&body.email_id, body.password, peer.ip(), &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "Session revoked on both APIs"), (status = 401, body = ErrorResponse)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ctx = command_context(correlation, &headers)?;
+    let outcome = state.service.logout(&claims, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
+/// `null` means "clear this field"; an absent field stays as it is.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfilePatchRequest {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub age: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub gender: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub about: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub skills: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub photo_url: Option<Option<String>>,
+    /// Not editable here; present only to be refused with a clear error.
+    #[serde(default, skip_serializing)]
+    #[schema(ignore)]
+    pub email_id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    #[schema(ignore)]
+    pub password: Option<serde_json::Value>,
+}
+
+#[utoipa::path(patch, path = "/v1/profile", tag = "profile", request_body = ProfilePatchRequest, security(("bearer" = [])),
+    responses((status = 200, body = UserIdResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
+pub async fn update_profile(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ProfilePatchRequest>,
+) -> Result<Response, ApiError> {
+    if body.email_id.is_some() || body.password.is_some() {
+        return Err(ApiError::BadRequest {
+            code: "field_not_editable",
+            message: "emailId cannot be changed, and the password changes through PUT /v1/profile/password".into(),
+        });
+    }
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, "profile", &body);
+    let patch = ProfilePatch {
+        first_name: body.first_name,
+        last_name: body.last_name,
+        age: body.age,
+        gender: body.gender,
+        about: body.about,
+        skills: body.skills,
+        photo_url: body.photo_url,
+    };
+    let outcome = state.service.update_profile(&claims, patch, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordChangeRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[utoipa::path(put, path = "/v1/profile/password", tag = "profile", request_body = PasswordChangeRequest, security(("bearer" = [])),
+    responses((status = 204, description = "Changed; every other session revoked"), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<PasswordChangeRequest>,
+) -> Result<Response, ApiError> {
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, "password", &body);
+    let outcome = state.service.change_password(&claims, body.current_password, body.new_password, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let service = Arc::clone(&state.service);
+    let kafka = tokio::task::spawn_blocking(move || service.event_log().broker_reachable()).await.unwrap_or(false);
+    let redis = state.service.redis_reachable().await;
+    platform::http::readiness_response(&[("writeModel", state.service.is_ready()), ("kafka", kafka), ("redis", redis)])
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    platform::http::metrics_response(&state.metrics)
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "DevConnect command API", description = "Writes. Every success carries X-Consistency-Token."),
+    paths(signup, login, logout, update_profile, change_password),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/auth/signup", post(signup))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/profile", patch(update_profile))
+        .route("/v1/profile/password", put(change_password))
+        .route("/healthz", get(platform::http::healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    platform::http::with_common_layers(api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())))
+}

@@ -1,0 +1,87 @@
+//! The write side. See ARCHITECTURE.md for how a command flows.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod event_log;
+pub mod http;
+pub mod locks;
+pub mod model;
+pub mod password;
+pub mod service;
+pub mod throttle;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use events::Topic;
+use platform::auth::JwtKeys;
+use views::keys::RedisKeys;
+
+use crate::config::Config;
+use crate::event_log::EventLog;
+use crate::service::CommandService;
+use crate::throttle::{LoginLimits, LoginThrottle};
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let keys = Arc::new(JwtKeys::new(&config.jwt.secret)?);
+    let metrics = platform::http::install_metrics()?;
+    let topics = config.kafka.topics();
+    let user_topic = topics.name(Topic::UserEvents);
+    let brokers = config.kafka.brokers.clone();
+
+    platform::with_retry("creating topics", || {
+        platform::kafka::ensure_topics(
+            &brokers,
+            std::slice::from_ref(&user_topic),
+            config.kafka.partitions,
+            config.kafka.replication,
+        )
+    })
+    .await?;
+    let producer = platform::kafka::event_producer(&brokers, config.delivery_timeout)?;
+    let redis = platform::redis_conn::connect(&config.redis.url)?;
+    let redis_keys = RedisKeys::new(config.redis.prefix.clone());
+    let limits = LoginLimits {
+        per_account: config.login_max_failures_per_account,
+        per_client: config.login_max_failures_per_client,
+        window: config.login_failure_window,
+    };
+    let service = Arc::new(CommandService::new(
+        EventLog::new(producer, topics, config.delivery_timeout),
+        LoginThrottle::new(redis.clone(), redis_keys.clone(), limits),
+        redis,
+        redis_keys,
+        config.session_ttl,
+    ));
+
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let state = http::AppState { service: Arc::clone(&service), keys, metrics, cookie_secure: config.cookie_secure };
+    let server = tokio::spawn(platform::http::serve(listener, http::router(state)));
+
+    // Serve /healthz at once, but commands only once the model is caught up.
+    let started = Instant::now();
+    let records = platform::with_retry("rebuilding the write model", || {
+        event_log::rebuild_model(&brokers, &user_topic, service.model_lock())
+    })
+    .await?;
+    service.mark_ready();
+    tracing::info!(
+        records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "write model rebuilt from the log; ready"
+    );
+
+    let pruner = Arc::clone(&service);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            pruner.prune();
+        }
+    });
+    server.await??;
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The write model: every user's state, the email index and the
+//! idempotency records, folded from the log with the domain's `apply`. It is
+//! rebuilt from Kafka at start (DESIGN.md §2) and updated only after the
+//! broker acknowledged an append.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use events::{Envelope, Event};
+use uuid::Uuid;
+
+use crate::domain::user::{self, UserState};
+
+/// Where a record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A successful command as recorded in the log, kept to answer a retry that
+/// carries the same `Idempotency-Key` (DESIGN.md §6).
+#[derive(Debug, Clone)]
+pub struct IdempotentCommit {
+    pub fingerprint: Option<String>,
+    pub commit: Vec<Envelope>,
+    pub position: Position,
+}
+
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
+
+#[derive(Debug, Default)]
+pub struct WriteModel {
+    users: HashMap<Uuid, UserState>,
+    emails: HashMap<String, Uuid>,
+    /// (acting user, key) → the commit that key produced.
+    idempotency: HashMap<(Uuid, String), IdempotentCommit>,
+    commits_applied: u64,
+}
+
+impl WriteModel {
+    pub fn user(&self, id: Uuid) -> Option<&UserState> {
+        self.users.get(&id)
+    }
+
+    pub fn user_by_email(&self, email: &str) -> Option<&UserState> {
+        self.emails.get(email).and_then(|id| self.users.get(id))
+    }
+
+    pub fn email_owner(&self, email: &str) -> Option<Uuid> {
+        self.emails.get(email).copied()
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn commits_applied(&self) -> u64 {
+        self.commits_applied
+    }
+
+    /// The earlier commit of this caller with this key, if still in the window.
+    pub fn idempotent_commit(&self, caller: Uuid, key: &str, now: DateTime<Utc>) -> Option<&IdempotentCommit> {
+        self.idempotency
+            .get(&(caller, key.to_owned()))
+            .filter(|c| c.commit.first().is_some_and(|e| now - e.occurred_at < IDEMPOTENCY_WINDOW))
+    }
+
+    /// Folds one record's events in. Commits are whole: a record is the unit.
+    pub fn apply_commit(&mut self, commit: &[Envelope], position: Position) {
+        for envelope in commit {
+            let Event::User(event) = &envelope.event;
+            let Ok(user_id) = envelope.aggregate_id.parse::<Uuid>() else {
+                tracing::warn!(aggregate_id = %envelope.aggregate_id, "user event with a non-UUID aggregate id; skipped");
+                continue;
+            };
+            let before = self.users.remove(&user_id);
+            let after = user::apply(before, event, envelope.aggregate_version, envelope.occurred_at);
+            if let Some(state) = after {
+                self.emails.entry(state.email.clone()).or_insert(state.user_id);
+                self.users.insert(user_id, state);
+            }
+        }
+        if let Some(first) = commit.first()
+            && let (Some(actor), Some(key)) = (first.metadata.actor, first.metadata.idempotency_key.clone())
+        {
+            self.idempotency.entry((actor, key)).or_insert_with(|| IdempotentCommit {
+                fingerprint: first.metadata.request_fingerprint.clone(),
+                commit: commit.to_vec(),
+                position,
+            });
+        }
+        self.commits_applied += 1;
+    }
+
+    /// Drops idempotency records older than the window.
+    pub fn prune_idempotency(&mut self, now: DateTime<Utc>) {
+        self.idempotency.retain(|_, c| c.commit.first().is_some_and(|e| now - e.occurred_at < IDEMPOTENCY_WINDOW));
+    }
+}

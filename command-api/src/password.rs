@@ -1,0 +1,57 @@
+//! argon2id hashing, off the async threads (a hash costs tens of ms of CPU).
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+/// Parameters of OWASP's argon2id baseline (19 MiB, 2 passes, 1 lane).
+fn hasher() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+pub async fn hash(password: String) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        hasher()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| anyhow::anyhow!("hashing: {e}"))
+    })
+    .await?
+}
+
+/// Verifies `password` against `hash`; with no hash (unknown account) it
+/// verifies against a fixed dummy, so both paths cost the same and the
+/// response time does not reveal whether an email is registered.
+pub async fn verify(password: String, hash: Option<String>) -> bool {
+    // A real hash made with the same parameters, so the dummy path does the
+    // same work as the real one.
+    static DUMMY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        hasher().hash_password(b"no such account", &salt).map(|h| h.to_string()).unwrap_or_default()
+    });
+    let known = hash.is_some();
+    tokio::task::spawn_blocking(move || {
+        let hash = hash.unwrap_or_else(|| DUMMY.clone());
+        PasswordHash::new(&hash).is_ok_and(|parsed| hasher().verify_password(password.as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .unwrap_or(false)
+        && known
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_salted_and_verify() {
+        let h1 = hash("Str0ng!pass".into()).await.expect("hash");
+        let h2 = hash("Str0ng!pass".into()).await.expect("hash");
+        assert!(h1.starts_with("$argon2id$"));
+        assert_ne!(h1, h2, "salted");
+        assert!(verify("Str0ng!pass".into(), Some(h1.clone())).await);
+        assert!(!verify("wrong".into(), Some(h1)).await);
+        assert!(!verify("Str0ng!pass".into(), None).await);
+    }
+}

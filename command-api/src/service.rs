@@ -1,0 +1,433 @@
+//! The command service: for each command, take the locks of what the
+//! decision reads, answer an idempotent retry from the log, run the pure
+//! `decide`, append the events, and only after the broker's acknowledgement
+//! apply them to the write model (DESIGN.md §2).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use chrono::{DateTime, Utc};
+use events::user::{Profile, UserEvent};
+use events::{Envelope, Event, EventMetadata, Topic};
+use platform::auth::Claims;
+use redis::aio::ConnectionManager;
+use uuid::Uuid;
+use views::SessionDoc;
+use views::keys::RedisKeys;
+
+use crate::domain::user::{self, ProfilePatch, UserCommand, UserState};
+use crate::domain::{Rejection, validation};
+use crate::event_log::EventLog;
+use crate::locks::KeyedLocks;
+use crate::model::{IdempotentCommit, Position, WriteModel};
+use crate::password;
+use crate::throttle::{LoginThrottle, ThrottleError};
+
+/// Request-scoped metadata every command carries into its events.
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    pub correlation_id: String,
+    pub idempotency_key: Option<String>,
+    /// Digest of the request (secrets excluded) to tell a retry from a reuse.
+    pub fingerprint: Option<String>,
+}
+
+/// What a successful command answers; rebuilt from the log for a retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Registered { user_id: Uuid },
+    LoggedIn { user_id: Uuid, session_id: Uuid, issued_at: DateTime<Utc>, expires_at: DateTime<Utc> },
+    ProfileUpdated { user_id: Uuid },
+    NoContent,
+}
+
+impl Answer {
+    /// The answer a commit gave; a pure function of the events, so a retry
+    /// after a restart answers exactly as the first attempt did.
+    pub fn of_commit(commit: &[Envelope]) -> Answer {
+        let user_id = commit.first().and_then(|e| e.aggregate_id.parse().ok()).unwrap_or_default();
+        for envelope in commit {
+            let Event::User(event) = &envelope.event;
+            match event {
+                UserEvent::Registered(r) => return Answer::Registered { user_id: r.user_id },
+                UserEvent::ProfileUpdated(_) => return Answer::ProfileUpdated { user_id },
+                UserEvent::SessionStarted(s) => {
+                    return Answer::LoggedIn {
+                        user_id,
+                        session_id: s.session_id,
+                        issued_at: envelope.occurred_at,
+                        expires_at: s.expires_at,
+                    };
+                }
+                _ => {}
+            }
+        }
+        Answer::NoContent
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub answer: Answer,
+    pub position: Position,
+    /// True when this answers a retry from the log and appended nothing.
+    pub replayed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("wrong email or password")]
+    InvalidCredentials,
+    #[error("invalid, expired or revoked token")]
+    Unauthenticated,
+    #[error("too many attempts")]
+    Throttled { retry_after_secs: u64 },
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    #[error("{dependency} unavailable: {detail}")]
+    Unavailable { dependency: &'static str, detail: String },
+    #[error("the write model is still being rebuilt from the log")]
+    NotReady,
+}
+
+impl From<ThrottleError> for CommandError {
+    fn from(e: ThrottleError) -> Self {
+        match e {
+            ThrottleError::Limited { retry_after_secs } => CommandError::Throttled { retry_after_secs },
+            ThrottleError::Unavailable(err) => {
+                CommandError::Unavailable { dependency: "redis", detail: err.to_string() }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SignupInput {
+    pub email: String,
+    pub password: String,
+    pub profile: validation::ProfileInput,
+}
+
+pub struct CommandService {
+    model: RwLock<WriteModel>,
+    ready: AtomicBool,
+    locks: KeyedLocks,
+    log: EventLog,
+    throttle: LoginThrottle,
+    redis: ConnectionManager,
+    keys: RedisKeys,
+    session_ttl: chrono::Duration,
+}
+
+impl std::fmt::Debug for CommandService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandService").field("ready", &self.is_ready()).finish_non_exhaustive()
+    }
+}
+
+impl CommandService {
+    pub fn new(
+        log: EventLog,
+        throttle: LoginThrottle,
+        redis: ConnectionManager,
+        keys: RedisKeys,
+        session_ttl: std::time::Duration,
+    ) -> Self {
+        Self {
+            model: RwLock::new(WriteModel::default()),
+            ready: AtomicBool::new(false),
+            locks: KeyedLocks::default(),
+            log,
+            throttle,
+            redis,
+            keys,
+            session_ttl: chrono::Duration::from_std(session_ttl).unwrap_or(chrono::Duration::hours(8)),
+        }
+    }
+
+    pub fn model_lock(&self) -> &RwLock<WriteModel> {
+        &self.model
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, WriteModel> {
+        self.model.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, WriteModel> {
+        self.model.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn event_log(&self) -> &EventLog {
+        &self.log
+    }
+
+    pub async fn redis_reachable(&self) -> bool {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok()
+    }
+
+    pub fn prune(&self) {
+        self.write().prune_idempotency(Utc::now());
+    }
+
+    fn ensure_ready(&self) -> Result<(), CommandError> {
+        if self.is_ready() { Ok(()) } else { Err(CommandError::NotReady) }
+    }
+
+    /// A retry of an earlier command by `caller` with the same key, if any.
+    fn replay(&self, caller: Uuid, ctx: &CommandContext) -> Result<Option<Outcome>, CommandError> {
+        let Some(key) = ctx.idempotency_key.as_deref() else { return Ok(None) };
+        let model = self.read();
+        let Some(IdempotentCommit { fingerprint, commit, position }) = model.idempotent_commit(caller, key, Utc::now())
+        else {
+            return Ok(None);
+        };
+        if fingerprint.is_some() && *fingerprint != ctx.fingerprint {
+            return Err(CommandError::IdempotencyKeyReused);
+        }
+        metrics::counter!("idempotent_replays_total").increment(1);
+        Ok(Some(Outcome { answer: Answer::of_commit(commit), position: position.clone(), replayed: true }))
+    }
+
+    /// Wraps events in envelopes numbered after `base_version`, appends them
+    /// as one record, and applies them once acknowledged.
+    async fn commit(
+        &self,
+        aggregate_id: Uuid,
+        base_version: u64,
+        actor: Uuid,
+        events: Vec<UserEvent>,
+        ctx: &CommandContext,
+    ) -> Result<(Vec<Envelope>, Position), CommandError> {
+        let now = Utc::now();
+        let metadata = EventMetadata {
+            actor: Some(actor),
+            correlation_id: ctx.correlation_id.clone(),
+            idempotency_key: ctx.idempotency_key.clone(),
+            request_fingerprint: ctx.fingerprint.clone(),
+        };
+        let envelopes: Vec<Envelope> = events
+            .into_iter()
+            .zip(base_version + 1..)
+            .map(|(event, version)| Envelope {
+                event_id: Uuid::now_v7(),
+                aggregate_id: aggregate_id.to_string(),
+                aggregate_version: version,
+                occurred_at: now,
+                metadata: metadata.clone(),
+                event: Event::User(event),
+            })
+            .collect();
+        let position = self
+            .log
+            .append(Topic::UserEvents, &envelopes)
+            .await
+            .map_err(|e| CommandError::Unavailable { dependency: "kafka", detail: e.to_string() })?;
+        self.write().apply_commit(&envelopes, position.clone());
+        for envelope in &envelopes {
+            metrics::counter!("events_appended_total", "type" => envelope.event_type()).increment(1);
+        }
+        Ok((envelopes, position))
+    }
+
+    fn outcome(envelopes: &[Envelope], position: Position) -> Outcome {
+        Outcome { answer: Answer::of_commit(envelopes), position, replayed: false }
+    }
+
+    fn require_active_session(state: &UserState, claims: &Claims) -> Result<(), CommandError> {
+        match state.sessions.get(&claims.jti) {
+            Some(s) if s.is_active(Utc::now()) => Ok(()),
+            _ => Err(CommandError::Unauthenticated),
+        }
+    }
+
+    /// Checks a verified token against the write model: the session exists,
+    /// belongs to the user and is neither revoked nor expired.
+    pub fn authenticate(&self, claims: &Claims) -> Result<(), CommandError> {
+        self.ensure_ready()?;
+        let model = self.read();
+        let state = model.user(claims.sub).ok_or(CommandError::Unauthenticated)?;
+        Self::require_active_session(state, claims)
+    }
+
+    pub async fn signup(&self, input: SignupInput, ctx: &CommandContext) -> Result<Outcome, CommandError> {
+        self.ensure_ready()?;
+        let email = validation::email(&input.email)?;
+        validation::password(&input.password)?;
+        let profile: Profile = validation::profile(&input.profile)?;
+        // Hash before taking the lock: it is the slow part and needs no state.
+        let password_hash = password::hash(input.password)
+            .await
+            .map_err(|e| CommandError::Unavailable { dependency: "hasher", detail: e.to_string() })?;
+
+        let _held = self.locks.lock([format!("email:{email}")]).await;
+        let owner = self.read().email_owner(&email);
+        if let Some(owner) = owner
+            && let Some(outcome) = self.replay(owner, ctx)?
+        {
+            return Ok(outcome);
+        }
+        let user_id = Uuid::now_v7();
+        let events =
+            user::decide_registration(owner, UserCommand::Register { user_id, email, profile, password_hash })?;
+        let (envelopes, position) = self.commit(user_id, 0, user_id, events, ctx).await?;
+        Ok(Self::outcome(&envelopes, position))
+    }
+
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        client: IpAddr,
+        ctx: &CommandContext,
+    ) -> Result<Outcome, CommandError> {
+        self.ensure_ready()?;
+        let email = email.trim().to_lowercase();
+        self.throttle.check(&email, client).await?;
+        let (user_id, hash) = {
+            let model = self.read();
+            match model.user_by_email(&email) {
+                Some(u) => (Some(u.user_id), u.password_hash.clone()),
+                None => (None, None),
+            }
+        };
+        let (Some(user_id), true) = (user_id, password::verify(password, hash).await) else {
+            self.throttle.record_failure(&email, client).await?;
+            metrics::counter!("login_failures_total").increment(1);
+            return Err(CommandError::InvalidCredentials);
+        };
+        self.throttle.reset_account(&email).await?;
+
+        let _held = self.locks.lock([format!("user:{user_id}")]).await;
+        if let Some(outcome) = self.replay(user_id, ctx)? {
+            return Ok(outcome);
+        }
+        let (state, now) = (self.state_of(user_id)?, Utc::now());
+        let command = UserCommand::StartSession { session_id: Uuid::new_v4(), expires_at: now + self.session_ttl };
+        let events = user::decide(&state, command, now)?;
+        let (envelopes, position) = self.commit(user_id, state.version, user_id, events, ctx).await?;
+        Ok(Self::outcome(&envelopes, position))
+    }
+
+    fn state_of(&self, user_id: Uuid) -> Result<UserState, CommandError> {
+        self.read().user(user_id).cloned().ok_or(CommandError::Unauthenticated)
+    }
+
+    /// The common path of a command by an authenticated user on their own
+    /// aggregate: lock, replay a retry, check the session, decide, commit.
+    async fn on_own_aggregate<F>(
+        &self,
+        claims: &Claims,
+        ctx: &CommandContext,
+        make: F,
+    ) -> Result<(Outcome, Vec<Envelope>), CommandError>
+    where
+        F: FnOnce(&UserState) -> UserCommand,
+    {
+        self.ensure_ready()?;
+        let _held = self.locks.lock([format!("user:{}", claims.sub)]).await;
+        if let Some(outcome) = self.replay(claims.sub, ctx)? {
+            return Ok((outcome, Vec::new()));
+        }
+        let state = self.state_of(claims.sub)?;
+        Self::require_active_session(&state, claims)?;
+        let now = Utc::now();
+        let events = user::decide(&state, make(&state), now)?;
+        let (envelopes, position) = self.commit(claims.sub, state.version, claims.sub, events, ctx).await?;
+        Ok((Self::outcome(&envelopes, position), envelopes))
+    }
+
+    pub async fn logout(&self, claims: &Claims, ctx: &CommandContext) -> Result<Outcome, CommandError> {
+        let (outcome, envelopes) =
+            self.on_own_aggregate(claims, ctx, |_| UserCommand::EndSession { session_id: claims.jti }).await?;
+        self.write_through_revocations(claims.sub, &envelopes).await;
+        Ok(outcome)
+    }
+
+    pub async fn update_profile(
+        &self,
+        claims: &Claims,
+        patch: ProfilePatch,
+        ctx: &CommandContext,
+    ) -> Result<Outcome, CommandError> {
+        Ok(self.on_own_aggregate(claims, ctx, |_| UserCommand::UpdateProfile { patch }).await?.0)
+    }
+
+    pub async fn change_password(
+        &self,
+        claims: &Claims,
+        current: String,
+        new: String,
+        ctx: &CommandContext,
+    ) -> Result<Outcome, CommandError> {
+        self.ensure_ready()?;
+        // A retry of a change that went through must not be judged against the
+        // password it already replaced.
+        if let Some(outcome) = self.replay(claims.sub, ctx)? {
+            return Ok(outcome);
+        }
+        validation::password(&new)?;
+        let hash = self.state_of(claims.sub)?.password_hash;
+        if !password::verify(current, hash).await {
+            return Err(Rejection::invalid(
+                "current_password_incorrect",
+                "currentPassword is not the current password",
+            )
+            .into());
+        }
+        let new_hash = password::hash(new)
+            .await
+            .map_err(|e| CommandError::Unavailable { dependency: "hasher", detail: e.to_string() })?;
+        let (outcome, envelopes) = self
+            .on_own_aggregate(claims, ctx, |_| UserCommand::ChangePassword {
+                new_password_hash: new_hash,
+                keep_session: claims.jti,
+            })
+            .await?;
+        self.write_through_revocations(claims.sub, &envelopes).await;
+        Ok(outcome)
+    }
+
+    /// Writes revocations straight to the session cache so logout takes
+    /// effect on the query API at once (the one deliberate write-through,
+    /// DESIGN.md §1). Best effort: the projector writes the same fact from
+    /// the event moments later.
+    async fn write_through_revocations(&self, user_id: Uuid, envelopes: &[Envelope]) {
+        let state = self.read().user(user_id).cloned();
+        let Some(state) = state else { return };
+        let script = views::cache::set_if_newer_script();
+        let mut redis = self.redis.clone();
+        for envelope in envelopes {
+            let Event::User(UserEvent::SessionsRevoked(revoked)) = &envelope.event else { continue };
+            for session_id in &revoked.session_ids {
+                let Some(session) = state.sessions.get(session_id) else { continue };
+                let doc = SessionDoc {
+                    session_id: session_id.to_string(),
+                    user_id: user_id.to_string(),
+                    expires_at: session.expires_at,
+                    revoked: true,
+                    version: envelope.aggregate_version,
+                };
+                let ttl = (session.expires_at - Utc::now()).to_std().unwrap_or_default();
+                let json = serde_json::to_string(&doc).unwrap_or_default();
+                let key = self.keys.session(&doc.session_id);
+                let result: Result<i32, _> =
+                    views::cache::set_if_newer(&script, &key, doc.version, &json, ttl).invoke_async(&mut redis).await;
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, %session_id, "revocation write-through failed; the projector will write it");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The event contract shared by every DevConnect program.
+//!
+//! * [`Envelope`]: the metadata every event carries (id, type, schema version,
+//!   aggregate id and version, time, actor, correlation id, idempotency key).
+//! * [`user`]: the events of the user aggregate (profile, credentials, sessions).
+//! * [`Topic`]: where each aggregate's events live and how records are keyed.
+//! * [`codec`]: the wire format of one Kafka record and upcasting of old
+//!   schema versions, so every program only ever sees the current shape.
+//!
+//! One command produces one Kafka record holding all of its events (a
+//! *commit*). The broker writes a record atomically, so the events of one
+//! command land together or not at all without Kafka transactions, which the
+//! brokers we run do not implement (see `shared/STACK.md`).
+
+pub mod codec;
+pub mod envelope;
+pub mod topic;
+pub mod user;
+
+pub use codec::{DecodeError, decode_record, encode_record};
+pub use envelope::{Envelope, EventMetadata};
+pub use topic::{Topic, TopicNames};
+pub use user::UserEvent;
+
+/// Every event payload of every aggregate, tagged by its wire type name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    User(UserEvent),
+}
+
+impl Event {
+    /// The wire type name, e.g. `user.registered`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::User(e) => e.event_type(),
+        }
+    }
+
+    /// The current schema version of this event type.
+    pub fn schema_version(&self) -> u32 {
+        match self {
+            Event::User(e) => e.schema_version(),
+        }
+    }
+}

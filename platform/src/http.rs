@@ -1,0 +1,208 @@
+//! HTTP plumbing shared by both APIs: the JSON error shape, a JSON extractor
+//! whose rejections use that shape, correlation ids, request metrics,
+//! `/healthz` and `/metrics`, and serving with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{FromRequest, MatchedPath, Request, rejection::JsonRejection};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+use tracing::Instrument;
+
+/// Request bodies above this get 413 (API.md).
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+
+#[derive(Debug, Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// `{"error": {"code": …, "message": …}}` with the given status, and a
+/// `Retry-After` header when `retry_after_secs` is set.
+pub fn error_response(status: StatusCode, code: &str, message: &str, retry_after_secs: Option<u64>) -> Response {
+    let mut response = (status, Json(ErrorEnvelope { error: ErrorDetail { code, message } })).into_response();
+    if let Some(secs) = retry_after_secs {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    response
+}
+
+/// A client-side problem with the request body, as status, code and message.
+#[derive(Debug)]
+pub struct BodyRejection {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl IntoResponse for BodyRejection {
+    fn into_response(self) -> Response {
+        error_response(self.status, self.code, &self.message, None)
+    }
+}
+
+impl From<JsonRejection> for BodyRejection {
+    fn from(rejection: JsonRejection) -> Self {
+        let (status, code) = match &rejection {
+            JsonRejection::JsonDataError(_) => (StatusCode::BAD_REQUEST, "invalid_field_type"),
+            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            JsonRejection::MissingJsonContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            _ => (StatusCode::BAD_REQUEST, "unreadable_body"),
+        };
+        let message = match code {
+            "payload_too_large" => format!("request body is larger than {} KiB", BODY_LIMIT_BYTES / 1024),
+            _ => rejection.body_text(),
+        };
+        Self { status, code, message }
+    }
+}
+
+/// `Json<T>` whose rejections are our JSON errors (400/413/415), never
+/// axum's plain-text ones.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = BodyRejection;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Json::<T>::from_request(req, state).await.map(|Json(v)| ApiJson(v)).map_err(BodyRejection::from)
+    }
+}
+
+/// The correlation id of the current request.
+#[derive(Debug, Clone)]
+pub struct CorrelationId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CorrelationId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<CorrelationId>()
+            .cloned()
+            .unwrap_or_else(|| CorrelationId(uuid::Uuid::new_v4().to_string())))
+    }
+}
+
+fn acceptable_correlation_id(value: &HeaderValue) -> Option<String> {
+    let s = value.to_str().ok()?;
+    let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then(|| s.to_owned())
+}
+
+/// Takes the client's `X-Correlation-Id` (or makes one), runs the request in
+/// a span carrying it, echoes it on the response, and records metrics.
+pub async fn observe(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&CORRELATION_ID)
+        .and_then(acceptable_correlation_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(CorrelationId(id.clone()));
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let span = tracing::info_span!("request", correlation_id = %id, %method, route = %route);
+    let started = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    span.in_scope(|| tracing::info!(status, latency_ms = elapsed.as_secs_f64() * 1e3, "handled"));
+    let labels = [("method", method), ("route", route), ("status", status.to_string())];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels[..2]).record(elapsed.as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(CORRELATION_ID.clone(), value);
+    }
+    response
+}
+
+/// Installs the process-wide Prometheus recorder (once per process).
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])?
+        .install_recorder()?;
+    Ok(handle)
+}
+
+pub async fn healthz() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+pub fn metrics_response(handle: &PrometheusHandle) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}
+
+/// `/readyz`: 200 `{"ready": true, ...}` or 503 naming what is not ready.
+pub fn readiness_response(checks: &[(&str, bool)]) -> Response {
+    let ready = checks.iter().all(|(_, ok)| *ok);
+    let body: serde_json::Map<String, serde_json::Value> =
+        checks.iter().map(|(name, ok)| ((*name).to_owned(), serde_json::Value::Bool(*ok))).collect();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(serde_json::json!({ "ready": ready, "checks": body }))).into_response()
+}
+
+async fn route_not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "route_not_found", "no such route", None)
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route", None)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error", None)
+}
+
+/// Adds the layers every API has: JSON fallbacks, the body limit, panic
+/// containment, correlation ids and metrics.
+pub fn with_common_layers(router: Router) -> Router {
+    router
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(observe))
+}
+
+/// Serves until SIGINT/SIGTERM, with client addresses available to handlers.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// The error body, for OpenAPI documents.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorResponseDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorResponseDetail {
+    /// Machine-readable, snake_case: e.g. `email_taken`, `password_weak`.
+    pub code: String,
+    pub message: String,
+}

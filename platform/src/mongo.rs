@@ -1,0 +1,18 @@
+use mongodb::{Client, options::ClientOptions};
+
+/// Connects with `retryWrites` forced off: on SecantusDB the server keeps a
+/// record per retryable write and slows ~15x after ~10k writes (STACK.md).
+/// The projector retries whole batches itself, idempotently.
+pub async fn connect(uri: &str, app_name: &str) -> anyhow::Result<Client> {
+    let mut options = ClientOptions::parse(uri).await?;
+    options.retry_writes = Some(false);
+    options.app_name = Some(app_name.to_owned());
+    options.server_selection_timeout = Some(std::time::Duration::from_secs(5));
+    options.connect_timeout = Some(std::time::Duration::from_secs(3));
+    Ok(Client::with_options(options)?)
+}
+
+/// True when the server answers a ping.
+pub async fn ping(client: &Client) -> bool {
+    client.database("admin").run_command(mongodb::bson::doc! { "ping": 1 }).await.is_ok()
+}

@@ -1,0 +1,178 @@
+//! Applies a plan: one MongoDB transaction with the view changes and the
+//! checkpoint (so the checkpoint never runs ahead of the views), then the
+//! Redis caches in one pipeline.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::{Client, Database};
+use redis::aio::ConnectionManager;
+use views::keys::RedisKeys;
+use views::{CheckpointDoc, SessionDoc, UserDoc, collections};
+
+use crate::plan::Plan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("mongodb rejected a write: {0}")]
+    WriteErrors(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+#[derive(Clone)]
+pub struct ViewStore {
+    client: Client,
+    db: Database,
+    redis: ConnectionManager,
+    keys: RedisKeys,
+}
+
+impl std::fmt::Debug for ViewStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewStore").field("db", &self.db.name()).finish_non_exhaustive()
+    }
+}
+
+impl ViewStore {
+    pub fn new(client: Client, database: &str, redis: ConnectionManager, keys: RedisKeys) -> Self {
+        let db = client.database(database);
+        Self { client, db, redis, keys }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub async fn mongo_reachable(&self) -> bool {
+        platform::mongo::ping(&self.client).await
+    }
+
+    pub async fn redis_reachable(&self) -> bool {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok()
+    }
+
+    /// One `update` command with many statements: the fastest batched write
+    /// the servers we run offer (STACK.md), and it works on MongoDB 7.
+    fn update_command(collection: &str, statements: &[Document]) -> Document {
+        doc! { "update": collection, "updates": statements.to_vec(), "ordered": true }
+    }
+
+    fn check_write_errors(reply: &Document) -> Result<(), StoreError> {
+        match reply.get_array("writeErrors") {
+            Ok(errors) if !errors.is_empty() => Err(StoreError::WriteErrors(format!("{errors:?}"))),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn apply(&self, plan: &Plan) -> Result<(), StoreError> {
+        self.apply_mongo(plan).await?;
+        self.refresh_caches(plan).await
+    }
+
+    async fn apply_mongo(&self, plan: &Plan) -> Result<(), StoreError> {
+        let checkpoints: Vec<Document> = plan
+            .checkpoints
+            .iter()
+            .map(|((topic, partition), next)| {
+                doc! {
+                    "q": { "_id": CheckpointDoc::id_for(topic, *partition) },
+                    "u": [ { "$set": {
+                        "topic": topic.as_str(),
+                        "partition": *partition,
+                        "nextOffset": { "$max": [ { "$ifNull": ["$nextOffset", 0_i64] }, *next ] },
+                    } } ],
+                    "upsert": true,
+                }
+            })
+            .collect();
+        let mut session = self.client.start_session().await?;
+        session.start_transaction().await?;
+        let batches = [
+            (collections::USERS, &plan.users),
+            (collections::SESSIONS, &plan.sessions),
+            (collections::CHECKPOINTS, &checkpoints),
+        ];
+        for (collection, statements) in batches {
+            if statements.is_empty() {
+                continue;
+            }
+            let result = self.db.run_command(Self::update_command(collection, statements)).session(&mut session).await;
+            match result.map_err(StoreError::from).and_then(|reply| Self::check_write_errors(&reply)) {
+                Ok(()) => {}
+                Err(err) => {
+                    let _ = session.abort_transaction().await;
+                    return Err(err);
+                }
+            }
+        }
+        session.commit_transaction().await?;
+        Ok(())
+    }
+
+    /// Reads back what the batch touched and writes it to Redis with
+    /// versioned sets, so a cache entry never goes back in time.
+    async fn refresh_caches(&self, plan: &Plan) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        let mut writes = 0;
+        if !plan.touched_users.is_empty() {
+            let ids: Vec<Bson> = plan.touched_users.iter().map(|id| Bson::String(id.clone())).collect();
+            let users: Vec<UserDoc> = self
+                .db
+                .collection::<UserDoc>(collections::USERS)
+                .find(doc! { "_id": { "$in": ids } })
+                .await?
+                .try_collect()
+                .await?;
+            for user in users {
+                let json = serde_json::to_string(&user).unwrap_or_default();
+                views::cache::pipe_set_if_newer(
+                    &mut pipe,
+                    &self.keys.user(&user.user_id),
+                    user.version,
+                    &json,
+                    views::ttl::USER,
+                );
+                writes += 1;
+            }
+        }
+        if !plan.touched_sessions.is_empty() {
+            let ids: Vec<Bson> = plan.touched_sessions.iter().map(|id| Bson::String(id.clone())).collect();
+            let sessions: Vec<SessionDoc> = self
+                .db
+                .collection::<SessionDoc>(collections::SESSIONS)
+                .find(doc! { "_id": { "$in": ids } })
+                .await?
+                .try_collect()
+                .await?;
+            let now = Utc::now();
+            for session in sessions.into_iter().filter(|s| s.expires_at > now) {
+                let ttl = (session.expires_at - now).to_std().unwrap_or(Duration::from_secs(1));
+                let json = serde_json::to_string(&session).unwrap_or_default();
+                views::cache::pipe_set_if_newer(
+                    &mut pipe,
+                    &self.keys.session(&session.session_id),
+                    session.version,
+                    &json,
+                    ttl,
+                );
+                writes += 1;
+            }
+        }
+        if writes > 0 {
+            let mut redis = self.redis.clone();
+            pipe.query_async::<()>(&mut redis).await?;
+        }
+        Ok(())
+    }
+
+    /// The applied position per partition, as the checkpoints say.
+    pub async fn checkpoints(&self) -> Result<Vec<CheckpointDoc>, StoreError> {
+        Ok(self.db.collection::<CheckpointDoc>(collections::CHECKPOINTS).find(doc! {}).await?.try_collect().await?)
+    }
+}

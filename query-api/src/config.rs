@@ -1,0 +1,24 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use platform::config::{JwtArgs, LogArgs, MongoArgs, RedisArgs, parse_duration};
+
+/// The read side of DevConnect: serves the views, Redis first, MongoDB second.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "query-api", version, about)]
+pub struct Config {
+    #[arg(long, env = "DEVCONNECT_QUERY_API_ADDR", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Longest a read carrying X-Consistency-Token waits for the views.
+    #[arg(long, env = "DEVCONNECT_CONSISTENCY_WAIT", default_value = "5s", value_parser = parse_duration)]
+    pub consistency_wait: Duration,
+}

@@ -1,0 +1,237 @@
+//! Thin axum handlers over the view reader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, FromRequestParts, Path, State};
+use axum::http::{StatusCode, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use events::user::Gender;
+use metrics_exporter_prometheus::PrometheusHandle;
+use platform::auth::{Claims, JwtKeys};
+use platform::http::{ErrorResponse, error_response};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+use uuid::Uuid;
+use views::{ConsistencyToken, UserDoc};
+
+use crate::reader::{Freshness, ReadError, ViewReader};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub reader: ViewReader,
+    pub keys: Arc<JwtKeys>,
+    pub metrics: PrometheusHandle,
+    pub consistency_wait: Duration,
+}
+
+impl FromRef<AppState> for ViewReader {
+    fn from_ref(state: &AppState) -> Self {
+        state.reader.clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing, invalid, expired or revoked token")]
+    Unauthenticated,
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        match self {
+            ApiError::Unauthenticated => error_response(StatusCode::UNAUTHORIZED, "invalid_token", &message, None),
+            ApiError::BadRequest { code, .. } => error_response(StatusCode::BAD_REQUEST, code, &message, None),
+            ApiError::NotFound { code, .. } => error_response(StatusCode::NOT_FOUND, code, &message, None),
+            ApiError::Read(ReadError::ConsistencyTimeout(_)) => {
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "consistency_timeout", &message, Some(1))
+            }
+            ApiError::Read(ReadError::Mongo(err)) => {
+                tracing::warn!(error = %err, "mongodb unavailable");
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "dependency_unavailable",
+                    "mongodb is unavailable; retry shortly",
+                    Some(1),
+                )
+            }
+        }
+    }
+}
+
+/// A caller with a valid token whose session is not known to be revoked.
+///
+/// Only the command API signs tokens, and only after the session's start
+/// is durably in Kafka; a session the views have not seen yet is therefore
+/// genuine and merely not projected. Revocation is what must be checked,
+/// and it is written through to Redis at once and projected to MongoDB.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = platform::auth::token_from_headers(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        let claims = state.keys.verify(&token).map_err(|_| ApiError::Unauthenticated)?;
+        match state.reader.session(&claims.jti.to_string()).await? {
+            Some(session) if session.revoked || session.user_id != claims.sub.to_string() => {
+                Err(ApiError::Unauthenticated)
+            }
+            _ => Ok(Caller(claims)),
+        }
+    }
+}
+
+/// Honours `X-Consistency-Token`: waits for the views, then reads durably.
+#[derive(Debug, Clone, Copy)]
+pub struct Consistency(pub Freshness);
+
+impl FromRequestParts<AppState> for Consistency {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(ConsistencyToken::HEADER) else {
+            return Ok(Consistency(Freshness::CacheFirst));
+        };
+        let token =
+            value.to_str().ok().and_then(|v| ConsistencyToken::decode(v).ok()).ok_or_else(|| ApiError::BadRequest {
+                code: "consistency_token_invalid",
+                message: "X-Consistency-Token is not a token this service issued".into(),
+            })?;
+        state.reader.wait_for(&token, state.consistency_wait).await?;
+        Ok(Consistency(Freshness::Durable))
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicProfile {
+    pub user_id: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub age: Option<u8>,
+    #[schema(value_type = Option<String>)]
+    pub gender: Option<Gender>,
+    pub about: Option<String>,
+    pub skills: Vec<String>,
+    pub photo_url: Option<String>,
+}
+
+impl From<&UserDoc> for PublicProfile {
+    fn from(u: &UserDoc) -> Self {
+        Self {
+            user_id: u.user_id.clone(),
+            first_name: u.first_name.clone(),
+            last_name: u.last_name.clone(),
+            age: u.age,
+            gender: u.gender,
+            about: u.about.clone(),
+            skills: u.skills.clone(),
+            photo_url: u.photo_url.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnProfile {
+    #[serde(flatten)]
+    pub public: PublicProfile,
+    pub email_id: String,
+    pub membership: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[utoipa::path(get, path = "/v1/profile", tag = "profile", security(("bearer" = [])),
+    params(("X-Consistency-Token" = Option<String>, Header, description = "From a write: wait (≤ 5 s) until the views include it")),
+    responses((status = 200, body = OwnProfile), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 503, description = "Views not caught up in time, or MongoDB down", body = ErrorResponse)))]
+pub async fn own_profile(
+    State(reader): State<ViewReader>,
+    Caller(claims): Caller,
+    Consistency(freshness): Consistency,
+) -> Result<Json<OwnProfile>, ApiError> {
+    let user = reader.user(&claims.sub.to_string(), freshness).await?.ok_or_else(|| ApiError::NotFound {
+        code: "user_not_found",
+        message: "your profile is not in the views yet; send X-Consistency-Token to wait for it".into(),
+    })?;
+    Ok(Json(OwnProfile {
+        public: PublicProfile::from(&user),
+        email_id: user.email_id,
+        membership: user.membership,
+        created_at: user.created_at,
+        updated_at: user.updated_at,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/users/{userId}", tag = "profile", security(("bearer" = [])),
+    params(("userId" = String, Path, description = "A user id (UUID)")),
+    responses((status = 200, body = PublicProfile), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn public_profile(
+    State(reader): State<ViewReader>,
+    _caller: Caller,
+    Consistency(freshness): Consistency,
+    Path(user_id): Path<String>,
+) -> Result<Json<PublicProfile>, ApiError> {
+    let user_id = Uuid::parse_str(&user_id)
+        .map_err(|_| ApiError::BadRequest { code: "user_id_invalid", message: "userId must be a UUID".into() })?;
+    let user = reader
+        .user(&user_id.to_string(), freshness)
+        .await?
+        .ok_or_else(|| ApiError::NotFound { code: "user_not_found", message: "no such user".into() })?;
+    Ok(Json(PublicProfile::from(&user)))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let (mongo, redis) = (state.reader.mongo_reachable().await, state.reader.redis_reachable().await);
+    platform::http::readiness_response(&[("mongo", mongo), ("redis", redis)])
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    platform::http::metrics_response(&state.metrics)
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "DevConnect query API", description = "Reads, from Redis first and MongoDB second."),
+    paths(own_profile, public_profile),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/profile", get(own_profile))
+        .route("/v1/users/{user_id}", get(public_profile))
+        .route("/healthz", get(platform::http::healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    platform::http::with_common_layers(api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())))
+}

@@ -1,0 +1,27 @@
+//! The read side. It never reads Kafka (ARCHITECTURE.md).
+
+pub mod config;
+pub mod http;
+pub mod reader;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use platform::auth::JwtKeys;
+use views::keys::RedisKeys;
+
+use crate::config::Config;
+use crate::reader::ViewReader;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let keys = Arc::new(JwtKeys::new(&config.jwt.secret)?);
+    let metrics = platform::http::install_metrics()?;
+    let mongo = platform::mongo::connect(&config.mongo.uri, "devconnect-query-api").await?;
+    // A cache outage degrades reads to MongoDB; it does not stop the service.
+    let redis = platform::redis_conn::connect(&config.redis.url)?;
+    let reader = ViewReader::new(mongo, &config.mongo.database, redis, RedisKeys::new(config.redis.prefix.clone()));
+    let state = http::AppState { reader, keys, metrics, consistency_wait: config.consistency_wait };
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    platform::http::serve(listener, http::router(state)).await
+}

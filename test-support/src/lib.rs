@@ -1,0 +1,358 @@
+//! Helpers for the integration tests and the benchmark: start the real
+//! programs on free ports against the real broker, MongoDB and Redis, and
+//! talk HTTP to them.
+//!
+//! `./dev test` starts one broker and one MongoDB for the run and passes
+//! their addresses in `DEVCONNECT_TEST_*`. Each [`TestEnv`] then gets its own
+//! topic prefix, its own database and its own redis-server process, so tests
+//! run in parallel without seeing each other.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const JWT_SECRET: &str = "integration-tests-secret-0123456789abcdef";
+pub const PASSWORD: &str = "Sup3r$ecret";
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests through `./dev test`, which starts the servers they need")
+    })
+}
+
+/// The shared servers of this test run.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    pub kafka: String,
+    pub mongo_uri: String,
+    pub redis_server: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+impl Servers {
+    pub fn from_env() -> Self {
+        Self {
+            kafka: required_env("DEVCONNECT_TEST_KAFKA_BROKERS"),
+            mongo_uri: required_env("DEVCONNECT_TEST_MONGO_URI"),
+            redis_server: required_env("DEVCONNECT_TEST_REDIS_SERVER").into(),
+            bin_dir: required_env("DEVCONNECT_TEST_BIN_DIR").into(),
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGKILL: no graceful shutdown, as in a crash.
+    pub fn crash(&mut self) {
+        self.kill();
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Everything one test needs: its own Redis, the three services, a client.
+#[derive(Debug)]
+pub struct TestEnv {
+    pub id: String,
+    pub servers: Servers,
+    pub dir: PathBuf,
+    pub redis_port: u16,
+    pub command_port: u16,
+    pub query_port: u16,
+    pub projector_port: u16,
+    pub projector_group: String,
+    pub extra_env: Vec<(String, String)>,
+    pub redis: Option<Proc>,
+    pub command_api: Option<Proc>,
+    pub projector: Option<Proc>,
+    pub query_api: Option<Proc>,
+    pub http: reqwest::Client,
+}
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+
+    pub fn consistency(&self) -> String {
+        self.header("x-consistency-token").expect("a successful write carries X-Consistency-Token")
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<no error code>")
+    }
+}
+
+impl TestEnv {
+    /// Starts a fresh environment with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Starts a fresh environment, with extra environment variables for the services.
+    pub async fn start_with(extra_env: Vec<(&str, &str)>) -> Self {
+        let servers = Servers::from_env();
+        let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let dir = std::env::temp_dir().join("devconnect-tests").join(&id);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let mut env = TestEnv {
+            id: id.clone(),
+            servers,
+            dir,
+            redis_port: free_port(),
+            command_port: free_port(),
+            query_port: free_port(),
+            projector_port: free_port(),
+            projector_group: format!("{id}-projector"),
+            extra_env: extra_env.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            redis: None,
+            command_api: None,
+            projector: None,
+            query_api: None,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client"),
+        };
+        env.start_redis().await;
+        env.start_command_api().await;
+        env.start_projector().await;
+        env.start_query_api().await;
+        env
+    }
+
+    pub fn database(&self) -> String {
+        self.id.clone()
+    }
+
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.redis_port)
+    }
+
+    pub async fn start_redis(&mut self) {
+        let log = self.dir.join("redis.log");
+        let child = Command::new(&self.servers.redis_server)
+            .args(["--bind", "127.0.0.1", "--port", &self.redis_port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::from(std::fs::File::create(&log).expect("log")))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.redis = Some(Proc { name: "redis".into(), child, log });
+        wait_for_port(self.redis_port).await;
+    }
+
+    /// The environment every service gets.
+    fn service_env(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            ("DEVCONNECT_KAFKA_BROKERS", self.servers.kafka.clone()),
+            ("DEVCONNECT_TOPIC_PREFIX", format!("{}-", self.id)),
+            ("DEVCONNECT_MONGO_URI", self.servers.mongo_uri.clone()),
+            ("DEVCONNECT_MONGO_DATABASE", self.database()),
+            ("DEVCONNECT_REDIS_URL", self.redis_url()),
+            ("DEVCONNECT_JWT_SECRET", JWT_SECRET.to_owned()),
+            ("DEVCONNECT_COMMAND_API_ADDR", format!("127.0.0.1:{}", self.command_port)),
+            ("DEVCONNECT_QUERY_API_ADDR", format!("127.0.0.1:{}", self.query_port)),
+            ("DEVCONNECT_PROJECTOR_ADDR", format!("127.0.0.1:{}", self.projector_port)),
+            ("DEVCONNECT_PROJECTOR_GROUP", self.projector_group.clone()),
+            ("RUST_LOG", "info".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect::<Vec<_>>();
+        vars.extend(self.extra_env.iter().cloned());
+        vars
+    }
+
+    /// Spawns one of our binaries with the given environment.
+    pub fn spawn(&self, binary: &str, env: &[(String, String)]) -> Proc {
+        let path = self.servers.bin_dir.join(binary);
+        assert!(path.exists(), "{} is missing: `./dev test` builds it before the tests", path.display());
+        let log = self.dir.join(format!("{binary}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let child = Command::new(&path)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        Proc { name: binary.to_owned(), child, log }
+    }
+
+    async fn start_service(&mut self, binary: &str, port: u16) -> Proc {
+        let mut proc = self.spawn(binary, &self.service_env());
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(r) = self.http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return proc;
+            }
+            if let Some(status) = proc.exited() {
+                panic!("{binary} exited ({status}) during start-up:\n{}", proc.log_text());
+            }
+            assert!(Instant::now() < deadline, "{binary} not ready within 90 s:\n{}", proc.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn start_command_api(&mut self) {
+        let p = self.start_service("command-api", self.command_port).await;
+        self.command_api = Some(p);
+    }
+
+    pub async fn start_projector(&mut self) {
+        let p = self.start_service("projector", self.projector_port).await;
+        self.projector = Some(p);
+    }
+
+    pub async fn start_query_api(&mut self) {
+        let p = self.start_service("query-api", self.query_port).await;
+        self.query_api = Some(p);
+    }
+
+    pub async fn restart_command_api(&mut self) {
+        if let Some(mut p) = self.command_api.take() {
+            p.kill();
+        }
+        self.start_command_api().await;
+    }
+
+    pub fn stop_projector(&mut self) {
+        if let Some(mut p) = self.projector.take() {
+            p.kill();
+        }
+    }
+
+    pub fn command_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.command_port)
+    }
+
+    pub fn query_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.query_port)
+    }
+
+    /// Sends a request and reads the reply; `headers` are (name, value) pairs.
+    pub async fn send(&self, method: Method, url: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.http.request(method, url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Reply { status, headers, body }
+    }
+
+    pub async fn command(&self, method: Method, path: &str, body: Option<&Value>, token: Option<&str>) -> Reply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
+        self.send(method, &self.command_url(path), body, &headers).await
+    }
+
+    /// A read; with a consistency token it waits for that write.
+    pub async fn query(&self, path: &str, token: &str, consistency: Option<&str>) -> Reply {
+        let auth = format!("Bearer {token}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(c) = consistency {
+            headers.push(("x-consistency-token", c));
+        }
+        self.send(Method::GET, &self.query_url(path), None, &headers).await
+    }
+
+    pub fn signup_body(email: &str) -> Value {
+        json!({
+            "firstName": "Ada", "lastName": "Lovelace", "emailId": email, "password": PASSWORD,
+            "age": 36, "gender": "female", "about": "Analytical engines", "skills": ["rust", "math"],
+            "photoUrl": "https://example.com/ada.png"
+        })
+    }
+
+    /// Signs up; returns the user id and the consistency token.
+    pub async fn signup(&self, email: &str) -> (String, String) {
+        let reply = self.command(Method::POST, "/v1/auth/signup", Some(&Self::signup_body(email)), None).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "signup {email}: {:?}", reply.body);
+        (reply.body["userId"].as_str().expect("userId").to_owned(), reply.consistency())
+    }
+
+    /// Logs in; returns the token and the consistency token.
+    pub async fn login(&self, email: &str, password: &str) -> (String, String) {
+        let body = json!({ "emailId": email, "password": password });
+        let reply = self.command(Method::POST, "/v1/auth/login", Some(&body), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "login {email}: {:?}", reply.body);
+        (reply.body["token"].as_str().expect("token").to_owned(), reply.consistency())
+    }
+
+    /// A unique email for this environment.
+    pub fn email(&self, name: &str) -> String {
+        format!("{name}.{}@example.com", self.id)
+    }
+
+    pub async fn mongo(&self) -> mongodb::Database {
+        let client = mongodb::Client::with_uri_str(&self.servers.mongo_uri).await.expect("mongo client");
+        client.database(&self.database())
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+}
+
+pub async fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

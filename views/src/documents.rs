@@ -1,0 +1,68 @@
+use chrono::{DateTime, Utc};
+use events::user::{Gender, Profile};
+use serde::{Deserialize, Serialize};
+
+/// `users` collection and the `user:<id>` cache entry. Never holds a password
+/// or its hash. `version` is the user aggregate version of the last event
+/// applied: a write carrying an older version changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserDoc {
+    #[serde(rename = "_id")]
+    pub user_id: String,
+    pub email_id: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub age: Option<u8>,
+    pub gender: Option<Gender>,
+    pub about: Option<String>,
+    pub skills: Vec<String>,
+    pub photo_url: Option<String>,
+    pub membership: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: u64,
+}
+
+impl UserDoc {
+    pub fn profile(&self) -> Profile {
+        Profile {
+            first_name: self.first_name.clone(),
+            last_name: self.last_name.clone(),
+            age: self.age,
+            gender: self.gender,
+            about: self.about.clone(),
+            skills: self.skills.clone(),
+            photo_url: self.photo_url.clone(),
+        }
+    }
+}
+
+/// `sessions` collection and the `session:<id>` cache entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionDoc {
+    #[serde(rename = "_id")]
+    pub session_id: String,
+    pub user_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub revoked: bool,
+    pub version: u64,
+}
+
+/// `checkpoints` collection: the next offset to apply per topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+impl CheckpointDoc {
+    pub fn id_for(topic: &str, partition: i32) -> String {
+        format!("{topic}:{partition}")
+    }
+}

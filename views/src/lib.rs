@@ -1,0 +1,26 @@
+//! The read-model schema: the second contract (DESIGN.md §3). The projector
+//! writes it, the query API reads it, and the command API touches exactly one
+//! piece of it (the write-through of a session revocation).
+
+pub mod cache;
+pub mod consistency;
+pub mod documents;
+pub mod keys;
+
+pub use consistency::ConsistencyToken;
+pub use documents::{CheckpointDoc, SessionDoc, UserDoc};
+
+/// MongoDB collection names.
+pub mod collections {
+    pub const USERS: &str = "users";
+    pub const SESSIONS: &str = "sessions";
+    /// Applied position per topic partition, written in the same transaction
+    /// as the view changes it covers.
+    pub const CHECKPOINTS: &str = "checkpoints";
+}
+
+/// Cache lifetimes (DOMAIN.md "Redis keys").
+pub mod ttl {
+    use std::time::Duration;
+    pub const USER: Duration = Duration::from_secs(30 * 60);
+}
