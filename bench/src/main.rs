@@ -1,1 +1,289 @@
-fn main() {}
+//! Prints latency and throughput of DevConnect's commands and reads, beside
+//! the raw floor of the same servers measured in the same run: a plain
+//! produce to the same broker and a plain Redis GET. Run it against a
+//! running stack (`./dev up`, then `./dev bench`).
+#![allow(clippy::print_stdout)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::producer::FutureRecord;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(about = "DevConnect benchmark")]
+struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    command_url: String,
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    query_url: String,
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    kafka_brokers: String,
+    #[arg(long, default_value = "redis://127.0.0.1:16379/")]
+    redis_url: String,
+    /// Operations per measurement at concurrency 1.
+    #[arg(long, default_value_t = 200)]
+    serial_ops: usize,
+    /// Operations per measurement at concurrency 64.
+    #[arg(long, default_value_t = 1280)]
+    parallel_ops: usize,
+}
+
+const PASSWORD: &str = "Bench#Pass1";
+
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    p50_ms: f64,
+    p99_ms: f64,
+    per_sec: f64,
+}
+
+/// Runs `ops` operations, `concurrency` at a time; op `i` is `f(i)`.
+async fn measure<F, Fut>(concurrency: usize, ops: usize, f: F) -> anyhow::Result<Stats>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (f, next) = (Arc::clone(&f), Arc::clone(&next));
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= ops {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let t = Instant::now();
+                f(i).await?;
+                latencies.push(t.elapsed());
+            }
+        })
+    });
+    let mut all: Vec<Duration> = Vec::with_capacity(ops);
+    for worker in futures::future::join_all(workers).await {
+        all.extend(worker??);
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1e3;
+    Ok(Stats { p50_ms: pct(0.50), p99_ms: pct(0.99), per_sec: all.len() as f64 / elapsed.as_secs_f64() })
+}
+
+fn row(name: &str, c: usize, s: Stats, floor: Option<Stats>) {
+    let ratio =
+        floor.map_or(String::new(), |f| format!("{:>8.1}x {:>8.1}x", s.p50_ms / f.p50_ms, f.per_sec / s.per_sec));
+    println!("{name:<34} {c:>3} {:>9.2} {:>9.2} {:>10.0}   {ratio}", s.p50_ms, s.p99_ms, s.per_sec);
+}
+
+struct Api {
+    http: reqwest::Client,
+    command: String,
+    query: String,
+}
+
+impl Api {
+    async fn post(&self, path: &str, body: &Value, token: Option<&str>) -> anyhow::Result<reqwest::Response> {
+        let mut req = self.http.post(format!("{}{path}", self.command)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await?;
+        anyhow::ensure!(res.status().is_success(), "POST {path}: {}", res.status());
+        Ok(res)
+    }
+
+    async fn signup(&self, email: &str) -> anyhow::Result<String> {
+        let body = json!({"firstName": "Bench", "lastName": "Mark", "emailId": email, "password": PASSWORD, "skills": ["rust"]});
+        let v: Value = self.post("/v1/auth/signup", &body, None).await?.json().await?;
+        Ok(v["userId"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn login(&self, email: &str) -> anyhow::Result<String> {
+        let v: Value =
+            self.post("/v1/auth/login", &json!({"emailId": email, "password": PASSWORD}), None).await?.json().await?;
+        Ok(v["token"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn edit(&self, token: &str, about: &str) -> anyhow::Result<String> {
+        let res = self
+            .http
+            .patch(format!("{}/v1/profile", self.command))
+            .bearer_auth(token)
+            .json(&json!({"about": about}))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status().is_success(), "PATCH /v1/profile: {}", res.status());
+        Ok(res.headers().get("x-consistency-token").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned())
+    }
+
+    async fn profile(&self, token: &str, consistency: Option<&str>) -> anyhow::Result<Value> {
+        let mut req = self.http.get(format!("{}/v1/profile", self.query)).bearer_auth(token);
+        if let Some(c) = consistency {
+            req = req.header("x-consistency-token", c);
+        }
+        let res = req.send().await?;
+        anyhow::ensure!(res.status().is_success(), "GET /v1/profile: {}", res.status());
+        Ok(res.json().await?)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let api = Arc::new(Api {
+        http: reqwest::Client::builder().pool_max_idle_per_host(128).build()?,
+        command: args.command_url.clone(),
+        query: args.query_url.clone(),
+    });
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let (serial, parallel) = (args.serial_ops, args.parallel_ops);
+
+    // The raw floor: the same broker, the same Redis, no DevConnect code.
+    let topic = format!("bench-raw-{run}");
+    platform::kafka::ensure_topics(&args.kafka_brokers, std::slice::from_ref(&topic), 3, 1).await?;
+    let producer = Arc::new(platform::kafka::event_producer(&args.kafka_brokers, Duration::from_secs(10))?);
+    let payload = Arc::new(vec![b'x'; 400]);
+    let warm = FutureRecord::to(&topic).key("warm").payload(payload.as_slice());
+    producer.send(warm, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+    let produce = |c: usize, ops: usize| {
+        let (producer, payload, topic) = (Arc::clone(&producer), Arc::clone(&payload), topic.clone());
+        measure(c, ops, move |i| {
+            let (producer, payload, topic) = (Arc::clone(&producer), Arc::clone(&payload), topic.clone());
+            async move {
+                let key = format!("k{i}");
+                let record = FutureRecord::to(&topic).key(&key).payload(payload.as_slice());
+                producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+                Ok(())
+            }
+        })
+    };
+    let produce_1 = produce(1, serial).await?;
+    let produce_64 = produce(64, parallel).await?;
+
+    let redis = redis::Client::open(args.redis_url.as_str())?.get_multiplexed_async_connection().await?;
+    let raw_key = format!("bench:raw:{run}");
+    let user_sized = "x".repeat(350);
+    redis::cmd("SET").arg(&raw_key).arg(&user_sized).query_async::<()>(&mut redis.clone()).await?;
+    let redis_get = |c: usize, ops: usize| {
+        let (redis, key) = (redis.clone(), raw_key.clone());
+        measure(c, ops, move |_| {
+            let (mut redis, key) = (redis.clone(), key.clone());
+            async move {
+                redis::cmd("GET").arg(&key).query_async::<Option<String>>(&mut redis).await?;
+                Ok(())
+            }
+        })
+    };
+    let get_1 = redis_get(1, serial * 5).await?;
+    let get_64 = redis_get(64, parallel * 5).await?;
+
+    // Commands. Each op of a parallel run works on its own user, as real
+    // traffic does; one user's commands are serialised by design.
+    let email = {
+        let run = run.clone();
+        move |phase: &str, i: usize| format!("bench-{run}-{phase}-{i}@example.com")
+    };
+    let signup = |c: usize, ops: usize, phase: &'static str| {
+        let (api, email) = (Arc::clone(&api), email.clone());
+        measure(c, ops, move |i| {
+            let (api, e) = (Arc::clone(&api), email(phase, i));
+            async move { api.signup(&e).await.map(|_| ()) }
+        })
+    };
+    let signup_1 = signup(1, serial / 4, "s1").await?;
+    let signup_64 = signup(64, parallel / 4, "s64").await?;
+    let login = |c: usize, ops: usize, phase: &'static str, users: usize| {
+        let (api, email) = (Arc::clone(&api), email.clone());
+        measure(c, ops, move |i| {
+            let (api, e) = (Arc::clone(&api), email(phase, i % users));
+            async move { api.login(&e).await.map(|_| ()) }
+        })
+    };
+    let login_1 = login(1, serial / 4, "s1", serial / 4).await?;
+    let login_64 = login(64, parallel / 4, "s64", parallel / 4).await?;
+
+    let mut tokens = Vec::new();
+    for i in 0..64 {
+        tokens.push(api.login(&email("s64", i)).await?);
+    }
+    let tokens = Arc::new(tokens);
+    let edit = |c: usize, ops: usize| {
+        let (api, tokens) = (Arc::clone(&api), Arc::clone(&tokens));
+        measure(c, ops, move |i| {
+            let (api, tokens) = (Arc::clone(&api), Arc::clone(&tokens));
+            async move { api.edit(&tokens[i % 64], &format!("edit {i}")).await.map(|_| ()) }
+        })
+    };
+    let edit_1 = edit(1, serial).await?;
+    let edit_64 = edit(64, parallel).await?;
+
+    // Reads: warm the cache, then read.
+    for t in tokens.iter() {
+        let c = api.edit(t, "warm").await?;
+        api.profile(t, Some(&c)).await?;
+        api.profile(t, None).await?;
+    }
+    let read = |c: usize, ops: usize| {
+        let (api, tokens) = (Arc::clone(&api), Arc::clone(&tokens));
+        measure(c, ops, move |i| {
+            let (api, tokens) = (Arc::clone(&api), Arc::clone(&tokens));
+            async move { api.profile(&tokens[i % 64], None).await.map(|_| ()) }
+        })
+    };
+    let read_1 = read(1, serial * 5).await?;
+    let read_64 = read(64, parallel * 5).await?;
+
+    // Ack → visible: after the command's answer, poll the plain (cached)
+    // read until the new value shows. This is what a client without the
+    // consistency token would see.
+    let mut lags = Vec::new();
+    for i in 0..100 {
+        let token = &tokens[i % 64];
+        let marker = format!("lag {run} {i}");
+        api.edit(token, &marker).await?;
+        let acked = Instant::now();
+        loop {
+            let v = api.profile(token, None).await?;
+            if v["about"] == marker.as_str() {
+                break;
+            }
+            anyhow::ensure!(acked.elapsed() < Duration::from_secs(10), "edit {i} not visible after 10 s");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lags.push(acked.elapsed());
+    }
+    lags.sort();
+    let lag_ms = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)].as_secs_f64() * 1e3;
+
+    println!("\nDevConnect benchmark (run {run})");
+    println!(
+        "{:<34} {:>3} {:>9} {:>9} {:>10}   {:>9} {:>9}",
+        "operation", "c", "p50 ms", "p99 ms", "ops/s", "p50/floor", "floor/thru"
+    );
+    row("raw: produce (acks=all)", 1, produce_1, None);
+    row("raw: produce (acks=all)", 64, produce_64, None);
+    row("raw: redis GET", 1, get_1, None);
+    row("raw: redis GET", 64, get_64, None);
+    row("POST /v1/auth/signup", 1, signup_1, Some(produce_1));
+    row("POST /v1/auth/signup", 64, signup_64, Some(produce_64));
+    row("POST /v1/auth/login", 1, login_1, Some(produce_1));
+    row("POST /v1/auth/login", 64, login_64, Some(produce_64));
+    row("PATCH /v1/profile", 1, edit_1, Some(produce_1));
+    row("PATCH /v1/profile", 64, edit_64, Some(produce_64));
+    row("GET /v1/profile (cached)", 1, read_1, Some(get_1));
+    row("GET /v1/profile (cached)", 64, read_64, Some(get_64));
+    println!(
+        "ack -> visible in query (cached read, 100 edits): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lag_ms(0.5),
+        lag_ms(0.99),
+        lag_ms(1.0)
+    );
+    println!("(signup and login include argon2id hashing: 19 MiB, 2 passes, on this machine's cores)");
+    Ok(())
+}
