@@ -61,6 +61,8 @@ pub async fn rebuild_model(brokers: &str, topic: &str, model: &std::sync::RwLock
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
+        // Tansu holds a fetch for the full wait; keep the start-up read brisk.
+        .set("fetch.wait.max.ms", "10")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use blake2::{Blake2s256, Digest};
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::{Claims, JwtKeys, TOKEN_COOKIE};
-use platform::http::{ApiJson, CorrelationId, ErrorResponse};
+use platform::http::{ApiJson, BearerAuth, CorrelationId, ErrorResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
@@ -324,19 +324,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     platform::http::metrics_response(&state.metrics)
-}
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
-        );
-    }
 }
 
 #[derive(OpenApi)]

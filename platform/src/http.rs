@@ -206,3 +206,18 @@ pub struct ErrorResponseDetail {
     pub code: String,
     pub message: String,
 }
+
+/// Declares the `bearer` (JWT) security scheme in an OpenAPI document.
+#[derive(Debug)]
+pub struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}

@@ -20,6 +20,11 @@ pub struct Config {
     /// How long a started batch waits for more records.
     #[arg(long, env = "DEVCONNECT_PROJECTOR_LINGER", default_value = "5ms", value_parser = parse_duration)]
     pub linger: Duration,
+    /// Longest the broker may hold a fetch when no records are waiting. Tansu
+    /// holds a fetch for the full wait even when records arrive, so the
+    /// librdkafka default (500 ms) would become the projection lag.
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_FETCH_WAIT", default_value = "10ms", value_parser = parse_duration)]
+    pub fetch_wait: Duration,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]

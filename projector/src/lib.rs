@@ -62,6 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", config.fetch_wait.as_millis().to_string())
         .create()?;
     let dead_letters = platform::kafka::event_producer(&brokers, Duration::from_secs(30))?;
     let progress = Progress::default();

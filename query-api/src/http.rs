@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use events::user::Gender;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::{Claims, JwtKeys};
-use platform::http::{ErrorResponse, error_response};
+use platform::http::{BearerAuth, ErrorResponse, error_response};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
@@ -202,19 +202,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     platform::http::metrics_response(&state.metrics)
-}
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
-        );
-    }
 }
 
 #[derive(OpenApi)]
