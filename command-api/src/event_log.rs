@@ -17,14 +17,35 @@ use crate::model::{Position, WriteModel};
 pub struct AppendError(String);
 
 pub struct EventLog {
-    producer: FutureProducer,
+    producer: std::sync::RwLock<std::sync::Arc<FutureProducer>>,
+    brokers: String,
     topics: TopicNames,
     delivery_timeout: Duration,
 }
 
 impl EventLog {
-    pub fn new(producer: FutureProducer, topics: TopicNames, delivery_timeout: Duration) -> Self {
-        Self { producer, topics, delivery_timeout }
+    pub fn new(brokers: &str, topics: TopicNames, delivery_timeout: Duration) -> anyhow::Result<Self> {
+        let producer = platform::kafka::event_producer(brokers, delivery_timeout)?;
+        Ok(Self {
+            producer: std::sync::RwLock::new(std::sync::Arc::new(producer)),
+            brokers: brokers.to_owned(),
+            topics,
+            delivery_timeout,
+        })
+    }
+
+    fn producer(&self) -> std::sync::Arc<FutureProducer> {
+        std::sync::Arc::clone(&self.producer.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Replaces the producer with a new one (a new idempotent producer id).
+    /// After a failed append the old producer's sequence state is suspect,
+    /// and Tansu 0.6 crashes its storage when a producer from before a
+    /// broker restart produces again ("more or less than one row").
+    pub fn renew_producer(&self) -> anyhow::Result<()> {
+        let fresh = platform::kafka::event_producer(&self.brokers, self.delivery_timeout)?;
+        *self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(fresh);
+        Ok(())
     }
 
     /// Appends one command's events as one record keyed by the aggregate id
@@ -35,7 +56,7 @@ impl EventLog {
         let topic_name = self.topics.name(topic);
         let record = FutureRecord::to(&topic_name).key(key).payload(&payload);
         let started = Instant::now();
-        let result = self.producer.send(record, self.delivery_timeout).await;
+        let result = self.producer().send(record, self.delivery_timeout).await;
         metrics::histogram!("kafka_append_seconds").record(started.elapsed().as_secs_f64());
         match result {
             Ok(delivery) => Ok(Position { topic: topic_name, partition: delivery.partition, offset: delivery.offset }),
@@ -49,7 +70,7 @@ impl EventLog {
     /// True when the broker answers a metadata request.
     pub fn broker_reachable(&self) -> bool {
         use rdkafka::producer::Producer;
-        self.producer.client().fetch_metadata(None, Duration::from_secs(2)).is_ok()
+        self.producer().client().fetch_metadata(None, Duration::from_secs(2)).is_ok()
     }
 }
 

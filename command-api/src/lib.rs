@@ -40,7 +40,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
     })
     .await?;
-    let producer = platform::kafka::event_producer(&brokers, config.delivery_timeout)?;
     let redis = platform::redis_conn::connect(&config.redis.url)?;
     let redis_keys = RedisKeys::new(config.redis.prefix.clone());
     let limits = LoginLimits {
@@ -49,7 +48,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         window: config.login_failure_window,
     };
     let service = Arc::new(CommandService::new(
-        EventLog::new(producer, topics, config.delivery_timeout),
+        EventLog::new(&brokers, topics, config.delivery_timeout)?,
         LoginThrottle::new(redis.clone(), redis_keys.clone(), limits),
         redis,
         redis_keys,
@@ -74,6 +73,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "write model rebuilt from the log; ready"
     );
 
+    let resyncer = Arc::clone(&service);
+    tokio::spawn(async move { resyncer.resync_on_failure(&brokers, &user_topic).await });
     let pruner = Arc::clone(&service);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(600));

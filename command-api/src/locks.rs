@@ -54,6 +54,18 @@ impl KeyedLocks {
     }
 }
 
+impl KeyedLocks {
+    /// Every stripe, in order: no command holds or can take a lock until
+    /// dropped. For re-reading the write model from the log.
+    pub async fn lock_all(&self) -> Held {
+        let mut guards = Vec::with_capacity(STRIPES);
+        for stripe in &self.stripes {
+            guards.push(Arc::clone(stripe).lock_owned().await);
+        }
+        Held(guards)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,6 +120,8 @@ pub struct CommandService {
     redis: ConnectionManager,
     keys: RedisKeys,
     session_ttl: chrono::Duration,
+    /// Signalled when an append failed: the model may now differ from the log.
+    resync_needed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -145,6 +147,7 @@ impl CommandService {
             redis,
             keys,
             session_ttl: chrono::Duration::from_std(session_ttl).unwrap_or(chrono::Duration::hours(8)),
+            resync_needed: tokio::sync::Notify::new(),
         }
     }
 
@@ -175,6 +178,35 @@ impl CommandService {
     pub async fn redis_reachable(&self) -> bool {
         let mut redis = self.redis.clone();
         redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok()
+    }
+
+    /// Waits for a failed append, then rebuilds the write model from the log
+    /// while holding every command lock, and serves again. Runs forever.
+    pub async fn resync_on_failure(&self, brokers: &str, topic: &str) {
+        loop {
+            self.resync_needed.notified().await;
+            let _all = self.locks.lock_all().await;
+            tracing::warn!("an append failed; re-reading the write model from the log before serving commands");
+            loop {
+                if let Err(err) = self.log.renew_producer() {
+                    tracing::warn!(error = %err, "renewing the producer failed");
+                }
+                let fresh = RwLock::new(WriteModel::default());
+                match crate::event_log::rebuild_model(brokers, topic, &fresh).await {
+                    Ok(records) => {
+                        *self.write() = fresh.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        metrics::counter!("write_model_resyncs_total").increment(1);
+                        tracing::info!(records, "write model re-read from the log; serving commands again");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = format!("{err:#}"), "re-reading the log failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            self.mark_ready();
+        }
     }
 
     pub fn prune(&self) {
@@ -229,11 +261,17 @@ impl CommandService {
                 event: Event::User(event),
             })
             .collect();
-        let position = self
-            .log
-            .append(Topic::UserEvents, &envelopes)
-            .await
-            .map_err(|e| CommandError::Unavailable { dependency: "kafka", detail: e.to_string() })?;
+        let position = match self.log.append(Topic::UserEvents, &envelopes).await {
+            Ok(position) => position,
+            Err(err) => {
+                // A timed-out append may still have landed. Until the model
+                // is re-read from the log, deciding on it could contradict
+                // the log (say, a second account for one email).
+                self.ready.store(false, Ordering::Release);
+                self.resync_needed.notify_one();
+                return Err(CommandError::Unavailable { dependency: "kafka", detail: err.to_string() });
+            }
+        };
         self.write().apply_commit(&envelopes, position.clone());
         for envelope in &envelopes {
             metrics::counter!("events_appended_total", "type" => envelope.event_type()).increment(1);

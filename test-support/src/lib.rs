@@ -349,6 +349,24 @@ impl TestEnv {
     }
 }
 
+/// A private broker with durable storage in `dir`, for tests that stop and
+/// restart the broker itself (the shared one must stay up).
+pub async fn start_private_broker(dir: &std::path::Path, port: u16) -> Proc {
+    let tansu = required_env("DEVCONNECT_TEST_TANSU");
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = dir.join(format!("broker-{port}.log"));
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+    let child = Command::new(tansu)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
+        .arg(format!("sqlite:///{}", dir.join("broker.db").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("start tansu");
+    wait_for_port(port).await;
+    Proc { name: "broker".into(), child, log }
+}
+
 pub async fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
