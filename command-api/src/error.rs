@@ -42,6 +42,10 @@ impl IntoResponse for ApiError {
             CommandError::Rejected(Rejection::Invalid { code, .. }) => (StatusCode::BAD_REQUEST, code, None),
             CommandError::Rejected(Rejection::Conflict { code, .. }) => (StatusCode::CONFLICT, code, None),
             CommandError::Rejected(Rejection::NotFound { code, .. }) => (StatusCode::NOT_FOUND, code, None),
+            CommandError::Rejected(Rejection::Forbidden { code, .. }) => (StatusCode::FORBIDDEN, code, None),
+            CommandError::Rejected(Rejection::LimitReached { code, retry_after_secs, .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, code, Some(retry_after_secs))
+            }
             CommandError::Rejected(Rejection::SessionNotActive) | CommandError::Unauthenticated => {
                 (StatusCode::UNAUTHORIZED, "invalid_token", None)
             }

@@ -74,9 +74,18 @@ impl EventLog {
     }
 }
 
-/// Reads `topic` from the beginning to the high watermark as it was when
-/// called, folding every commit into `model`. Returns the records applied.
-pub async fn rebuild_model(brokers: &str, topic: &str, model: &std::sync::RwLock<WriteModel>) -> anyhow::Result<u64> {
+/// Reads `topics` from the beginning to their high watermarks as they were
+/// when called, folding every commit into `model`. Returns the records applied.
+///
+/// Partitions are read concurrently, so commits of different aggregates are
+/// folded in no particular order; nothing in the model depends on an order
+/// across aggregates (a daily count is a sum; a connection to a user who is
+/// not known yet still records the pair).
+pub async fn rebuild_model(
+    brokers: &str,
+    topics: &[String],
+    model: &std::sync::RwLock<WriteModel>,
+) -> anyhow::Result<u64> {
     let consumer: StreamConsumer = platform::kafka::client_config(brokers)
         .set("group.id", "command-api-write-model")
         .set("enable.auto.commit", "false")
@@ -85,22 +94,23 @@ pub async fn rebuild_model(brokers: &str, topic: &str, model: &std::sync::RwLock
         // Tansu holds a fetch for the full wait; keep the start-up read brisk.
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions (does it exist?)");
-
     let mut assignment = TopicPartitionList::new();
-    let mut end_of: HashMap<i32, i64> = HashMap::new();
-    for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        if high > low {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-            end_of.insert(partition, high);
+    let mut end_of: HashMap<(String, i32), i64> = HashMap::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions (does it exist?)");
+        for partition in partitions {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+            if high > low {
+                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+                end_of.insert((topic.clone(), partition), high);
+            }
         }
     }
     if end_of.is_empty() {
@@ -110,10 +120,10 @@ pub async fn rebuild_model(brokers: &str, topic: &str, model: &std::sync::RwLock
     let mut applied = 0u64;
     while !end_of.is_empty() {
         let message = consumer.recv().await?;
-        let (partition, offset) = (message.partition(), message.offset());
+        let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
         match decode_record(message.payload().unwrap_or_default()) {
             Ok(commit) => {
-                let position = Position { topic: topic.to_owned(), partition, offset };
+                let position = Position { topic: topic.clone(), partition, offset };
                 model.write().unwrap_or_else(std::sync::PoisonError::into_inner).apply_commit(&commit, position);
                 applied += 1;
             }
@@ -121,11 +131,12 @@ pub async fn rebuild_model(brokers: &str, topic: &str, model: &std::sync::RwLock
             // projector dead-letters the same record. Loud, not fatal.
             Err(err) => {
                 metrics::counter!("write_model_undecodable_records_total").increment(1);
-                tracing::error!(topic, partition, offset, error = %err, "skipping undecodable record while rebuilding the write model");
+                tracing::error!(%topic, partition, offset, error = %err, "skipping undecodable record while rebuilding the write model");
             }
         }
-        if end_of.get(&partition).is_some_and(|end| offset + 1 >= *end) {
-            end_of.remove(&partition);
+        let key = (topic, partition);
+        if end_of.get(&key).is_some_and(|end| offset + 1 >= *end) {
+            end_of.remove(&key);
         }
     }
     Ok(applied)

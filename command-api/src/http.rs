@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
@@ -22,6 +22,8 @@ use crate::domain::user::ProfilePatch;
 use crate::domain::validation::ProfileInput;
 use crate::error::ApiError;
 use crate::service::{Answer, CommandContext, CommandError, CommandService, Outcome, SignupInput};
+use events::connection::RequestStatus;
+use events::user::Tier;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -100,6 +102,18 @@ pub struct UserIdResponse {
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+pub struct RequestIdResponse {
+    pub request_id: Uuid,
+}
+
+/// `{"tier": "free" | "silver" | "gold"}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MembershipBody {
+    pub tier: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct LoginResponse {
     pub token: String,
     pub expires_at: chrono::DateTime<chrono::Utc>,
@@ -112,6 +126,15 @@ fn respond(state: &AppState, outcome: Outcome) -> Response {
         Answer::Registered { user_id } => (StatusCode::CREATED, Json(UserIdResponse { user_id })).into_response(),
         Answer::ProfileUpdated { user_id } => (StatusCode::OK, Json(UserIdResponse { user_id })).into_response(),
         Answer::NoContent => StatusCode::NO_CONTENT.into_response(),
+        Answer::RequestSent { request_id } => {
+            (StatusCode::CREATED, Json(RequestIdResponse { request_id })).into_response()
+        }
+        Answer::RequestReviewed { request_id } => {
+            (StatusCode::OK, Json(RequestIdResponse { request_id })).into_response()
+        }
+        Answer::Membership { tier } => {
+            (StatusCode::OK, Json(MembershipBody { tier: tier.as_str().to_owned() })).into_response()
+        }
         Answer::LoggedIn { user_id, session_id, issued_at, expires_at } => {
             let token = state.keys.sign(&Claims::new(user_id, session_id, issued_at, expires_at));
             let max_age = (expires_at - chrono::Utc::now()).num_seconds().max(0);
@@ -315,6 +338,77 @@ pub async fn change_password(
     Ok(respond(&state, outcome))
 }
 
+fn parse_uuid(raw: &str, code: &'static str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest { code, message: format!("{what} must be a UUID") })
+}
+
+fn parse_status(raw: &str, allowed: &[RequestStatus]) -> Result<RequestStatus, ApiError> {
+    allowed.iter().copied().find(|s| s.as_str() == raw).ok_or_else(|| ApiError::BadRequest {
+        code: "status_invalid",
+        message: format!(
+            "status must be one of: {}",
+            allowed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+#[utoipa::path(post, path = "/v1/requests/send/{status}/{toUserId}", tag = "connections", security(("bearer" = [])),
+    params(("status" = String, Path, description = "interested or ignored"), ("toUserId" = String, Path)),
+    responses((status = 201, body = RequestIdResponse), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, description = "A request between the two exists", body = ErrorResponse),
+        (status = 429, description = "Daily limit of the tier; Retry-After until UTC midnight", body = ErrorResponse)))]
+pub async fn send_request(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    Path((status, to)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let status = parse_status(&status, &[RequestStatus::Interested, RequestStatus::Ignored])?;
+    let to = parse_uuid(&to, "user_id_invalid", "toUserId")?;
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, &format!("send/{}/{to}", status.as_str()), &());
+    let outcome = state.service.send_request(&claims, to, status, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
+#[utoipa::path(post, path = "/v1/requests/review/{status}/{requestId}", tag = "connections", security(("bearer" = [])),
+    params(("status" = String, Path, description = "accepted or rejected"), ("requestId" = String, Path)),
+    responses((status = 200, body = RequestIdResponse), (status = 400, body = ErrorResponse),
+        (status = 403, description = "Not the recipient", body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, description = "Not a pending interested request", body = ErrorResponse)))]
+pub async fn review_request(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    Path((status, request_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let status = parse_status(&status, &[RequestStatus::Accepted, RequestStatus::Rejected])?;
+    let request_id = parse_uuid(&request_id, "request_id_invalid", "requestId")?;
+    let route = format!("review/{}/{request_id}", status.as_str());
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, &route, &());
+    let outcome = state.service.review_request(&claims, request_id, status, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
+#[utoipa::path(put, path = "/v1/membership", tag = "membership", request_body = MembershipBody, security(("bearer" = [])),
+    responses((status = 200, body = MembershipBody), (status = 400, body = ErrorResponse)))]
+pub async fn change_membership(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<MembershipBody>,
+) -> Result<Response, ApiError> {
+    let tier =
+        [Tier::Free, Tier::Silver, Tier::Gold].into_iter().find(|t| t.as_str() == body.tier).ok_or_else(|| {
+            ApiError::BadRequest { code: "tier_invalid", message: "tier must be free, silver or gold".into() }
+        })?;
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, "membership", &body);
+    let outcome = state.service.change_membership(&claims, tier, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let service = Arc::clone(&state.service);
     let kafka = tokio::task::spawn_blocking(move || service.event_log().broker_reachable()).await.unwrap_or(false);
@@ -329,7 +423,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect command API", description = "Writes. Every success carries X-Consistency-Token."),
-    paths(signup, login, logout, update_profile, change_password),
+    paths(signup, login, logout, update_profile, change_password, send_request, review_request, change_membership),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -341,6 +435,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/logout", post(logout))
         .route("/v1/profile", patch(update_profile))
         .route("/v1/profile/password", put(change_password))
+        .route("/v1/requests/send/{status}/{to_user_id}", post(send_request))
+        .route("/v1/requests/review/{status}/{request_id}", post(review_request))
+        .route("/v1/membership", put(change_membership))
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -28,16 +28,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = Arc::new(JwtKeys::new(&config.jwt.secret)?);
     let metrics = platform::http::install_metrics()?;
     let topics = config.kafka.topics();
-    let user_topic = topics.name(Topic::UserEvents);
+    let owned_topics: Vec<String> = Topic::EVENT_TOPICS.iter().map(|t| topics.name(*t)).collect();
     let brokers = config.kafka.brokers.clone();
 
     platform::with_retry("creating topics", || {
-        platform::kafka::ensure_topics(
-            &brokers,
-            std::slice::from_ref(&user_topic),
-            config.kafka.partitions,
-            config.kafka.replication,
-        )
+        platform::kafka::ensure_topics(&brokers, &owned_topics, config.kafka.partitions, config.kafka.replication)
     })
     .await?;
     let redis = platform::redis_conn::connect(&config.redis.url)?;
@@ -63,7 +58,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Serve /healthz at once, but commands only once the model is caught up.
     let started = Instant::now();
     let records = platform::with_retry("rebuilding the write model", || {
-        event_log::rebuild_model(&brokers, &user_topic, service.model_lock())
+        event_log::rebuild_model(&brokers, &owned_topics, service.model_lock())
     })
     .await?;
     service.mark_ready();
@@ -74,7 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let resyncer = Arc::clone(&service);
-    tokio::spawn(async move { resyncer.resync_on_failure(&brokers, &user_topic).await });
+    tokio::spawn(async move { resyncer.resync_on_failure(&brokers, &owned_topics).await });
     let pruner = Arc::clone(&service);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(600));

@@ -5,10 +5,12 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use events::connection::ConnectionEvent;
 use events::{Envelope, Event};
 use uuid::Uuid;
 
+use crate::domain::connection::{self, ConnectionState};
 use crate::domain::user::{self, UserState};
 
 /// Where a record landed.
@@ -36,6 +38,13 @@ pub struct WriteModel {
     emails: HashMap<String, Uuid>,
     /// (acting user, key) → the commit that key produced.
     idempotency: HashMap<(Uuid, String), IdempotentCommit>,
+    /// Pair key → the one request between those two users.
+    connections: HashMap<String, ConnectionState>,
+    /// Request id → pair key.
+    requests: HashMap<Uuid, String>,
+    /// (sender, UTC day) → requests sent that day: the sender's daily
+    /// counter, derived from the connection events.
+    sent_per_day: HashMap<(Uuid, NaiveDate), u32>,
     commits_applied: u64,
 }
 
@@ -50,6 +59,18 @@ impl WriteModel {
 
     pub fn email_owner(&self, email: &str) -> Option<Uuid> {
         self.emails.get(email).copied()
+    }
+
+    pub fn connection(&self, pair_key: &str) -> Option<&ConnectionState> {
+        self.connections.get(pair_key)
+    }
+
+    pub fn pair_of_request(&self, request_id: Uuid) -> Option<&str> {
+        self.requests.get(&request_id).map(String::as_str)
+    }
+
+    pub fn sent_on(&self, sender: Uuid, day: NaiveDate) -> u32 {
+        self.sent_per_day.get(&(sender, day)).copied().unwrap_or(0)
     }
 
     pub fn user_count(&self) -> usize {
@@ -70,16 +91,29 @@ impl WriteModel {
     /// Folds one record's events in. Commits are whole: a record is the unit.
     pub fn apply_commit(&mut self, commit: &[Envelope], position: Position) {
         for envelope in commit {
-            let Event::User(event) = &envelope.event;
-            let Ok(user_id) = envelope.aggregate_id.parse::<Uuid>() else {
-                tracing::warn!(aggregate_id = %envelope.aggregate_id, "user event with a non-UUID aggregate id; skipped");
-                continue;
-            };
-            let before = self.users.remove(&user_id);
-            let after = user::apply(before, event, envelope.aggregate_version, envelope.occurred_at);
-            if let Some(state) = after {
-                self.emails.entry(state.email.clone()).or_insert(state.user_id);
-                self.users.insert(user_id, state);
+            match &envelope.event {
+                Event::User(event) => {
+                    let Ok(user_id) = envelope.aggregate_id.parse::<Uuid>() else {
+                        tracing::warn!(aggregate_id = %envelope.aggregate_id, "user event with a non-UUID aggregate id; skipped");
+                        continue;
+                    };
+                    let before = self.users.remove(&user_id);
+                    let after = user::apply(before, event, envelope.aggregate_version, envelope.occurred_at);
+                    if let Some(state) = after {
+                        self.emails.entry(state.email.clone()).or_insert(state.user_id);
+                        self.users.insert(user_id, state);
+                    }
+                }
+                Event::Connection(event) => {
+                    if let ConnectionEvent::Requested(r) = event {
+                        self.requests.insert(r.request_id, envelope.aggregate_id.clone());
+                        *self.sent_per_day.entry((r.from_user_id, envelope.occurred_at.date_naive())).or_insert(0) += 1;
+                    }
+                    let before = self.connections.remove(&envelope.aggregate_id);
+                    if let Some(state) = connection::apply(before, event, envelope.aggregate_version) {
+                        self.connections.insert(envelope.aggregate_id.clone(), state);
+                    }
+                }
             }
         }
         if let Some(first) = commit.first()
@@ -95,7 +129,9 @@ impl WriteModel {
     }
 
     /// Drops idempotency records older than the window.
-    pub fn prune_idempotency(&mut self, now: DateTime<Utc>) {
+    pub fn prune(&mut self, now: DateTime<Utc>) {
+        let yesterday = now.date_naive() - Duration::days(1);
+        self.sent_per_day.retain(|(_, day), _| *day >= yesterday);
         self.idempotency.retain(|_, c| c.commit.first().is_some_and(|e| now - e.occurred_at < IDEMPOTENCY_WINDOW));
     }
 }

@@ -8,14 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
-use events::user::{Profile, UserEvent};
-use events::{Envelope, Event, EventMetadata, Topic};
+use events::connection::{ConnectionEvent, RequestStatus, pair_key};
+use events::user::{Profile, Tier, UserEvent};
+use events::{Envelope, Event, EventMetadata};
 use platform::auth::Claims;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 use views::SessionDoc;
 use views::keys::RedisKeys;
 
+use crate::domain::connection::{self, ConnectionCommand, SendFacts};
 use crate::domain::user::{self, ProfilePatch, UserCommand, UserState};
 use crate::domain::{Rejection, validation};
 use crate::event_log::EventLog;
@@ -39,6 +41,9 @@ pub enum Answer {
     Registered { user_id: Uuid },
     LoggedIn { user_id: Uuid, session_id: Uuid, issued_at: DateTime<Utc>, expires_at: DateTime<Utc> },
     ProfileUpdated { user_id: Uuid },
+    RequestSent { request_id: Uuid },
+    RequestReviewed { request_id: Uuid },
+    Membership { tier: Tier },
     NoContent,
 }
 
@@ -48,8 +53,17 @@ impl Answer {
     pub fn of_commit(commit: &[Envelope]) -> Answer {
         let user_id = commit.first().and_then(|e| e.aggregate_id.parse().ok()).unwrap_or_default();
         for envelope in commit {
-            let Event::User(event) = &envelope.event;
+            let event = match &envelope.event {
+                Event::User(event) => event,
+                Event::Connection(ConnectionEvent::Requested(r)) => {
+                    return Answer::RequestSent { request_id: r.request_id };
+                }
+                Event::Connection(ConnectionEvent::Reviewed(r)) => {
+                    return Answer::RequestReviewed { request_id: r.request_id };
+                }
+            };
             match event {
+                UserEvent::MembershipChanged(m) => return Answer::Membership { tier: m.tier },
                 UserEvent::Registered(r) => return Answer::Registered { user_id: r.user_id },
                 UserEvent::ProfileUpdated(_) => return Answer::ProfileUpdated { user_id },
                 UserEvent::SessionStarted(s) => {
@@ -182,7 +196,7 @@ impl CommandService {
 
     /// Waits for a failed append, then rebuilds the write model from the log
     /// while holding every command lock, and serves again. Runs forever.
-    pub async fn resync_on_failure(&self, brokers: &str, topic: &str) {
+    pub async fn resync_on_failure(&self, brokers: &str, topics: &[String]) {
         loop {
             self.resync_needed.notified().await;
             let _all = self.locks.lock_all().await;
@@ -192,7 +206,7 @@ impl CommandService {
                     tracing::warn!(error = %err, "renewing the producer failed");
                 }
                 let fresh = RwLock::new(WriteModel::default());
-                match crate::event_log::rebuild_model(brokers, topic, &fresh).await {
+                match crate::event_log::rebuild_model(brokers, topics, &fresh).await {
                     Ok(records) => {
                         *self.write() = fresh.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
                         metrics::counter!("write_model_resyncs_total").increment(1);
@@ -210,7 +224,7 @@ impl CommandService {
     }
 
     pub fn prune(&self) {
-        self.write().prune_idempotency(Utc::now());
+        self.write().prune(Utc::now());
     }
 
     fn ensure_ready(&self) -> Result<(), CommandError> {
@@ -236,12 +250,15 @@ impl CommandService {
     /// as one record, and applies them once acknowledged.
     async fn commit(
         &self,
-        aggregate_id: Uuid,
+        aggregate_id: &str,
         base_version: u64,
         actor: Uuid,
-        events: Vec<UserEvent>,
+        events: Vec<Event>,
         ctx: &CommandContext,
     ) -> Result<(Vec<Envelope>, Position), CommandError> {
+        let Some(topic) = events.first().map(Event::topic) else {
+            return Err(Rejection::invalid("nothing_to_do", "the command changes nothing").into());
+        };
         let now = Utc::now();
         let metadata = EventMetadata {
             actor: Some(actor),
@@ -254,14 +271,14 @@ impl CommandService {
             .zip(base_version + 1..)
             .map(|(event, version)| Envelope {
                 event_id: Uuid::now_v7(),
-                aggregate_id: aggregate_id.to_string(),
+                aggregate_id: aggregate_id.to_owned(),
                 aggregate_version: version,
                 occurred_at: now,
                 metadata: metadata.clone(),
-                event: Event::User(event),
+                event,
             })
             .collect();
-        let position = match self.log.append(Topic::UserEvents, &envelopes).await {
+        let position = match self.log.append(topic, &envelopes).await {
             Ok(position) => position,
             Err(err) => {
                 // A timed-out append may still have landed. Until the model
@@ -319,7 +336,7 @@ impl CommandService {
         let user_id = Uuid::now_v7();
         let events =
             user::decide_registration(owner, UserCommand::Register { user_id, email, profile, password_hash })?;
-        let (envelopes, position) = self.commit(user_id, 0, user_id, events, ctx).await?;
+        let (envelopes, position) = self.commit(&user_id.to_string(), 0, user_id, user_events(events), ctx).await?;
         Ok(Self::outcome(&envelopes, position))
     }
 
@@ -354,7 +371,8 @@ impl CommandService {
         let (state, now) = (self.state_of(user_id)?, Utc::now());
         let command = UserCommand::StartSession { session_id: Uuid::new_v4(), expires_at: now + self.session_ttl };
         let events = user::decide(&state, command, now)?;
-        let (envelopes, position) = self.commit(user_id, state.version, user_id, events, ctx).await?;
+        let (envelopes, position) =
+            self.commit(&user_id.to_string(), state.version, user_id, user_events(events), ctx).await?;
         Ok(Self::outcome(&envelopes, position))
     }
 
@@ -382,7 +400,8 @@ impl CommandService {
         Self::require_active_session(&state, claims)?;
         let now = Utc::now();
         let events = user::decide(&state, make(&state), now)?;
-        let (envelopes, position) = self.commit(claims.sub, state.version, claims.sub, events, ctx).await?;
+        let (envelopes, position) =
+            self.commit(&claims.sub.to_string(), state.version, claims.sub, user_events(events), ctx).await?;
         Ok((Self::outcome(&envelopes, position), envelopes))
     }
 
@@ -437,6 +456,79 @@ impl CommandService {
         Ok(outcome)
     }
 
+    pub async fn change_membership(
+        &self,
+        claims: &Claims,
+        tier: Tier,
+        ctx: &CommandContext,
+    ) -> Result<Outcome, CommandError> {
+        Ok(self.on_own_aggregate(claims, ctx, |_| UserCommand::ChangeMembership { tier }).await?.0)
+    }
+
+    /// Sends a connection request. Locks the pair (one request per pair,
+    /// either direction) and the sender (the daily count).
+    pub async fn send_request(
+        &self,
+        claims: &Claims,
+        to: Uuid,
+        status: RequestStatus,
+        ctx: &CommandContext,
+    ) -> Result<Outcome, CommandError> {
+        self.ensure_ready()?;
+        let from = claims.sub;
+        let pair = pair_key(from, to);
+        let _held = self.locks.lock([format!("pair:{pair}"), format!("actor:{from}")]).await;
+        if let Some(outcome) = self.replay(from, ctx)? {
+            return Ok(outcome);
+        }
+        let sender = self.state_of(from)?;
+        Self::require_active_session(&sender, claims)?;
+        let now = Utc::now();
+        let (existing, facts) = {
+            let model = self.read();
+            let facts = SendFacts {
+                recipient_exists: model.user(to).is_some(),
+                sender_tier: sender.tier,
+                sent_today: model.sent_on(from, now.date_naive()),
+                now,
+            };
+            (model.connection(&pair).cloned(), facts)
+        };
+        let command = ConnectionCommand::Send { request_id: Uuid::now_v7(), from, to, status };
+        let events = connection::decide_send(existing.as_ref(), &facts, command)?;
+        let base = existing.map_or(0, |c| c.version);
+        let (envelopes, position) = self.commit(&pair, base, from, connection_events(events), ctx).await?;
+        Ok(Self::outcome(&envelopes, position))
+    }
+
+    pub async fn review_request(
+        &self,
+        claims: &Claims,
+        request_id: Uuid,
+        status: RequestStatus,
+        ctx: &CommandContext,
+    ) -> Result<Outcome, CommandError> {
+        self.ensure_ready()?;
+        let reviewer = claims.sub;
+        let pair = self.read().pair_of_request(request_id).map(str::to_owned);
+        let mut keys = vec![format!("actor:{reviewer}")];
+        keys.extend(pair.iter().map(|p| format!("pair:{p}")));
+        let _held = self.locks.lock(keys).await;
+        if let Some(outcome) = self.replay(reviewer, ctx)? {
+            return Ok(outcome);
+        }
+        Self::require_active_session(&self.state_of(reviewer)?, claims)?;
+        let existing = pair.as_deref().and_then(|p| self.read().connection(p).cloned());
+        let command = ConnectionCommand::Review { reviewer, status, now: Utc::now() };
+        let events = connection::decide_review(existing.as_ref(), command)?;
+        let (Some(pair), Some(existing)) = (pair, existing) else {
+            return Err(Rejection::NotFound { code: "request_not_found", message: "no such request".into() }.into());
+        };
+        let (envelopes, position) =
+            self.commit(&pair, existing.version, reviewer, connection_events(events), ctx).await?;
+        Ok(Self::outcome(&envelopes, position))
+    }
+
     /// Writes revocations straight to the session cache so logout takes
     /// effect on the query API at once (the one deliberate write-through,
     /// DESIGN.md §1). Best effort: the projector writes the same fact from
@@ -468,4 +560,12 @@ impl CommandService {
             }
         }
     }
+}
+
+fn user_events(events: Vec<UserEvent>) -> Vec<Event> {
+    events.into_iter().map(Event::User).collect()
+}
+
+fn connection_events(events: Vec<ConnectionEvent>) -> Vec<Event> {
+    events.into_iter().map(Event::Connection).collect()
 }

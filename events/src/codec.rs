@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::user::{SessionsRevoked, UserEvent};
+use crate::connection::ConnectionEvent;
+use crate::user::UserEvent;
 use crate::{Envelope, Event, EventMetadata};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,11 @@ fn to_wire(env: &Envelope) -> WireEnvelope {
             UserEvent::ProfileUpdated(p) => serde_json::to_value(p),
             UserEvent::SessionStarted(p) => serde_json::to_value(p),
             UserEvent::SessionsRevoked(p) => serde_json::to_value(p),
+            UserEvent::MembershipChanged(p) => serde_json::to_value(p),
+        },
+        Event::Connection(e) => match e {
+            ConnectionEvent::Requested(p) => serde_json::to_value(p),
+            ConnectionEvent::Reviewed(p) => serde_json::to_value(p),
         },
     }
     .unwrap_or(Value::Null);
@@ -120,7 +126,10 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         UserEvent::CREDENTIALS_SET
         | UserEvent::PROFILE_UPDATED
         | UserEvent::SESSION_STARTED
-        | UserEvent::SESSIONS_REVOKED => 1,
+        | UserEvent::SESSIONS_REVOKED
+        | UserEvent::MEMBERSHIP_CHANGED
+        | ConnectionEvent::REQUESTED
+        | ConnectionEvent::REVIEWED => 1,
         other => return Err(DecodeError::UnknownType(other.to_owned())),
     };
     if version > current || version == 0 {
@@ -131,14 +140,17 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         version,
         reason,
     })?;
-    let user_event = match event_type {
-        UserEvent::REGISTERED => UserEvent::Registered(parse(event_type, version, data)?),
-        UserEvent::CREDENTIALS_SET => UserEvent::CredentialsSet(parse(event_type, version, data)?),
-        UserEvent::PROFILE_UPDATED => UserEvent::ProfileUpdated(parse(event_type, version, data)?),
-        UserEvent::SESSION_STARTED => UserEvent::SessionStarted(parse(event_type, version, data)?),
-        _ => UserEvent::SessionsRevoked(parse::<SessionsRevoked>(event_type, version, data)?),
-    };
-    Ok(Event::User(user_event))
+    let (t, v) = (event_type, version);
+    Ok(match event_type {
+        UserEvent::REGISTERED => Event::User(UserEvent::Registered(parse(t, v, data)?)),
+        UserEvent::CREDENTIALS_SET => Event::User(UserEvent::CredentialsSet(parse(t, v, data)?)),
+        UserEvent::PROFILE_UPDATED => Event::User(UserEvent::ProfileUpdated(parse(t, v, data)?)),
+        UserEvent::SESSION_STARTED => Event::User(UserEvent::SessionStarted(parse(t, v, data)?)),
+        UserEvent::SESSIONS_REVOKED => Event::User(UserEvent::SessionsRevoked(parse(t, v, data)?)),
+        UserEvent::MEMBERSHIP_CHANGED => Event::User(UserEvent::MembershipChanged(parse(t, v, data)?)),
+        ConnectionEvent::REQUESTED => Event::Connection(ConnectionEvent::Requested(parse(t, v, data)?)),
+        _ => Event::Connection(ConnectionEvent::Reviewed(parse(t, v, data)?)),
+    })
 }
 
 /// Brings an old payload up to the current schema. Each arm moves one

@@ -13,11 +13,13 @@
 //! brokers we run do not implement (see `shared/STACK.md`).
 
 pub mod codec;
+pub mod connection;
 pub mod envelope;
 pub mod topic;
 pub mod user;
 
 pub use codec::{DecodeError, decode_record, encode_record};
+pub use connection::ConnectionEvent;
 pub use envelope::{Envelope, EventMetadata};
 pub use topic::{Topic, TopicNames};
 pub use user::UserEvent;
@@ -26,6 +28,7 @@ pub use user::UserEvent;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     User(UserEvent),
+    Connection(ConnectionEvent),
 }
 
 impl Event {
@@ -33,6 +36,7 @@ impl Event {
     pub fn event_type(&self) -> &'static str {
         match self {
             Event::User(e) => e.event_type(),
+            Event::Connection(e) => e.event_type(),
         }
     }
 
@@ -40,6 +44,15 @@ impl Event {
     pub fn schema_version(&self) -> u32 {
         match self {
             Event::User(e) => e.schema_version(),
+            Event::Connection(_) => 1,
+        }
+    }
+
+    /// The topic this event's aggregate lives on.
+    pub fn topic(&self) -> Topic {
+        match self {
+            Event::User(_) => Topic::UserEvents,
+            Event::Connection(_) => Topic::ConnectionEvents,
         }
     }
 }

@@ -5,17 +5,23 @@
 pub enum Topic {
     /// The user aggregate (key: user id): profile, credentials, sessions.
     UserEvents,
+    /// The connection aggregate (key: the ordered user pair): requests and reviews.
+    ConnectionEvents,
     /// Records the projector could not decode or apply, with the reason.
     DeadLetters,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 2] = [Topic::UserEvents, Topic::DeadLetters];
+    pub const ALL: [Topic; 3] = [Topic::UserEvents, Topic::ConnectionEvents, Topic::DeadLetters];
+    /// The topics holding aggregates' events (what the write model and the
+    /// projector read).
+    pub const EVENT_TOPICS: [Topic; 2] = [Topic::UserEvents, Topic::ConnectionEvents];
 
     /// The base name, before any deployment prefix.
     pub fn base_name(self) -> &'static str {
         match self {
             Topic::UserEvents => "user-events",
+            Topic::ConnectionEvents => "connection-events",
             Topic::DeadLetters => "dead-letters",
         }
     }

@@ -100,6 +100,33 @@ pub struct SessionsRevoked {
     pub reason: RevocationReason,
 }
 
+/// Membership tiers (DOMAIN.md "Membership").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    #[default]
+    Free,
+    Silver,
+    Gold,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::Silver => "silver",
+            Tier::Gold => "gold",
+        }
+    }
+}
+
+/// `user.membership_changed` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipChanged {
+    pub tier: Tier,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserEvent {
     Registered(UserRegistered),
@@ -107,6 +134,7 @@ pub enum UserEvent {
     ProfileUpdated(ProfileUpdated),
     SessionStarted(SessionStarted),
     SessionsRevoked(SessionsRevoked),
+    MembershipChanged(MembershipChanged),
 }
 
 impl UserEvent {
@@ -115,6 +143,7 @@ impl UserEvent {
     pub const PROFILE_UPDATED: &'static str = "user.profile_updated";
     pub const SESSION_STARTED: &'static str = "user.session_started";
     pub const SESSIONS_REVOKED: &'static str = "user.sessions_revoked";
+    pub const MEMBERSHIP_CHANGED: &'static str = "user.membership_changed";
 
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -123,6 +152,7 @@ impl UserEvent {
             UserEvent::ProfileUpdated(_) => Self::PROFILE_UPDATED,
             UserEvent::SessionStarted(_) => Self::SESSION_STARTED,
             UserEvent::SessionsRevoked(_) => Self::SESSIONS_REVOKED,
+            UserEvent::MembershipChanged(_) => Self::MEMBERSHIP_CHANGED,
         }
     }
 

@@ -47,7 +47,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = platform::http::install_metrics()?;
     let topics = config.kafka.topics();
     let brokers = config.kafka.brokers.clone();
-    let names: Vec<String> = [Topic::UserEvents, Topic::DeadLetters].map(|t| topics.name(t)).to_vec();
+    let names: Vec<String> = Topic::ALL.iter().map(|t| topics.name(*t)).collect();
     platform::with_retry("creating topics", || {
         platform::kafka::ensure_topics(&brokers, &names, config.kafka.partitions, config.kafka.replication)
     })
@@ -56,6 +56,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mongo = platform::mongo::connect(&config.mongo.uri, "devconnect-projector").await?;
     let redis = platform::redis_conn::connect(&config.redis.url)?;
     let store = ViewStore::new(mongo, &config.mongo.database, redis, RedisKeys::new(config.redis.prefix.clone()));
+    platform::with_retry("creating indexes", || async { Ok(store.ensure_indexes().await?) }).await?;
 
     let consumer: StreamConsumer = platform::kafka::client_config(&brokers)
         .set("group.id", &config.group_id)

@@ -9,10 +9,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use events::connection::{ConnectionEvent, RequestStatus};
 use events::user::{Profile, UserEvent};
 use events::{Envelope, Event};
 use mongodb::bson::{Bson, Document, doc};
-use views::{SessionDoc, UserDoc};
+use views::{ConnectionRequestDoc, SessionDoc, UserDoc};
 
 /// One Kafka record, decoded.
 #[derive(Debug, Clone)]
@@ -28,6 +29,9 @@ pub struct Plan {
     /// `update` statements for the users collection, in event order.
     pub users: Vec<Document>,
     pub sessions: Vec<Document>,
+    pub requests: Vec<Document>,
+    /// Plain `$addToSet` updates: idempotent by nature.
+    pub relations: Vec<Document>,
     /// Next offset to apply per (topic, partition).
     pub checkpoints: BTreeMap<(String, i32), i64>,
     /// Cache entries to refresh once MongoDB has the batch.
@@ -83,8 +87,10 @@ pub fn plan(records: &[Record]) -> Plan {
     for record in records {
         for envelope in &record.commit {
             plan.events += 1;
-            let Event::User(event) = &envelope.event;
-            apply_user_event(&mut plan, envelope, event);
+            match &envelope.event {
+                Event::User(event) => apply_user_event(&mut plan, envelope, event),
+                Event::Connection(event) => apply_connection_event(&mut plan, envelope, event),
+            }
         }
         let next = plan.checkpoints.entry((record.topic.clone(), record.partition)).or_insert(0);
         *next = (*next).max(record.offset + 1);
@@ -146,6 +152,46 @@ fn apply_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
                 plan.touched_sessions.insert(id);
             }
             plan.users.push(set_if_newer(user_id, version, Document::new()));
+        }
+        UserEvent::MembershipChanged(m) => {
+            plan.users.push(set_if_newer(user_id, version, doc! { "membership": m.tier.as_str() }));
+            plan.touched_users.insert(user_id.to_owned());
+        }
+    }
+}
+
+/// `{_id: user}` gets `other` added to the set `field`.
+fn add_to_set(user: &str, field: &str, other: &str) -> Document {
+    doc! { "q": { "_id": user }, "u": { "$addToSet": { field: other } }, "upsert": true }
+}
+
+fn apply_connection_event(plan: &mut Plan, envelope: &Envelope, event: &ConnectionEvent) {
+    let version = envelope.aggregate_version;
+    let pair = envelope.aggregate_id.as_str();
+    match event {
+        ConnectionEvent::Requested(r) => {
+            let doc = ConnectionRequestDoc {
+                request_id: r.request_id.to_string(),
+                pair_key: pair.to_owned(),
+                from_user_id: r.from_user_id.to_string(),
+                to_user_id: r.to_user_id.to_string(),
+                status: r.status.as_str().to_owned(),
+                created_at: envelope.occurred_at,
+                reviewed_at: None,
+                version,
+            };
+            plan.requests.push(replace_if_newer(&doc.request_id, version, to_bson(&doc)));
+            plan.relations.push(add_to_set(&doc.from_user_id, "related", &doc.to_user_id));
+            plan.relations.push(add_to_set(&doc.to_user_id, "related", &doc.from_user_id));
+        }
+        ConnectionEvent::Reviewed(r) => {
+            let fields = doc! { "status": r.status.as_str(), "reviewedAt": to_bson(&r.reviewed_at) };
+            plan.requests.push(set_if_newer(&r.request_id.to_string(), version, fields));
+            // The pair key names both users, so the projector needs no lookup.
+            if let (RequestStatus::Accepted, Some((a, b))) = (r.status, pair.split_once(':')) {
+                plan.relations.push(add_to_set(a, "connections", b));
+                plan.relations.push(add_to_set(b, "connections", a));
+            }
         }
     }
 }

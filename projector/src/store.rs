@@ -96,6 +96,8 @@ impl ViewStore {
         let batches = [
             (collections::USERS, &plan.users),
             (collections::SESSIONS, &plan.sessions),
+            (collections::CONNECTION_REQUESTS, &plan.requests),
+            (collections::RELATIONS, &plan.relations),
             (collections::CHECKPOINTS, &checkpoints),
         ];
         for (collection, statements) in batches {
@@ -168,6 +170,16 @@ impl ViewStore {
             let mut redis = self.redis.clone();
             pipe.query_async::<()>(&mut redis).await?;
         }
+        Ok(())
+    }
+
+    /// The indexes the query API's reads rely on. Idempotent.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        use mongodb::IndexModel;
+        let requests = self.db.collection::<Document>(collections::CONNECTION_REQUESTS);
+        requests
+            .create_index(IndexModel::builder().keys(doc! { "toUserId": 1, "status": 1, "createdAt": -1 }).build())
+            .await?;
         Ok(())
     }
 

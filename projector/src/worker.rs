@@ -48,8 +48,8 @@ impl Worker {
     /// Runs until `shutdown` flips. A batch that fails to apply is retried
     /// with backoff and never skipped: the views may lag, never lose events.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let subscribed = self.topics.name(Topic::UserEvents);
-        self.consumer.subscribe(&[&subscribed])?;
+        let subscribed: Vec<String> = Topic::EVENT_TOPICS.iter().map(|t| self.topics.name(*t)).collect();
+        self.consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
         loop {
             let first = tokio::select! {
                 m = self.consumer.recv() => m,

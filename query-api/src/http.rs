@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRef, FromRequestParts, Path, State};
+use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
 use axum::http::{StatusCode, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -195,6 +195,104 @@ pub async fn public_profile(
     Ok(Json(PublicProfile::from(&user)))
 }
 
+/// `{items: [...]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileList {
+    pub items: Vec<PublicProfile>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedPage {
+    pub items: Vec<PublicProfile>,
+    pub page: u64,
+    pub limit: u64,
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct FeedParams {
+    /// 1-based page number (default 1).
+    pub page: Option<String>,
+    /// Profiles per page, 1-50 (default 10).
+    pub limit: Option<String>,
+}
+
+const MAX_FEED_LIMIT: u64 = 50;
+
+fn positive(raw: Option<&str>, default: u64, code: &'static str, what: &str) -> Result<u64, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(s) => s.trim().parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| ApiError::BadRequest {
+            code,
+            message: format!("{what} must be a whole number of at least 1"),
+        }),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/feed", tag = "connections", security(("bearer" = [])), params(FeedParams),
+    responses((status = 200, body = FeedPage), (status = 400, description = "page or limit out of range", body = ErrorResponse), (status = 401, body = ErrorResponse)))]
+pub async fn feed(
+    State(reader): State<ViewReader>,
+    Caller(claims): Caller,
+    _consistency: Consistency,
+    Query(params): Query<FeedParams>,
+) -> Result<Json<FeedPage>, ApiError> {
+    let page = positive(params.page.as_deref(), 1, "page_invalid", "page")?;
+    let limit = positive(params.limit.as_deref(), 10, "limit_invalid", "limit")?;
+    if limit > MAX_FEED_LIMIT {
+        return Err(ApiError::BadRequest {
+            code: "limit_too_large",
+            message: format!("limit must be at most {MAX_FEED_LIMIT}"),
+        });
+    }
+    let users = reader.feed(&claims.sub.to_string(), page, limit).await?;
+    Ok(Json(FeedPage { items: users.iter().map(PublicProfile::from).collect(), page, limit }))
+}
+
+#[utoipa::path(get, path = "/v1/connections", tag = "connections", security(("bearer" = [])),
+    responses((status = 200, body = ProfileList), (status = 401, body = ErrorResponse)))]
+pub async fn connections(
+    State(reader): State<ViewReader>,
+    Caller(claims): Caller,
+    _consistency: Consistency,
+) -> Result<Json<ProfileList>, ApiError> {
+    let users = reader.connections(&claims.sub.to_string()).await?;
+    Ok(Json(ProfileList { items: users.iter().map(PublicProfile::from).collect() }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceivedRequest {
+    pub request_id: String,
+    pub from: PublicProfile,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReceivedRequests {
+    pub items: Vec<ReceivedRequest>,
+}
+
+#[utoipa::path(get, path = "/v1/requests/received", tag = "connections", security(("bearer" = [])),
+    responses((status = 200, body = ReceivedRequests), (status = 401, body = ErrorResponse)))]
+pub async fn requests_received(
+    State(reader): State<ViewReader>,
+    Caller(claims): Caller,
+    _consistency: Consistency,
+) -> Result<Json<ReceivedRequests>, ApiError> {
+    let requests = reader.requests_received(&claims.sub.to_string()).await?;
+    let senders: Vec<String> = requests.iter().map(|r| r.from_user_id.clone()).collect();
+    let profiles: std::collections::HashMap<String, UserDoc> =
+        reader.users_by_id(&senders).await?.into_iter().map(|u| (u.user_id.clone(), u)).collect();
+    let items = requests
+        .into_iter()
+        .filter_map(|r| {
+            let from = PublicProfile::from(profiles.get(&r.from_user_id)?);
+            Some(ReceivedRequest { request_id: r.request_id, from, created_at: r.created_at })
+        })
+        .collect();
+    Ok(Json(ReceivedRequests { items }))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let (mongo, redis) = (state.reader.mongo_reachable().await, state.reader.redis_reachable().await);
     platform::http::readiness_response(&[("mongo", mongo), ("redis", redis)])
@@ -207,7 +305,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect query API", description = "Reads, from Redis first and MongoDB second."),
-    paths(own_profile, public_profile),
+    paths(own_profile, public_profile, feed, connections, requests_received),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -216,6 +314,9 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/profile", get(own_profile))
         .route("/v1/users/{user_id}", get(public_profile))
+        .route("/v1/feed", get(feed))
+        .route("/v1/connections", get(connections))
+        .route("/v1/requests/received", get(requests_received))
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -3,13 +3,15 @@
 
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
+use mongodb::bson::Bson;
 use mongodb::bson::doc;
 use mongodb::{Client, Database};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use views::keys::RedisKeys;
-use views::{CheckpointDoc, ConsistencyToken, SessionDoc, UserDoc, collections};
+use views::{CheckpointDoc, ConnectionRequestDoc, ConsistencyToken, RelationsDoc, SessionDoc, UserDoc, collections};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -116,6 +118,68 @@ impl ViewReader {
             self.refill(&key, s.version, s, ttl).await;
         }
         Ok(session)
+    }
+
+    async fn relations(&self, user_id: &str) -> Result<RelationsDoc, ReadError> {
+        let found =
+            self.db.collection::<RelationsDoc>(collections::RELATIONS).find_one(doc! { "_id": user_id }).await?;
+        Ok(found.unwrap_or_default())
+    }
+
+    /// Users by id, in the order of `ids`, skipping any not projected yet.
+    pub async fn users_by_id(&self, ids: &[String]) -> Result<Vec<UserDoc>, ReadError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<Bson> = ids.iter().map(|id| Bson::String(id.clone())).collect();
+        let found: Vec<UserDoc> = self
+            .db
+            .collection::<UserDoc>(collections::USERS)
+            .find(doc! { "_id": { "$in": wanted } })
+            .await?
+            .try_collect()
+            .await?;
+        let mut by_id: std::collections::HashMap<String, UserDoc> =
+            found.into_iter().map(|u| (u.user_id.clone(), u)).collect();
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+
+    /// A page of people the viewer has no request with in either direction,
+    /// newest first. Two reads at any size: the viewer's relations document
+    /// (its `related` set is what to exclude) and one `_id`-ordered query.
+    pub async fn feed(&self, viewer: &str, page: u64, limit: u64) -> Result<Vec<UserDoc>, ReadError> {
+        let relations = self.relations(viewer).await?;
+        let mut excluded: Vec<Bson> = relations.related.into_iter().map(Bson::String).collect();
+        excluded.push(Bson::String(viewer.to_owned()));
+        let users = self
+            .db
+            .collection::<UserDoc>(collections::USERS)
+            .find(doc! { "_id": { "$nin": excluded } })
+            .sort(doc! { "_id": -1 })
+            .skip((page - 1) * limit)
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(users)
+    }
+
+    pub async fn connections(&self, viewer: &str) -> Result<Vec<UserDoc>, ReadError> {
+        let relations = self.relations(viewer).await?;
+        self.users_by_id(&relations.connections).await
+    }
+
+    /// Pending `interested` requests to the viewer, newest first.
+    pub async fn requests_received(&self, viewer: &str) -> Result<Vec<ConnectionRequestDoc>, ReadError> {
+        let requests = self
+            .db
+            .collection::<ConnectionRequestDoc>(collections::CONNECTION_REQUESTS)
+            .find(doc! { "toUserId": viewer, "status": "interested" })
+            .sort(doc! { "createdAt": -1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(requests)
     }
 
     /// Waits until the views include the write the token points at.

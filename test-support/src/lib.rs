@@ -330,6 +330,14 @@ impl TestEnv {
         (reply.body["token"].as_str().expect("token").to_owned(), reply.consistency())
     }
 
+    /// Signs up and logs in a user named `name`: (user id, token).
+    pub async fn user(&self, name: &str) -> (String, String) {
+        let email = self.email(name);
+        let (user_id, _) = self.signup(&email).await;
+        let (token, _) = self.login(&email, PASSWORD).await;
+        (user_id, token)
+    }
+
     /// A unique email for this environment.
     pub fn email(&self, name: &str) -> String {
         format!("{name}.{}@example.com", self.id)

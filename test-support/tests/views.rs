@@ -11,7 +11,7 @@ async fn snapshot(env: &TestEnv) -> Vec<String> {
     use futures::TryStreamExt;
     let db = env.mongo().await;
     let mut all = Vec::new();
-    for name in ["users", "sessions"] {
+    for name in ["users", "sessions", "connection_requests", "relations"] {
         let docs: Vec<Document> = db
             .collection::<Document>(name)
             .find(doc! {})
@@ -21,9 +21,20 @@ async fn snapshot(env: &TestEnv) -> Vec<String> {
             .try_collect()
             .await
             .expect("docs");
-        all.extend(docs.into_iter().map(|d| format!("{name}: {d}")));
+        all.extend(docs.into_iter().map(|d| format!("{name}: {}", canonical(d))));
     }
     all
+}
+
+/// Sets are compared as sets: `$addToSet` appends in arrival order, and
+/// events of different pairs arrive from different partitions.
+fn canonical(mut d: Document) -> Document {
+    for field in ["related", "connections"] {
+        if let Ok(list) = d.get_array_mut(field) {
+            list.sort_by_key(|v| v.to_string());
+        }
+    }
+    d
 }
 
 /// Waits until the projector's checkpoints cover `token`, by asking the
@@ -71,9 +82,10 @@ async fn rebuilding_from_offset_zero_gives_the_same_views() {
     // Each user's last write: users spread over partitions, and a rebuild
     // is only complete once every partition has caught up.
     let mut last_writes = Vec::new();
+    let mut users: Vec<(String, String)> = Vec::new();
     for name in ["r1", "r2", "r3"] {
         let email = env.email(name);
-        env.signup(&email).await;
+        let (user_id, _) = env.signup(&email).await;
         let (token, _) = env.login(&email, PASSWORD).await;
         let edit = env
             .command(Method::PATCH, "/v1/profile", Some(&json!({"about": format!("I am {name}")})), Some(&token))
@@ -82,11 +94,31 @@ async fn rebuilding_from_offset_zero_gives_the_same_views() {
         let (second, _) = env.login(&email, PASSWORD).await;
         let logout = env.command(Method::POST, "/v1/auth/logout", None, Some(&second)).await;
         assert_eq!(logout.status, StatusCode::NO_CONTENT);
-        last_writes.push((token, logout.consistency()));
+        last_writes.push((token.clone(), logout.consistency()));
+        users.push((user_id, token));
     }
+    // The social graph too: a request accepted, another ignored.
+    let sent = env
+        .command(Method::POST, &format!("/v1/requests/send/interested/{}", users[1].0), None, Some(&users[0].1))
+        .await;
+    assert_eq!(sent.status, StatusCode::CREATED);
+    let request = sent.body["requestId"].as_str().expect("id").to_owned();
+    let accepted =
+        env.command(Method::POST, &format!("/v1/requests/review/accepted/{request}"), None, Some(&users[1].1)).await;
+    assert_eq!(accepted.status, StatusCode::OK);
+    let ignored =
+        env.command(Method::POST, &format!("/v1/requests/send/ignored/{}", users[0].0), None, Some(&users[2].1)).await;
+    assert_eq!(ignored.status, StatusCode::CREATED);
+    let upgraded = env.command(Method::PUT, "/v1/membership", Some(&json!({"tier": "gold"})), Some(&users[2].1)).await;
+    assert_eq!(upgraded.status, StatusCode::OK);
+    last_writes.push((users[1].1.clone(), accepted.consistency()));
+    last_writes.push((users[2].1.clone(), ignored.consistency()));
+    last_writes.push((users[2].1.clone(), upgraded.consistency()));
     all_caught_up(&env, &last_writes).await;
     let before = snapshot(&env).await;
     assert_eq!(before.iter().filter(|d| d.starts_with("users:")).count(), 3);
+    assert_eq!(before.iter().filter(|d| d.starts_with("connection_requests:")).count(), 2);
+    assert_eq!(before.iter().filter(|d| d.starts_with("relations:")).count(), 3);
 
     // Replay over the existing views: applying everything again is a no-op.
     env.stop_projector();

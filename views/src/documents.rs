@@ -66,3 +66,32 @@ impl CheckpointDoc {
         format!("{topic}:{partition}")
     }
 }
+
+/// `connection_requests` collection. `version` is the pair aggregate's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionRequestDoc {
+    #[serde(rename = "_id")]
+    pub request_id: String,
+    pub pair_key: String,
+    pub from_user_id: String,
+    pub to_user_id: String,
+    /// interested, ignored, accepted or rejected.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub reviewed_at: Option<DateTime<Utc>>,
+    pub version: u64,
+}
+
+/// `relations` collection. Both lists are sets (`$addToSet`), so applying
+/// an event twice leaves them as once.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelationsDoc {
+    #[serde(rename = "_id")]
+    pub user_id: String,
+    #[serde(default)]
+    pub related: Vec<String>,
+    #[serde(default)]
+    pub connections: Vec<String>,
+}

@@ -8,12 +8,17 @@ pub mod documents;
 pub mod keys;
 
 pub use consistency::ConsistencyToken;
-pub use documents::{CheckpointDoc, SessionDoc, UserDoc};
+pub use documents::{CheckpointDoc, ConnectionRequestDoc, RelationsDoc, SessionDoc, UserDoc};
 
 /// MongoDB collection names.
 pub mod collections {
     pub const USERS: &str = "users";
     pub const SESSIONS: &str = "sessions";
+    /// One document per connection request (index: toUserId + status).
+    pub const CONNECTION_REQUESTS: &str = "connection_requests";
+    /// Per user: everyone they have a request with, either direction
+    /// (`related`, what the feed excludes), and their accepted connections.
+    pub const RELATIONS: &str = "relations";
     /// Applied position per topic partition, written in the same transaction
     /// as the view changes it covers.
     pub const CHECKPOINTS: &str = "checkpoints";

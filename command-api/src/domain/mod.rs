@@ -1,6 +1,7 @@
 //! Pure domain logic: validation, and `decide`/`apply` per aggregate. No IO
 //! here; the handlers do the IO around it.
 
+pub mod connection;
 pub mod user;
 pub mod validation;
 
@@ -14,6 +15,10 @@ pub enum Rejection {
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("{message}")]
+    LimitReached { code: &'static str, message: String, retry_after_secs: u64 },
     #[error("session is not active")]
     SessionNotActive,
 }

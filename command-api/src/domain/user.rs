@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use events::user::{
-    CredentialsSet, Profile, ProfileUpdated, RevocationReason, SessionStarted, SessionsRevoked, UserEvent,
-    UserRegistered,
+    CredentialsSet, MembershipChanged, Profile, ProfileUpdated, RevocationReason, SessionStarted, SessionsRevoked,
+    Tier, UserEvent, UserRegistered,
 };
 use uuid::Uuid;
 
@@ -32,6 +32,7 @@ pub struct UserState {
     /// argon2id PHC string; `None` only between the two events of a sign-up.
     pub password_hash: Option<String>,
     pub sessions: HashMap<Uuid, Session>,
+    pub tier: Tier,
     pub version: u64,
 }
 
@@ -85,6 +86,9 @@ pub enum UserCommand {
     },
     EndSession {
         session_id: Uuid,
+    },
+    ChangeMembership {
+        tier: Tier,
     },
 }
 
@@ -155,6 +159,7 @@ pub fn decide(state: &UserState, command: UserCommand, now: DateTime<Utc>) -> Re
             })]),
             _ => Err(Rejection::SessionNotActive),
         },
+        UserCommand::ChangeMembership { tier } => Ok(vec![UserEvent::MembershipChanged(MembershipChanged { tier })]),
     }
 }
 
@@ -174,6 +179,7 @@ pub fn apply(
                 profile: r.profile.clone(),
                 password_hash: None,
                 sessions: HashMap::new(),
+                tier: Tier::Free,
                 version,
             });
         }
@@ -198,6 +204,7 @@ pub fn apply(
                 }
             }
         }
+        UserEvent::MembershipChanged(m) => state.tier = m.tier,
     }
     state.version = version;
     Some(state)
