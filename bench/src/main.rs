@@ -24,6 +24,17 @@ struct Args {
     kafka_brokers: String,
     #[arg(long, default_value = "redis://127.0.0.1:16379/")]
     redis_url: String,
+    #[arg(long, default_value = "mongodb://127.0.0.1:27117/?retryWrites=false&directConnection=true")]
+    mongo_uri: String,
+    #[arg(long, default_value = "devconnect")]
+    mongo_database: String,
+    /// The deployment's topic prefix (empty for the dev stack).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Users to seed (straight into user-events, as an import would) before
+    /// measuring the feed; 0 skips seeding.
+    #[arg(long, default_value_t = 100_000)]
+    feed_users: usize,
     /// Operations per measurement at concurrency 1.
     #[arg(long, default_value_t = 200)]
     serial_ops: usize,
@@ -104,6 +115,16 @@ impl Api {
         Ok(v["userId"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// The user id of an account the run already created.
+    async fn user_id_of(&self, email: &str) -> anyhow::Result<String> {
+        let token = self.login(email).await?;
+        let v = self.profile(&token, None).await;
+        match v {
+            Ok(v) => Ok(v["userId"].as_str().unwrap_or_default().to_owned()),
+            Err(_) => anyhow::bail!("{email} not in the views yet"),
+        }
+    }
+
     async fn login(&self, email: &str) -> anyhow::Result<String> {
         let v: Value =
             self.post("/v1/auth/login", &json!({"emailId": email, "password": PASSWORD}), None).await?.json().await?;
@@ -120,6 +141,18 @@ impl Api {
             .await?;
         anyhow::ensure!(res.status().is_success(), "PATCH /v1/profile: {}", res.status());
         Ok(res.headers().get("x-consistency-token").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned())
+    }
+
+    /// POST that answers `{requestId}`.
+    async fn request_id(&self, path: &str, token: &str) -> anyhow::Result<String> {
+        let v: Value = self.post(path, &json!({}), Some(token)).await?.json().await?;
+        Ok(v["requestId"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn get_ok(&self, path: &str, token: &str) -> anyhow::Result<Value> {
+        let res = self.http.get(format!("{}{path}", self.query)).bearer_auth(token).send().await?;
+        anyhow::ensure!(res.status().is_success(), "GET {path}: {}", res.status());
+        Ok(res.json().await?)
     }
 
     async fn profile(&self, token: &str, consistency: Option<&str>) -> anyhow::Result<Value> {
@@ -261,6 +294,128 @@ async fn main() -> anyhow::Result<()> {
     lags.sort();
     let lag_ms = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)].as_secs_f64() * 1e3;
 
+    // Connection requests: each op a distinct pair. Senders are gold, so
+    // the daily limit does not cap the benchmark.
+    let mut senders = Vec::new();
+    for i in 0..64 {
+        let token = api.login(&email("s64", i)).await?;
+        let res = api
+            .http
+            .put(format!("{}/v1/membership", api.command))
+            .bearer_auth(&token)
+            .json(&json!({"tier": "gold"}))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status().is_success(), "upgrade: {}", res.status());
+        senders.push(token);
+    }
+    let recipients_64: Vec<(String, String)> = {
+        let mut v = Vec::new();
+        for i in 64..(parallel / 4).max(65) {
+            let e = email("s64", i);
+            v.push((api.user_id_of(&e).await?, api.login(&e).await?));
+        }
+        v
+    };
+    let recipients_1: Vec<(String, String)> = {
+        let mut v = Vec::new();
+        for i in 0..serial / 4 {
+            let e = email("s1", i);
+            v.push((api.user_id_of(&e).await?, api.login(&e).await?));
+        }
+        v
+    };
+    let (senders, recipients_64, recipients_1) = (Arc::new(senders), Arc::new(recipients_64), Arc::new(recipients_1));
+    let request_ids_64 = Arc::new(std::sync::Mutex::new(vec![String::new(); recipients_64.len()]));
+    let request_ids_1 = Arc::new(std::sync::Mutex::new(vec![String::new(); recipients_1.len()]));
+    let send_phase = |c: usize, recipients: Arc<Vec<(String, String)>>, ids: Arc<std::sync::Mutex<Vec<String>>>| {
+        let (api, senders) = (Arc::clone(&api), Arc::clone(&senders));
+        let ops = recipients.len();
+        measure(c, ops, move |i| {
+            let (api, senders, recipients, ids) =
+                (Arc::clone(&api), Arc::clone(&senders), Arc::clone(&recipients), Arc::clone(&ids));
+            async move {
+                let id = api
+                    .request_id(&format!("/v1/requests/send/interested/{}", recipients[i].0), &senders[i % 64])
+                    .await?;
+                ids.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[i] = id;
+                Ok(())
+            }
+        })
+    };
+    let send_1 = send_phase(1, Arc::clone(&recipients_1), Arc::clone(&request_ids_1)).await?;
+    let send_64 = send_phase(64, Arc::clone(&recipients_64), Arc::clone(&request_ids_64)).await?;
+    let review_phase = |c: usize, recipients: Arc<Vec<(String, String)>>, ids: Arc<std::sync::Mutex<Vec<String>>>| {
+        let api = Arc::clone(&api);
+        let ids: Arc<Vec<String>> = Arc::new(ids.lock().map(|v| v.clone()).unwrap_or_default());
+        measure(c, recipients.len(), move |i| {
+            let (api, recipients, ids) = (Arc::clone(&api), Arc::clone(&recipients), Arc::clone(&ids));
+            async move {
+                api.request_id(&format!("/v1/requests/review/accepted/{}", ids[i]), &recipients[i].1).await.map(|_| ())
+            }
+        })
+    };
+    let review_1 = review_phase(1, Arc::clone(&recipients_1), request_ids_1).await?;
+    let review_64 = review_phase(64, Arc::clone(&recipients_64), request_ids_64).await?;
+
+    // The feed at scale: seed users straight into the log, wait until the
+    // views hold them, then read feed pages beside a plain MongoDB query.
+    let mongo = mongodb::Client::with_uri_str(&args.mongo_uri).await?.database(&args.mongo_database);
+    let users = mongo.collection::<mongodb::bson::Document>("users");
+    if args.feed_users > 0 {
+        let last_per_partition = seed_users(&args, &run, args.feed_users, &producer).await?;
+        let started = Instant::now();
+        // Each partition is applied in order: once its last seeded user is
+        // in the view, all of that partition's are. Point reads by _id only,
+        // so the wait does not load the database it is measuring.
+        for user_id in last_per_partition {
+            while users.find_one(mongodb::bson::doc! { "_id": &user_id }).await?.is_none() {
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(900),
+                    "seeded users not projected within 15 min"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        println!("seeded {} users; projected in {:.1} s", args.feed_users, started.elapsed().as_secs_f64());
+    }
+    let in_view = users.estimated_document_count().await?;
+    let viewer = Arc::new(senders[0].clone());
+    let feed = |c: usize, ops: usize, page: usize| {
+        let (api, viewer) = (Arc::clone(&api), Arc::clone(&viewer));
+        measure(c, ops, move |_| {
+            let (api, viewer) = (Arc::clone(&api), Arc::clone(&viewer));
+            async move {
+                let v = api.get_ok(&format!("/v1/feed?page={page}&limit=50"), &viewer).await?;
+                anyhow::ensure!(v["items"].as_array().is_some_and(|a| a.len() == 50), "a full page");
+                Ok(())
+            }
+        })
+    };
+    let feed_1 = feed(1, serial, 1).await?;
+    let feed_64 = feed(64, parallel, 1).await?;
+    let feed_deep = feed(1, serial / 4, 1000).await?;
+    let mongo_page = |c: usize, ops: usize| {
+        let users = users.clone();
+        measure(c, ops, move |_| {
+            let users = users.clone();
+            async move {
+                use futures::TryStreamExt;
+                let page: Vec<mongodb::bson::Document> = users
+                    .find(mongodb::bson::doc! {})
+                    .sort(mongodb::bson::doc! {"_id": -1})
+                    .limit(50)
+                    .await?
+                    .try_collect()
+                    .await?;
+                anyhow::ensure!(page.len() == 50, "a full page");
+                Ok(())
+            }
+        })
+    };
+    let raw_page_1 = mongo_page(1, serial).await?;
+    let raw_page_64 = mongo_page(64, parallel).await?;
+
     println!("\nDevConnect benchmark (run {run})");
     println!(
         "{:<34} {:>3} {:>9} {:>9} {:>10}   {:>9} {:>9}",
@@ -278,6 +433,16 @@ async fn main() -> anyhow::Result<()> {
     row("PATCH /v1/profile", 64, edit_64, Some(produce_64));
     row("GET /v1/profile (cached)", 1, read_1, Some(get_1));
     row("GET /v1/profile (cached)", 64, read_64, Some(get_64));
+    row("POST /v1/requests/send", 1, send_1, Some(produce_1));
+    row("POST /v1/requests/send", 64, send_64, Some(produce_64));
+    row("POST /v1/requests/review", 1, review_1, Some(produce_1));
+    row("POST /v1/requests/review", 64, review_64, Some(produce_64));
+    println!("feed, with {in_view} users in the view:");
+    row("raw: mongo find 50 by _id", 1, raw_page_1, None);
+    row("raw: mongo find 50 by _id", 64, raw_page_64, None);
+    row("GET /v1/feed page 1, limit 50", 1, feed_1, Some(raw_page_1));
+    row("GET /v1/feed page 1, limit 50", 64, feed_64, Some(raw_page_64));
+    row("GET /v1/feed page 1000, limit 50", 1, feed_deep, Some(raw_page_1));
     println!(
         "ack -> visible in query (cached read, 100 edits): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         lag_ms(0.5),
@@ -286,4 +451,79 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("(signup and login include argon2id hashing: 19 MiB, 2 passes, on this machine's cores)");
     Ok(())
+}
+
+/// Seeds `count` registrations straight into user-events (pipelined), as a
+/// bulk import would. They carry no credentials, so nobody can log in as
+/// them; the command API learns of them at its next start.
+async fn seed_users(
+    args: &Args,
+    run: &str,
+    count: usize,
+    producer: &rdkafka::producer::FutureProducer,
+) -> anyhow::Result<Vec<String>> {
+    use events::user::{Profile, UserEvent, UserRegistered};
+    use events::{Envelope, Event, EventMetadata, Topic, TopicNames};
+    let topic = TopicNames::new(args.topic_prefix.clone()).name(Topic::UserEvents);
+    let started = Instant::now();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut last: std::collections::HashMap<i32, (i64, String)> = std::collections::HashMap::new();
+    for i in 0..count {
+        let user_id = uuid::Uuid::now_v7();
+        let envelope = Envelope {
+            event_id: uuid::Uuid::now_v7(),
+            aggregate_id: user_id.to_string(),
+            aggregate_version: 1,
+            occurred_at: chrono::Utc::now(),
+            metadata: EventMetadata {
+                actor: None,
+                correlation_id: format!("bench-seed-{run}"),
+                idempotency_key: None,
+                request_fingerprint: None,
+            },
+            event: Event::User(UserEvent::Registered(UserRegistered {
+                user_id,
+                email_id: format!("seed-{run}-{i}@example.com"),
+                profile: Profile {
+                    first_name: "Seed".into(),
+                    last_name: format!("User{i}"),
+                    age: Some(30),
+                    gender: None,
+                    about: Some(format!("seeded by bench run {run}")),
+                    skills: vec!["rust".into()],
+                    photo_url: None,
+                },
+            })),
+        };
+        let payload = events::encode_record(std::slice::from_ref(&envelope));
+        let key = envelope.aggregate_id.clone();
+        let producer = producer.clone();
+        let payload_key = key.clone();
+        let topic = topic.clone();
+        in_flight.push(async move {
+            producer
+                .send(FutureRecord::to(&topic).key(&payload_key).payload(&payload), Duration::from_secs(30))
+                .await
+                .map(|delivery| (delivery.partition, delivery.offset, key))
+                .map_err(|(e, _)| anyhow::anyhow!("seeding: {e}"))
+        });
+        if in_flight.len() >= 2000
+            && let Some(r) = futures::StreamExt::next(&mut in_flight).await
+        {
+            note_last(&mut last, r?);
+        }
+    }
+    while let Some(r) = futures::StreamExt::next(&mut in_flight).await {
+        note_last(&mut last, r?);
+    }
+    println!("produced {count} seed registrations in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(last.into_values().map(|(_, id)| id).collect())
+}
+
+/// Keeps, per partition, the user id at the highest offset.
+fn note_last(last: &mut std::collections::HashMap<i32, (i64, String)>, (partition, offset, id): (i32, i64, String)) {
+    let entry = last.entry(partition).or_insert((-1, String::new()));
+    if offset > entry.0 {
+        *entry = (offset, id);
+    }
 }

@@ -89,7 +89,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dead_letters,
         topics,
         store,
-        settings: WorkerSettings { max_batch: config.max_batch, linger: config.linger },
+        settings: WorkerSettings {
+            max_batch: config.max_batch,
+            linger: config.linger,
+            max_batch_time: config.max_batch_time,
+        },
         progress,
     };
     tracing::info!(group = %config.group_id, "projecting");

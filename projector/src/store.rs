@@ -131,7 +131,10 @@ impl ViewStore {
                 .await?
                 .try_collect()
                 .await?;
+            let directory = self.keys.feed_directory();
             for user in users {
+                // Idempotent: a member is added once (score 0, ordered by id).
+                pipe.zadd(&directory, &user.user_id, 0).ignore();
                 let json = serde_json::to_string(&user).unwrap_or_default();
                 views::cache::pipe_set_if_newer(
                     &mut pipe,

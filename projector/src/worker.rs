@@ -17,8 +17,10 @@ use crate::store::ViewStore;
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub max_batch: usize,
-    /// How long to wait for more records once a batch has begun.
+    /// A batch ends when no record arrives for this long...
     pub linger: Duration,
+    /// ...or when it has been filling for this long.
+    pub max_batch_time: Duration,
 }
 
 /// Progress the ops endpoints report: (topic, partition) → next offset applied.
@@ -56,9 +58,11 @@ impl Worker {
                 _ = shutdown.changed() => return Ok(()),
             };
             let mut messages = vec![first?];
-            let deadline = Instant::now() + self.settings.linger;
+            // Quiet traffic: a lone record is applied after one short idle
+            // gap. A backlog: records keep coming, and batches fill up.
+            let deadline = Instant::now() + self.settings.max_batch_time;
             while messages.len() < self.settings.max_batch {
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = deadline.saturating_duration_since(Instant::now()).min(self.settings.linger);
                 match tokio::time::timeout(left, self.consumer.recv()).await {
                     Ok(Ok(m)) => messages.push(m),
                     Ok(Err(err)) => {

@@ -178,3 +178,69 @@ async fn the_daily_limit_follows_the_tier_and_survives_a_restart() {
     assert_eq!(downgrade.status, StatusCode::OK);
     assert_eq!(send(&env, &sender, "interested", &recipients[21]).await.status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+async fn feed_path_count(env: &TestEnv, path: &str) -> u64 {
+    let text = env.http.get(env.query_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let prefix = format!("feed_reads_total{{path=\"{path}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Every page, at several sizes, against the order computed here: all users
+/// but the viewer and those related to them, newest (largest uuid v7) first.
+async fn assert_feed_pages(env: &TestEnv, token: &str, expected: &[String]) {
+    for limit in [1usize, 2, 3, 50] {
+        let mut seen = Vec::new();
+        for page in 1..=expected.len().div_ceil(limit) + 1 {
+            let reply = env.query(&format!("/v1/feed?page={page}&limit={limit}"), token, None).await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+            seen.extend(ids(&reply));
+        }
+        assert_eq!(seen, expected, "limit {limit}");
+    }
+}
+
+#[tokio::test]
+async fn feed_pages_are_exact_from_the_directory_and_from_mongodb() {
+    let env = TestEnv::start().await;
+    let (viewer, token) = env.user("viewer").await;
+    let mut others = Vec::new();
+    let mut last = None;
+    for i in 0..6 {
+        let (id, other_token) = env.user(&format!("u{i}")).await;
+        let consistency = match i {
+            1 => Some(send(&env, &token, "interested", &id).await),
+            4 => Some(send(&env, &other_token, "ignored", &viewer).await),
+            _ => None,
+        };
+        if let Some(reply) = consistency {
+            assert_eq!(reply.status, StatusCode::CREATED);
+            last = Some(reply.consistency());
+        } else {
+            others.push(id);
+        }
+    }
+    let (_, consistency) = env.login(&env.email("u5"), test_support::PASSWORD).await;
+    for c in [last.expect("requests sent"), consistency] {
+        assert_eq!(env.query("/v1/profile", &token, Some(&c)).await.status, StatusCode::OK);
+    }
+    let mut expected = others.clone();
+    expected.sort();
+    expected.reverse();
+
+    // No directory yet: MongoDB answers, and a rebuild starts.
+    assert_feed_pages(&env, &token, &expected).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while feed_path_count(&env, "directory").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the feed directory was never used");
+        assert_eq!(ids(&env.query("/v1/feed?limit=50", &token, None).await), expected);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let from_directory = feed_path_count(&env, "directory").await;
+    assert_feed_pages(&env, &token, &expected).await;
+    assert!(feed_path_count(&env, "directory").await > from_directory, "pages served from the directory");
+
+    // A cache loss takes the directory and its completeness with it.
+    let mut redis = env.redis().await;
+    let () = redis::cmd("FLUSHALL").query_async(&mut redis).await.expect("flushall");
+    assert_feed_pages(&env, &token, &expected).await;
+}
