@@ -20,6 +20,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // A cache outage degrades reads to MongoDB; it does not stop the service.
     let redis = platform::redis_conn::connect(&config.redis.url)?;
     let reader = ViewReader::new(mongo, &config.mongo.database, redis, RedisKeys::new(config.redis.prefix.clone()));
+    reader.prepare_feed_directory().await;
     let state = http::AppState { reader, keys, metrics, consistency_wait: config.consistency_wait };
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

@@ -257,6 +257,20 @@ impl ViewReader {
         Ok(users)
     }
 
+    /// At start: if the feed directory is not complete (first deploy, cache
+    /// loss while down), rebuild it now rather than on the first feed read.
+    pub async fn prepare_feed_directory(&self) {
+        let mut redis = self.redis.clone();
+        let complete: Result<Option<f64>, _> = redis::cmd("ZSCORE")
+            .arg(self.keys.feed_directory())
+            .arg(views::keys::FEED_DIRECTORY_COMPLETE)
+            .query_async(&mut redis)
+            .await;
+        if !matches!(complete, Ok(Some(_))) {
+            self.spawn_directory_rebuild();
+        }
+    }
+
     fn spawn_directory_rebuild(&self) {
         let reader = self.clone();
         tokio::spawn(async move {

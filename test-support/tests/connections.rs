@@ -227,7 +227,7 @@ async fn feed_pages_are_exact_from_the_directory_and_from_mongodb() {
     expected.sort();
     expected.reverse();
 
-    // No directory yet: MongoDB answers, and a rebuild starts.
+    // The query API built the directory at start; the projector keeps it.
     assert_feed_pages(&env, &token, &expected).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while feed_path_count(&env, "directory").await == 0 {
@@ -239,8 +239,12 @@ async fn feed_pages_are_exact_from_the_directory_and_from_mongodb() {
     assert_feed_pages(&env, &token, &expected).await;
     assert!(feed_path_count(&env, "directory").await > from_directory, "pages served from the directory");
 
-    // A cache loss takes the directory and its completeness with it.
+    // A cache loss takes the directory and its completeness with it:
+    // MongoDB answers until the directory is rebuilt, with the same pages.
+    let from_mongo = feed_path_count(&env, "mongo").await;
     let mut redis = env.redis().await;
     let () = redis::cmd("FLUSHALL").query_async(&mut redis).await.expect("flushall");
+    assert_feed_pages(&env, &token, &expected).await;
+    assert!(feed_path_count(&env, "mongo").await > from_mongo, "the MongoDB path served after the flush");
     assert_feed_pages(&env, &token, &expected).await;
 }
