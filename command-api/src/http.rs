@@ -106,6 +106,18 @@ pub struct RequestIdResponse {
     pub request_id: Uuid,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageIdResponse {
+    pub message_id: Uuid,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct MessageRequest {
+    /// 1-2000 characters.
+    pub text: String,
+}
+
 /// `{"tier": "free" | "silver" | "gold"}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MembershipBody {
@@ -132,6 +144,9 @@ fn respond(state: &AppState, outcome: Outcome) -> Response {
         Answer::RequestReviewed { request_id } => {
             (StatusCode::OK, Json(RequestIdResponse { request_id })).into_response()
         }
+        Answer::MessageSent { message_id } => {
+            (StatusCode::CREATED, Json(MessageIdResponse { message_id })).into_response()
+        }
         Answer::Membership { tier } => {
             (StatusCode::OK, Json(MembershipBody { tier: tier.as_str().to_owned() })).into_response()
         }
@@ -148,14 +163,12 @@ fn respond(state: &AppState, outcome: Outcome) -> Response {
             response
         }
     };
-    let token = ConsistencyToken {
-        topic: outcome.position.topic,
-        partition: outcome.position.partition,
-        offset: outcome.position.offset,
-    };
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&token.encode()) {
-        headers.insert(ConsistencyToken::HEADER, value);
+    if let Some(position) = outcome.position {
+        let token = ConsistencyToken { topic: position.topic, partition: position.partition, offset: position.offset };
+        if let Ok(value) = HeaderValue::from_str(&token.encode()) {
+            headers.insert(ConsistencyToken::HEADER, value);
+        }
     }
     if outcome.replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -409,6 +422,41 @@ pub async fn change_membership(
     Ok(respond(&state, outcome))
 }
 
+#[utoipa::path(post, path = "/v1/messages/{toUserId}", tag = "messages", request_body = MessageRequest, security(("bearer" = [])),
+    params(("toUserId" = String, Path)),
+    responses((status = 201, body = MessageIdResponse), (status = 400, body = ErrorResponse),
+        (status = 403, description = "Not connected", body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn send_message(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    Path(to): Path<String>,
+    ApiJson(body): ApiJson<MessageRequest>,
+) -> Result<Response, ApiError> {
+    let to = parse_uuid(&to, "user_id_invalid", "toUserId")?;
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, &format!("message/{to}"), &body);
+    let outcome = state.service.send_message(&claims, to, body.text, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
+#[utoipa::path(post, path = "/v1/messages/{messageId}/read", tag = "messages", security(("bearer" = [])),
+    params(("messageId" = String, Path)),
+    responses((status = 204, description = "Read (reading again changes nothing)"), (status = 403, description = "Not the recipient", body = ErrorResponse),
+        (status = 404, body = ErrorResponse)))]
+pub async fn read_message(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    Path(message_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let message_id = parse_uuid(&message_id, "message_id_invalid", "messageId")?;
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, &format!("read/{message_id}"), &());
+    let outcome = state.service.read_message(&claims, message_id, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let service = Arc::clone(&state.service);
     let kafka = tokio::task::spawn_blocking(move || service.event_log().broker_reachable()).await.unwrap_or(false);
@@ -423,7 +471,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect command API", description = "Writes. Every success carries X-Consistency-Token."),
-    paths(signup, login, logout, update_profile, change_password, send_request, review_request, change_membership),
+    paths(signup, login, logout, update_profile, change_password, send_request, review_request, change_membership, send_message, read_message),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -438,6 +486,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/send/{status}/{to_user_id}", post(send_request))
         .route("/v1/requests/review/{status}/{request_id}", post(review_request))
         .route("/v1/membership", put(change_membership))
+        .route("/v1/messages/{to_user_id}", post(send_message))
+        .route("/v1/messages/{message_id}/read", post(read_message))
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

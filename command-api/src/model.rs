@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use events::connection::ConnectionEvent;
+use events::connection::{ConnectionEvent, RequestStatus};
+use events::message::MessageEvent;
 use events::{Envelope, Event};
 use uuid::Uuid;
 
 use crate::domain::connection::{self, ConnectionState};
+use crate::domain::message::MessageState;
 use crate::domain::user::{self, UserState};
 
 /// Where a record landed.
@@ -45,6 +47,10 @@ pub struct WriteModel {
     /// (sender, UTC day) → requests sent that day: the sender's daily
     /// counter, derived from the connection events.
     sent_per_day: HashMap<(Uuid, NaiveDate), u32>,
+    /// Every message (who may mark it read, and whether they have).
+    messages: HashMap<Uuid, MessageState>,
+    /// Pair key → the conversation aggregate's version.
+    conversation_versions: HashMap<String, u64>,
     commits_applied: u64,
 }
 
@@ -67,6 +73,18 @@ impl WriteModel {
 
     pub fn pair_of_request(&self, request_id: Uuid) -> Option<&str> {
         self.requests.get(&request_id).map(String::as_str)
+    }
+
+    pub fn connected(&self, pair_key: &str) -> bool {
+        self.connections.get(pair_key).is_some_and(|c| c.status == RequestStatus::Accepted)
+    }
+
+    pub fn message(&self, message_id: Uuid) -> Option<&MessageState> {
+        self.messages.get(&message_id)
+    }
+
+    pub fn conversation_version(&self, pair_key: &str) -> u64 {
+        self.conversation_versions.get(pair_key).copied().unwrap_or(0)
     }
 
     pub fn sent_on(&self, sender: Uuid, day: NaiveDate) -> u32 {
@@ -113,6 +131,25 @@ impl WriteModel {
                     if let Some(state) = connection::apply(before, event, envelope.aggregate_version) {
                         self.connections.insert(envelope.aggregate_id.clone(), state);
                     }
+                }
+                Event::Message(event) => {
+                    match event {
+                        MessageEvent::Sent(m) => {
+                            let state = MessageState {
+                                pair: envelope.aggregate_id.clone(),
+                                from: m.from_user_id,
+                                to: m.to_user_id,
+                                read: false,
+                            };
+                            self.messages.insert(m.message_id, state);
+                        }
+                        MessageEvent::Read(r) => {
+                            if let Some(m) = self.messages.get_mut(&r.message_id) {
+                                m.read = true;
+                            }
+                        }
+                    }
+                    self.conversation_versions.insert(envelope.aggregate_id.clone(), envelope.aggregate_version);
                 }
             }
         }

@@ -9,6 +9,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 use events::connection::{ConnectionEvent, RequestStatus, pair_key};
+use events::message::MessageEvent;
 use events::user::{Profile, Tier, UserEvent};
 use events::{Envelope, Event, EventMetadata};
 use platform::auth::Claims;
@@ -18,6 +19,7 @@ use views::SessionDoc;
 use views::keys::RedisKeys;
 
 use crate::domain::connection::{self, ConnectionCommand, SendFacts};
+use crate::domain::message;
 use crate::domain::user::{self, ProfilePatch, UserCommand, UserState};
 use crate::domain::{Rejection, validation};
 use crate::event_log::EventLog;
@@ -43,6 +45,7 @@ pub enum Answer {
     ProfileUpdated { user_id: Uuid },
     RequestSent { request_id: Uuid },
     RequestReviewed { request_id: Uuid },
+    MessageSent { message_id: Uuid },
     Membership { tier: Tier },
     NoContent,
 }
@@ -61,6 +64,8 @@ impl Answer {
                 Event::Connection(ConnectionEvent::Reviewed(r)) => {
                     return Answer::RequestReviewed { request_id: r.request_id };
                 }
+                Event::Message(MessageEvent::Sent(m)) => return Answer::MessageSent { message_id: m.message_id },
+                Event::Message(MessageEvent::Read(_)) => return Answer::NoContent,
             };
             match event {
                 UserEvent::MembershipChanged(m) => return Answer::Membership { tier: m.tier },
@@ -84,7 +89,9 @@ impl Answer {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub answer: Answer,
-    pub position: Position,
+    /// Where the command's record landed; `None` when it changed nothing
+    /// (reading a message already read).
+    pub position: Option<Position>,
     /// True when this answers a retry from the log and appended nothing.
     pub replayed: bool,
 }
@@ -243,7 +250,7 @@ impl CommandService {
             return Err(CommandError::IdempotencyKeyReused);
         }
         metrics::counter!("idempotent_replays_total").increment(1);
-        Ok(Some(Outcome { answer: Answer::of_commit(commit), position: position.clone(), replayed: true }))
+        Ok(Some(Outcome { answer: Answer::of_commit(commit), position: Some(position.clone()), replayed: true }))
     }
 
     /// Wraps events in envelopes numbered after `base_version`, appends them
@@ -297,7 +304,7 @@ impl CommandService {
     }
 
     fn outcome(envelopes: &[Envelope], position: Position) -> Outcome {
-        Outcome { answer: Answer::of_commit(envelopes), position, replayed: false }
+        Outcome { answer: Answer::of_commit(envelopes), position: Some(position), replayed: false }
     }
 
     fn require_active_session(state: &UserState, claims: &Claims) -> Result<(), CommandError> {
@@ -529,6 +536,63 @@ impl CommandService {
         Ok(Self::outcome(&envelopes, position))
     }
 
+    /// Sends a message. Locks the conversation; reads the connection.
+    pub async fn send_message(
+        &self,
+        claims: &Claims,
+        to: Uuid,
+        text: String,
+        ctx: &CommandContext,
+    ) -> Result<Outcome, CommandError> {
+        self.ensure_ready()?;
+        let from = claims.sub;
+        let pair = pair_key(from, to);
+        let _held = self.locks.lock([format!("conversation:{pair}"), format!("actor:{from}")]).await;
+        if let Some(outcome) = self.replay(from, ctx)? {
+            return Ok(outcome);
+        }
+        Self::require_active_session(&self.state_of(from)?, claims)?;
+        let (facts, base) = {
+            let model = self.read();
+            let facts =
+                message::SendFacts { recipient_exists: model.user(to).is_some(), connected: model.connected(&pair) };
+            (facts, model.conversation_version(&pair))
+        };
+        let events = message::decide_send(facts, Uuid::now_v7(), from, to, text)?;
+        let (envelopes, position) = self.commit(&pair, base, from, message_events(events), ctx).await?;
+        Ok(Self::outcome(&envelopes, position))
+    }
+
+    pub async fn read_message(
+        &self,
+        claims: &Claims,
+        message_id: Uuid,
+        ctx: &CommandContext,
+    ) -> Result<Outcome, CommandError> {
+        self.ensure_ready()?;
+        let reader = claims.sub;
+        let pair = self.read().message(message_id).map(|m| m.pair.clone());
+        let mut keys = vec![format!("actor:{reader}")];
+        keys.extend(pair.iter().map(|p| format!("conversation:{p}")));
+        let _held = self.locks.lock(keys).await;
+        if let Some(outcome) = self.replay(reader, ctx)? {
+            return Ok(outcome);
+        }
+        Self::require_active_session(&self.state_of(reader)?, claims)?;
+        let (state, base) = {
+            let model = self.read();
+            let state = model.message(message_id).cloned();
+            let base = state.as_ref().map_or(0, |m| model.conversation_version(&m.pair));
+            (state, base)
+        };
+        let events = message::decide_read(state.as_ref(), message_id, reader, Utc::now())?;
+        let Some(state) = state.filter(|_| !events.is_empty()) else {
+            return Ok(Outcome { answer: Answer::NoContent, position: None, replayed: false });
+        };
+        let (envelopes, position) = self.commit(&state.pair, base, reader, message_events(events), ctx).await?;
+        Ok(Self::outcome(&envelopes, position))
+    }
+
     /// Writes revocations straight to the session cache so logout takes
     /// effect on the query API at once (the one deliberate write-through,
     /// DESIGN.md §1). Best effort: the projector writes the same fact from
@@ -568,4 +632,8 @@ fn user_events(events: Vec<UserEvent>) -> Vec<Event> {
 
 fn connection_events(events: Vec<ConnectionEvent>) -> Vec<Event> {
     events.into_iter().map(Event::Connection).collect()
+}
+
+fn message_events(events: Vec<MessageEvent>) -> Vec<Event> {
+    events.into_iter().map(Event::Message).collect()
 }

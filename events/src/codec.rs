@@ -7,6 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::connection::ConnectionEvent;
+use crate::message::MessageEvent;
 use crate::user::UserEvent;
 use crate::{Envelope, Event, EventMetadata};
 
@@ -73,6 +74,10 @@ fn to_wire(env: &Envelope) -> WireEnvelope {
             ConnectionEvent::Requested(p) => serde_json::to_value(p),
             ConnectionEvent::Reviewed(p) => serde_json::to_value(p),
         },
+        Event::Message(e) => match e {
+            MessageEvent::Sent(p) => serde_json::to_value(p),
+            MessageEvent::Read(p) => serde_json::to_value(p),
+        },
     }
     .unwrap_or(Value::Null);
     WireEnvelope {
@@ -129,7 +134,9 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         | UserEvent::SESSIONS_REVOKED
         | UserEvent::MEMBERSHIP_CHANGED
         | ConnectionEvent::REQUESTED
-        | ConnectionEvent::REVIEWED => 1,
+        | ConnectionEvent::REVIEWED
+        | MessageEvent::SENT
+        | MessageEvent::READ => 1,
         other => return Err(DecodeError::UnknownType(other.to_owned())),
     };
     if version > current || version == 0 {
@@ -149,7 +156,9 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         UserEvent::SESSIONS_REVOKED => Event::User(UserEvent::SessionsRevoked(parse(t, v, data)?)),
         UserEvent::MEMBERSHIP_CHANGED => Event::User(UserEvent::MembershipChanged(parse(t, v, data)?)),
         ConnectionEvent::REQUESTED => Event::Connection(ConnectionEvent::Requested(parse(t, v, data)?)),
-        _ => Event::Connection(ConnectionEvent::Reviewed(parse(t, v, data)?)),
+        ConnectionEvent::REVIEWED => Event::Connection(ConnectionEvent::Reviewed(parse(t, v, data)?)),
+        MessageEvent::SENT => Event::Message(MessageEvent::Sent(parse(t, v, data)?)),
+        _ => Event::Message(MessageEvent::Read(parse(t, v, data)?)),
     })
 }
 

@@ -15,12 +15,14 @@
 pub mod codec;
 pub mod connection;
 pub mod envelope;
+pub mod message;
 pub mod topic;
 pub mod user;
 
 pub use codec::{DecodeError, decode_record, encode_record};
 pub use connection::ConnectionEvent;
 pub use envelope::{Envelope, EventMetadata};
+pub use message::MessageEvent;
 pub use topic::{Topic, TopicNames};
 pub use user::UserEvent;
 
@@ -29,6 +31,7 @@ pub use user::UserEvent;
 pub enum Event {
     User(UserEvent),
     Connection(ConnectionEvent),
+    Message(MessageEvent),
 }
 
 impl Event {
@@ -37,6 +40,7 @@ impl Event {
         match self {
             Event::User(e) => e.event_type(),
             Event::Connection(e) => e.event_type(),
+            Event::Message(e) => e.event_type(),
         }
     }
 
@@ -44,7 +48,7 @@ impl Event {
     pub fn schema_version(&self) -> u32 {
         match self {
             Event::User(e) => e.schema_version(),
-            Event::Connection(_) => 1,
+            Event::Connection(_) | Event::Message(_) => 1,
         }
     }
 
@@ -53,6 +57,7 @@ impl Event {
         match self {
             Event::User(_) => Topic::UserEvents,
             Event::Connection(_) => Topic::ConnectionEvents,
+            Event::Message(_) => Topic::MessageEvents,
         }
     }
 }

@@ -7,21 +7,24 @@ pub enum Topic {
     UserEvents,
     /// The connection aggregate (key: the ordered user pair): requests and reviews.
     ConnectionEvents,
+    /// The conversation aggregate (key: the ordered user pair): messages.
+    MessageEvents,
     /// Records the projector could not decode or apply, with the reason.
     DeadLetters,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 3] = [Topic::UserEvents, Topic::ConnectionEvents, Topic::DeadLetters];
+    pub const ALL: [Topic; 4] = [Topic::UserEvents, Topic::ConnectionEvents, Topic::MessageEvents, Topic::DeadLetters];
     /// The topics holding aggregates' events (what the write model and the
     /// projector read).
-    pub const EVENT_TOPICS: [Topic; 2] = [Topic::UserEvents, Topic::ConnectionEvents];
+    pub const EVENT_TOPICS: [Topic; 3] = [Topic::UserEvents, Topic::ConnectionEvents, Topic::MessageEvents];
 
     /// The base name, before any deployment prefix.
     pub fn base_name(self) -> &'static str {
         match self {
             Topic::UserEvents => "user-events",
             Topic::ConnectionEvents => "connection-events",
+            Topic::MessageEvents => "message-events",
             Topic::DeadLetters => "dead-letters",
         }
     }

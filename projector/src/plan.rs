@@ -10,10 +10,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use events::connection::{ConnectionEvent, RequestStatus};
+use events::message::MessageEvent;
 use events::user::{Profile, UserEvent};
 use events::{Envelope, Event};
 use mongodb::bson::{Bson, Document, doc};
-use views::{ConnectionRequestDoc, SessionDoc, UserDoc};
+use views::{ConnectionRequestDoc, MessageDoc, SessionDoc, UserDoc};
 
 /// One Kafka record, decoded.
 #[derive(Debug, Clone)]
@@ -32,11 +33,14 @@ pub struct Plan {
     pub requests: Vec<Document>,
     /// Plain `$addToSet` updates: idempotent by nature.
     pub relations: Vec<Document>,
+    pub messages: Vec<Document>,
     /// Next offset to apply per (topic, partition).
     pub checkpoints: BTreeMap<(String, i32), i64>,
     /// Cache entries to refresh once MongoDB has the batch.
     pub touched_users: BTreeSet<String>,
     pub touched_sessions: BTreeSet<String>,
+    /// Conversations (pair keys) whose cached newest messages to rewrite.
+    pub touched_conversations: BTreeSet<String>,
     pub events: usize,
 }
 
@@ -90,6 +94,7 @@ pub fn plan(records: &[Record]) -> Plan {
             match &envelope.event {
                 Event::User(event) => apply_user_event(&mut plan, envelope, event),
                 Event::Connection(event) => apply_connection_event(&mut plan, envelope, event),
+                Event::Message(event) => apply_message_event(&mut plan, envelope, event),
             }
         }
         let next = plan.checkpoints.entry((record.topic.clone(), record.partition)).or_insert(0);
@@ -194,6 +199,34 @@ fn apply_connection_event(plan: &mut Plan, envelope: &Envelope, event: &Connecti
             }
         }
     }
+}
+
+fn apply_message_event(plan: &mut Plan, envelope: &Envelope, event: &MessageEvent) {
+    let version = envelope.aggregate_version;
+    let pair = envelope.aggregate_id.as_str();
+    match event {
+        MessageEvent::Sent(m) => {
+            let doc = MessageDoc {
+                message_id: m.message_id.to_string(),
+                pair_key: pair.to_owned(),
+                from_user_id: m.from_user_id.to_string(),
+                to_user_id: m.to_user_id.to_string(),
+                text: m.text.clone(),
+                sent_at: envelope.occurred_at,
+                read_at: None,
+                version,
+            };
+            plan.messages.push(replace_if_newer(&doc.message_id, version, to_bson(&doc)));
+        }
+        MessageEvent::Read(r) => {
+            plan.messages.push(set_if_newer(
+                &r.message_id.to_string(),
+                version,
+                doc! { "readAt": to_bson(&r.read_at) },
+            ));
+        }
+    }
+    plan.touched_conversations.insert(pair.to_owned());
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::{Client, Database};
 use redis::aio::ConnectionManager;
 use views::keys::RedisKeys;
-use views::{CheckpointDoc, SessionDoc, UserDoc, collections};
+use views::{CheckpointDoc, ConversationCache, MessageDoc, SessionDoc, UserDoc, collections};
 
 use crate::plan::Plan;
 
@@ -98,6 +98,7 @@ impl ViewStore {
             (collections::SESSIONS, &plan.sessions),
             (collections::CONNECTION_REQUESTS, &plan.requests),
             (collections::RELATIONS, &plan.relations),
+            (collections::MESSAGES, &plan.messages),
             (collections::CHECKPOINTS, &checkpoints),
         ];
         for (collection, statements) in batches {
@@ -169,6 +170,29 @@ impl ViewStore {
                 writes += 1;
             }
         }
+        for pair in &plan.touched_conversations {
+            // Rewritten whole from MongoDB: a redelivered event cannot
+            // append a message twice.
+            let newest: Vec<MessageDoc> = self
+                .db
+                .collection::<MessageDoc>(collections::MESSAGES)
+                .find(doc! { "pairKey": pair })
+                .sort(doc! { "_id": -1 })
+                .limit(views::CACHED_MESSAGES as i64)
+                .await?
+                .try_collect()
+                .await?;
+            let cache = ConversationCache::new(newest);
+            let json = serde_json::to_string(&cache).unwrap_or_default();
+            views::cache::pipe_set_if_newer(
+                &mut pipe,
+                &self.keys.conversation(pair),
+                cache.version,
+                &json,
+                views::ttl::CONVERSATION,
+            );
+            writes += 1;
+        }
         if writes > 0 {
             let mut redis = self.redis.clone();
             pipe.query_async::<()>(&mut redis).await?;
@@ -183,6 +207,8 @@ impl ViewStore {
         requests
             .create_index(IndexModel::builder().keys(doc! { "toUserId": 1, "status": 1, "createdAt": -1 }).build())
             .await?;
+        let messages = self.db.collection::<Document>(collections::MESSAGES);
+        messages.create_index(IndexModel::builder().keys(doc! { "pairKey": 1, "_id": -1 }).build()).await?;
         Ok(())
     }
 

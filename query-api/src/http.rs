@@ -293,6 +293,75 @@ pub async fn requests_received(
     Ok(Json(ReceivedRequests { items }))
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageItem {
+    pub message_id: String,
+    pub from_user_id: String,
+    pub to_user_id: String,
+    pub text: String,
+    pub sent_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePage {
+    pub items: Vec<MessageItem>,
+    /// Pass as `before` for the next (older) page; null at the end.
+    pub next_before: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct HistoryParams {
+    /// A messageId: return messages older than it.
+    pub before: Option<String>,
+    /// 1-50 (default 50).
+    pub limit: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/messages/{otherUserId}", tag = "messages", security(("bearer" = [])),
+    params(("otherUserId" = String, Path), HistoryParams),
+    responses((status = 200, body = MessagePage), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
+pub async fn history(
+    State(reader): State<ViewReader>,
+    Caller(claims): Caller,
+    Consistency(freshness): Consistency,
+    Path(other): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let other = Uuid::parse_str(&other)
+        .map_err(|_| ApiError::BadRequest { code: "user_id_invalid", message: "otherUserId must be a UUID".into() })?;
+    let before = match params.before.as_deref() {
+        None => None,
+        Some(b) => Some(Uuid::parse_str(b).map_err(|_| ApiError::BadRequest {
+            code: "before_invalid",
+            message: "before must be a messageId".into(),
+        })?),
+    };
+    let limit = positive(params.limit.as_deref(), 50, "limit_invalid", "limit")?;
+    if limit > 50 {
+        return Err(ApiError::BadRequest { code: "limit_too_large", message: "limit must be at most 50".into() });
+    }
+    let pair = events::connection::pair_key(claims.sub, other);
+    let before = before.map(|b| b.to_string());
+    let messages = reader.history(&pair, before.as_deref(), limit as usize, freshness).await?;
+    let next_before =
+        (messages.len() == limit as usize).then(|| messages.last().map(|m| m.message_id.clone())).flatten();
+    let items = messages
+        .into_iter()
+        .map(|m| MessageItem {
+            message_id: m.message_id,
+            from_user_id: m.from_user_id,
+            to_user_id: m.to_user_id,
+            text: m.text,
+            sent_at: m.sent_at,
+            read_at: m.read_at,
+        })
+        .collect();
+    Ok(Json(MessagePage { items, next_before }))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let (mongo, redis) = (state.reader.mongo_reachable().await, state.reader.redis_reachable().await);
     platform::http::readiness_response(&[("mongo", mongo), ("redis", redis)])
@@ -305,7 +374,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect query API", description = "Reads, from Redis first and MongoDB second."),
-    paths(own_profile, public_profile, feed, connections, requests_received),
+    paths(own_profile, public_profile, feed, connections, requests_received, history),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -317,6 +386,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/feed", get(feed))
         .route("/v1/connections", get(connections))
         .route("/v1/requests/received", get(requests_received))
+        .route("/v1/messages/{other_user_id}", get(history))
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -11,7 +11,10 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use views::keys::RedisKeys;
-use views::{CheckpointDoc, ConnectionRequestDoc, ConsistencyToken, RelationsDoc, SessionDoc, UserDoc, collections};
+use views::{
+    CheckpointDoc, ConnectionRequestDoc, ConsistencyToken, ConversationCache, MessageDoc, RelationsDoc, SessionDoc,
+    UserDoc, collections,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -341,6 +344,67 @@ impl ViewReader {
             .try_collect()
             .await?;
         Ok(requests)
+    }
+
+    /// A page of a conversation, newest first, older than `before` when
+    /// given. The newest 50 come from `messages:<a>:<b>` (refilled from
+    /// MongoDB on a miss); a page reaching past them comes from MongoDB.
+    pub async fn history(
+        &self,
+        pair: &str,
+        before: Option<&str>,
+        limit: usize,
+        freshness: Freshness,
+    ) -> Result<Vec<MessageDoc>, ReadError> {
+        let key = self.keys.conversation(pair);
+        let cached = match freshness {
+            Freshness::CacheFirst => self.cached::<ConversationCache>(&key).await,
+            Freshness::Durable => None,
+        };
+        let cached = match cached {
+            Some(cache) => cache,
+            None => {
+                let newest = self.messages_before(pair, None, views::CACHED_MESSAGES).await?;
+                let cache = ConversationCache::new(newest);
+                self.refill(&key, cache.version, &cache, views::ttl::CONVERSATION).await;
+                cache
+            }
+        };
+        let start = match before {
+            None => Some(0),
+            Some(b) => cached.items.iter().position(|m| m.message_id == b).map(|i| i + 1),
+        };
+        if let Some(start) = start {
+            let page: Vec<MessageDoc> = cached.items.iter().skip(start).take(limit).cloned().collect();
+            let whole_conversation = cached.items.len() < views::CACHED_MESSAGES;
+            if page.len() == limit || whole_conversation {
+                metrics::counter!("history_reads_total", "path" => "redis").increment(1);
+                return Ok(page);
+            }
+        }
+        metrics::counter!("history_reads_total", "path" => "mongo").increment(1);
+        self.messages_before(pair, before, limit).await
+    }
+
+    async fn messages_before(
+        &self,
+        pair: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MessageDoc>, ReadError> {
+        let mut filter = doc! { "pairKey": pair };
+        if let Some(before) = before {
+            filter.insert("_id", doc! { "$lt": before });
+        }
+        Ok(self
+            .db
+            .collection::<MessageDoc>(collections::MESSAGES)
+            .find(filter)
+            .sort(doc! { "_id": -1 })
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await?)
     }
 
     /// Waits until the views include the write the token points at.

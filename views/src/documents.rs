@@ -95,3 +95,32 @@ pub struct RelationsDoc {
     #[serde(default)]
     pub connections: Vec<String>,
 }
+
+/// `messages` collection. `version` is the conversation aggregate's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageDoc {
+    #[serde(rename = "_id")]
+    pub message_id: String,
+    pub pair_key: String,
+    pub from_user_id: String,
+    pub to_user_id: String,
+    pub text: String,
+    pub sent_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+    pub version: u64,
+}
+
+/// `messages:<a>:<b>`: a conversation's newest messages, newest first.
+/// `version` is the highest message version among them, for versioned sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationCache {
+    pub version: u64,
+    pub items: Vec<MessageDoc>,
+}
+
+impl ConversationCache {
+    pub fn new(items: Vec<MessageDoc>) -> Self {
+        Self { version: items.iter().map(|m| m.version).max().unwrap_or(0), items }
+    }
+}

@@ -25,6 +25,11 @@ impl RedisKeys {
         format!("{}session:{session_id}", self.prefix)
     }
 
+    /// A conversation's newest messages; `pair_key` is `min:max` of the two ids.
+    pub fn conversation(&self, pair_key: &str) -> String {
+        format!("{}messages:{pair_key}", self.prefix)
+    }
+
     /// Sorted set of every user id, all with score 0, so Redis orders them
     /// by member: uuid v7 strings sort by creation time, exactly as the
     /// `users` collection sorts by `_id`. This is the feed's order.

@@ -8,7 +8,12 @@ pub mod documents;
 pub mod keys;
 
 pub use consistency::ConsistencyToken;
-pub use documents::{CheckpointDoc, ConnectionRequestDoc, RelationsDoc, SessionDoc, UserDoc};
+pub use documents::{
+    CheckpointDoc, ConnectionRequestDoc, ConversationCache, MessageDoc, RelationsDoc, SessionDoc, UserDoc,
+};
+
+/// How many of a conversation's newest messages `messages:<a>:<b>` holds.
+pub const CACHED_MESSAGES: usize = 50;
 
 /// MongoDB collection names.
 pub mod collections {
@@ -19,6 +24,8 @@ pub mod collections {
     /// Per user: everyone they have a request with, either direction
     /// (`related`, what the feed excludes), and their accepted connections.
     pub const RELATIONS: &str = "relations";
+    /// One document per message (index: pairKey + _id).
+    pub const MESSAGES: &str = "messages";
     /// Applied position per topic partition, written in the same transaction
     /// as the view changes it covers.
     pub const CHECKPOINTS: &str = "checkpoints";
@@ -28,4 +35,5 @@ pub mod collections {
 pub mod ttl {
     use std::time::Duration;
     pub const USER: Duration = Duration::from_secs(30 * 60);
+    pub const CONVERSATION: Duration = Duration::from_secs(60 * 60);
 }

@@ -2,6 +2,7 @@
 //! here; the handlers do the IO around it.
 
 pub mod connection;
+pub mod message;
 pub mod user;
 pub mod validation;
 
