@@ -457,6 +457,30 @@ pub async fn read_message(
     Ok(respond(&state, outcome))
 }
 
+#[utoipa::path(post, path = "/v1/presence/heartbeat", tag = "presence", security(("bearer" = [])),
+    responses((status = 204, description = "Online for the presence TTL (5 minutes)"), (status = 401, body = ErrorResponse)))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, "heartbeat", &());
+    Ok(respond(&state, state.service.presence(&claims, true, &ctx).await?))
+}
+
+#[utoipa::path(post, path = "/v1/presence/offline", tag = "presence", security(("bearer" = [])),
+    responses((status = 204, description = "Offline; last seen now"), (status = 401, body = ErrorResponse)))]
+pub async fn offline(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, "offline", &());
+    Ok(respond(&state, state.service.presence(&claims, false, &ctx).await?))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let service = Arc::clone(&state.service);
     let kafka = tokio::task::spawn_blocking(move || service.event_log().broker_reachable()).await.unwrap_or(false);
@@ -471,7 +495,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect command API", description = "Writes. Every success carries X-Consistency-Token."),
-    paths(signup, login, logout, update_profile, change_password, send_request, review_request, change_membership, send_message, read_message),
+    paths(signup, login, logout, update_profile, change_password, send_request, review_request, change_membership, send_message, read_message, heartbeat, offline),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -488,6 +512,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/membership", put(change_membership))
         .route("/v1/messages/{to_user_id}", post(send_message))
         .route("/v1/messages/{message_id}/read", post(read_message))
+        .route("/v1/presence/heartbeat", post(heartbeat))
+        .route("/v1/presence/offline", post(offline))
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -51,6 +51,8 @@ pub struct WriteModel {
     messages: HashMap<Uuid, MessageState>,
     /// Pair key → the conversation aggregate's version.
     conversation_versions: HashMap<String, u64>,
+    /// User id → the presence aggregate's version.
+    presence_versions: HashMap<String, u64>,
     commits_applied: u64,
 }
 
@@ -81,6 +83,10 @@ impl WriteModel {
 
     pub fn message(&self, message_id: Uuid) -> Option<&MessageState> {
         self.messages.get(&message_id)
+    }
+
+    pub fn presence_version(&self, user_id: &str) -> u64 {
+        self.presence_versions.get(user_id).copied().unwrap_or(0)
     }
 
     pub fn conversation_version(&self, pair_key: &str) -> u64 {
@@ -150,6 +156,9 @@ impl WriteModel {
                         }
                     }
                     self.conversation_versions.insert(envelope.aggregate_id.clone(), envelope.aggregate_version);
+                }
+                Event::Presence(_) => {
+                    self.presence_versions.insert(envelope.aggregate_id.clone(), envelope.aggregate_version);
                 }
             }
         }

@@ -65,7 +65,7 @@ impl Answer {
                     return Answer::RequestReviewed { request_id: r.request_id };
                 }
                 Event::Message(MessageEvent::Sent(m)) => return Answer::MessageSent { message_id: m.message_id },
-                Event::Message(MessageEvent::Read(_)) => return Answer::NoContent,
+                Event::Message(MessageEvent::Read(_)) | Event::Presence(_) => return Answer::NoContent,
             };
             match event {
                 UserEvent::MembershipChanged(m) => return Answer::Membership { tier: m.tier },
@@ -533,6 +533,28 @@ impl CommandService {
         };
         let (envelopes, position) =
             self.commit(&pair, existing.version, reviewer, connection_events(events), ctx).await?;
+        Ok(Self::outcome(&envelopes, position))
+    }
+
+    /// A heartbeat (`online`) or going offline. Always accepted for an
+    /// active session; nothing is decided on presence.
+    pub async fn presence(&self, claims: &Claims, online: bool, ctx: &CommandContext) -> Result<Outcome, CommandError> {
+        use events::presence::{PresenceEvent, PresenceSignal};
+        self.ensure_ready()?;
+        let user = claims.sub;
+        let _held = self.locks.lock([format!("presence:{user}"), format!("actor:{user}")]).await;
+        if let Some(outcome) = self.replay(user, ctx)? {
+            return Ok(outcome);
+        }
+        Self::require_active_session(&self.state_of(user)?, claims)?;
+        let id = user.to_string();
+        let base = self.read().presence_version(&id);
+        let event = if online {
+            PresenceEvent::Heartbeat(PresenceSignal {})
+        } else {
+            PresenceEvent::Offline(PresenceSignal {})
+        };
+        let (envelopes, position) = self.commit(&id, base, user, vec![Event::Presence(event)], ctx).await?;
         Ok(Self::outcome(&envelopes, position))
     }
 

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::connection::ConnectionEvent;
 use crate::message::MessageEvent;
+use crate::presence::PresenceEvent;
 use crate::user::UserEvent;
 use crate::{Envelope, Event, EventMetadata};
 
@@ -78,6 +79,7 @@ fn to_wire(env: &Envelope) -> WireEnvelope {
             MessageEvent::Sent(p) => serde_json::to_value(p),
             MessageEvent::Read(p) => serde_json::to_value(p),
         },
+        Event::Presence(PresenceEvent::Heartbeat(p) | PresenceEvent::Offline(p)) => serde_json::to_value(p),
     }
     .unwrap_or(Value::Null);
     WireEnvelope {
@@ -136,7 +138,9 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         | ConnectionEvent::REQUESTED
         | ConnectionEvent::REVIEWED
         | MessageEvent::SENT
-        | MessageEvent::READ => 1,
+        | MessageEvent::READ
+        | PresenceEvent::HEARTBEAT
+        | PresenceEvent::OFFLINE => 1,
         other => return Err(DecodeError::UnknownType(other.to_owned())),
     };
     if version > current || version == 0 {
@@ -158,7 +162,9 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         ConnectionEvent::REQUESTED => Event::Connection(ConnectionEvent::Requested(parse(t, v, data)?)),
         ConnectionEvent::REVIEWED => Event::Connection(ConnectionEvent::Reviewed(parse(t, v, data)?)),
         MessageEvent::SENT => Event::Message(MessageEvent::Sent(parse(t, v, data)?)),
-        _ => Event::Message(MessageEvent::Read(parse(t, v, data)?)),
+        MessageEvent::READ => Event::Message(MessageEvent::Read(parse(t, v, data)?)),
+        PresenceEvent::HEARTBEAT => Event::Presence(PresenceEvent::Heartbeat(parse(t, v, data)?)),
+        _ => Event::Presence(PresenceEvent::Offline(parse(t, v, data)?)),
     })
 }
 

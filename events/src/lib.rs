@@ -16,6 +16,7 @@ pub mod codec;
 pub mod connection;
 pub mod envelope;
 pub mod message;
+pub mod presence;
 pub mod topic;
 pub mod user;
 
@@ -23,6 +24,7 @@ pub use codec::{DecodeError, decode_record, encode_record};
 pub use connection::ConnectionEvent;
 pub use envelope::{Envelope, EventMetadata};
 pub use message::MessageEvent;
+pub use presence::PresenceEvent;
 pub use topic::{Topic, TopicNames};
 pub use user::UserEvent;
 
@@ -32,6 +34,7 @@ pub enum Event {
     User(UserEvent),
     Connection(ConnectionEvent),
     Message(MessageEvent),
+    Presence(PresenceEvent),
 }
 
 impl Event {
@@ -41,6 +44,7 @@ impl Event {
             Event::User(e) => e.event_type(),
             Event::Connection(e) => e.event_type(),
             Event::Message(e) => e.event_type(),
+            Event::Presence(e) => e.event_type(),
         }
     }
 
@@ -48,7 +52,7 @@ impl Event {
     pub fn schema_version(&self) -> u32 {
         match self {
             Event::User(e) => e.schema_version(),
-            Event::Connection(_) | Event::Message(_) => 1,
+            Event::Connection(_) | Event::Message(_) | Event::Presence(_) => 1,
         }
     }
 
@@ -58,6 +62,7 @@ impl Event {
             Event::User(_) => Topic::UserEvents,
             Event::Connection(_) => Topic::ConnectionEvents,
             Event::Message(_) => Topic::MessageEvents,
+            Event::Presence(_) => Topic::PresenceEvents,
         }
     }
 }

@@ -9,15 +9,19 @@ pub enum Topic {
     ConnectionEvents,
     /// The conversation aggregate (key: the ordered user pair): messages.
     MessageEvents,
+    /// Presence heartbeats and offlines (key: user id).
+    PresenceEvents,
     /// Records the projector could not decode or apply, with the reason.
     DeadLetters,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 4] = [Topic::UserEvents, Topic::ConnectionEvents, Topic::MessageEvents, Topic::DeadLetters];
+    pub const ALL: [Topic; 5] =
+        [Topic::UserEvents, Topic::ConnectionEvents, Topic::MessageEvents, Topic::PresenceEvents, Topic::DeadLetters];
     /// The topics holding aggregates' events (what the write model and the
     /// projector read).
-    pub const EVENT_TOPICS: [Topic; 3] = [Topic::UserEvents, Topic::ConnectionEvents, Topic::MessageEvents];
+    pub const EVENT_TOPICS: [Topic; 4] =
+        [Topic::UserEvents, Topic::ConnectionEvents, Topic::MessageEvents, Topic::PresenceEvents];
 
     /// The base name, before any deployment prefix.
     pub fn base_name(self) -> &'static str {
@@ -25,6 +29,7 @@ impl Topic {
             Topic::UserEvents => "user-events",
             Topic::ConnectionEvents => "connection-events",
             Topic::MessageEvents => "message-events",
+            Topic::PresenceEvents => "presence-events",
             Topic::DeadLetters => "dead-letters",
         }
     }

@@ -31,6 +31,9 @@ pub struct Config {
     /// librdkafka default (500 ms) would become the projection lag.
     #[arg(long, env = "DEVCONNECT_PROJECTOR_FETCH_WAIT", default_value = "10ms", value_parser = parse_duration)]
     pub fetch_wait: Duration,
+    /// How long a heartbeat keeps a user online.
+    #[arg(long, env = "DEVCONNECT_PRESENCE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub presence_ttl: Duration,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]

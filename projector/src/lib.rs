@@ -93,6 +93,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_batch: config.max_batch,
             linger: config.linger,
             max_batch_time: config.max_batch_time,
+            presence_ttl: chrono::Duration::from_std(config.presence_ttl).unwrap_or(chrono::Duration::minutes(5)),
         },
         progress,
     };

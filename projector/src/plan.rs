@@ -11,10 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use events::connection::{ConnectionEvent, RequestStatus};
 use events::message::MessageEvent;
+use events::presence::PresenceEvent;
 use events::user::{Profile, UserEvent};
 use events::{Envelope, Event};
 use mongodb::bson::{Bson, Document, doc};
-use views::{ConnectionRequestDoc, MessageDoc, SessionDoc, UserDoc};
+use views::{ConnectionRequestDoc, MessageDoc, PresenceDoc, SessionDoc, UserDoc};
 
 /// One Kafka record, decoded.
 #[derive(Debug, Clone)]
@@ -34,6 +35,7 @@ pub struct Plan {
     /// Plain `$addToSet` updates: idempotent by nature.
     pub relations: Vec<Document>,
     pub messages: Vec<Document>,
+    pub presence: Vec<Document>,
     /// Next offset to apply per (topic, partition).
     pub checkpoints: BTreeMap<(String, i32), i64>,
     /// Cache entries to refresh once MongoDB has the batch.
@@ -41,6 +43,7 @@ pub struct Plan {
     pub touched_sessions: BTreeSet<String>,
     /// Conversations (pair keys) whose cached newest messages to rewrite.
     pub touched_conversations: BTreeSet<String>,
+    pub touched_presence: BTreeSet<String>,
     pub events: usize,
 }
 
@@ -86,7 +89,8 @@ fn profile_fields(profile: &Profile) -> Document {
     }
 }
 
-pub fn plan(records: &[Record]) -> Plan {
+/// `presence_ttl`: how long a heartbeat keeps a user online.
+pub fn plan(records: &[Record], presence_ttl: chrono::Duration) -> Plan {
     let mut plan = Plan::default();
     for record in records {
         for envelope in &record.commit {
@@ -95,6 +99,21 @@ pub fn plan(records: &[Record]) -> Plan {
                 Event::User(event) => apply_user_event(&mut plan, envelope, event),
                 Event::Connection(event) => apply_connection_event(&mut plan, envelope, event),
                 Event::Message(event) => apply_message_event(&mut plan, envelope, event),
+                Event::Presence(event) => {
+                    let at = envelope.occurred_at;
+                    let online_until = match event {
+                        PresenceEvent::Heartbeat(_) => at + presence_ttl,
+                        PresenceEvent::Offline(_) => at,
+                    };
+                    let doc = PresenceDoc {
+                        user_id: envelope.aggregate_id.clone(),
+                        last_seen: at,
+                        online_until,
+                        version: envelope.aggregate_version,
+                    };
+                    plan.presence.push(replace_if_newer(&doc.user_id, doc.version, to_bson(&doc)));
+                    plan.touched_presence.insert(doc.user_id);
+                }
             }
         }
         let next = plan.checkpoints.entry((record.topic.clone(), record.partition)).or_insert(0);
@@ -278,7 +297,7 @@ mod tests {
     #[test]
     fn the_password_hash_never_reaches_a_statement() {
         let (_, record) = signup_record(7);
-        let plan = plan(&[record]);
+        let plan = plan(&[record], chrono::Duration::minutes(5));
         let everything = format!("{:?}{:?}", plan.users, plan.sessions);
         assert!(!everything.contains("SECRET"));
         assert!(!everything.contains("passwordHash"));
@@ -287,7 +306,7 @@ mod tests {
     #[test]
     fn user_text_is_literal_and_writes_are_version_guarded() {
         let (user, record) = signup_record(7);
-        let plan = plan(&[record]);
+        let plan = plan(&[record], chrono::Duration::minutes(5));
         let first = plan.users[0].to_string();
         assert!(first.contains("$literal"), "{first}");
         assert!(first.contains("$lastName"));
@@ -299,7 +318,7 @@ mod tests {
     fn checkpoints_are_the_next_offset_per_partition() {
         let (_, a) = signup_record(7);
         let (_, b) = signup_record(9);
-        let plan = plan(&[a, b]);
+        let plan = plan(&[a, b], chrono::Duration::minutes(5));
         assert_eq!(plan.checkpoints.get(&("user-events".to_owned(), 1)), Some(&10));
         assert_eq!(plan.events, 4);
     }

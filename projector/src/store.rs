@@ -10,7 +10,7 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::{Client, Database};
 use redis::aio::ConnectionManager;
 use views::keys::RedisKeys;
-use views::{CheckpointDoc, ConversationCache, MessageDoc, SessionDoc, UserDoc, collections};
+use views::{CheckpointDoc, ConversationCache, MessageDoc, PresenceDoc, SessionDoc, UserDoc, collections};
 
 use crate::plan::Plan;
 
@@ -99,6 +99,7 @@ impl ViewStore {
             (collections::CONNECTION_REQUESTS, &plan.requests),
             (collections::RELATIONS, &plan.relations),
             (collections::MESSAGES, &plan.messages),
+            (collections::PRESENCE, &plan.presence),
             (collections::CHECKPOINTS, &checkpoints),
         ];
         for (collection, statements) in batches {
@@ -167,6 +168,22 @@ impl ViewStore {
                     &json,
                     ttl,
                 );
+                writes += 1;
+            }
+        }
+        if !plan.touched_presence.is_empty() {
+            let ids: Vec<Bson> = plan.touched_presence.iter().map(|id| Bson::String(id.clone())).collect();
+            let docs: Vec<PresenceDoc> = self
+                .db
+                .collection::<PresenceDoc>(collections::PRESENCE)
+                .find(doc! { "_id": { "$in": ids } })
+                .await?
+                .try_collect()
+                .await?;
+            for presence in docs {
+                let json = serde_json::to_string(&presence).unwrap_or_default();
+                let key = self.keys.presence(&presence.user_id);
+                views::cache::pipe_set_if_newer(&mut pipe, &key, presence.version, &json, views::ttl::PRESENCE);
                 writes += 1;
             }
         }

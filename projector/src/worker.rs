@@ -21,6 +21,8 @@ pub struct WorkerSettings {
     pub linger: Duration,
     /// ...or when it has been filling for this long.
     pub max_batch_time: Duration,
+    /// How long a heartbeat keeps a user online.
+    pub presence_ttl: chrono::Duration,
 }
 
 /// Progress the ops endpoints report: (topic, partition) → next offset applied.
@@ -94,7 +96,7 @@ impl Worker {
                 Err(err) => self.dead_letter(message, &err.to_string()).await?,
             }
         }
-        let mut plan = plan::plan(&records);
+        let mut plan = plan::plan(&records, self.settings.presence_ttl);
         // Dead-lettered records still move the checkpoint past themselves.
         for message in messages {
             let next = plan.checkpoints.entry((message.topic().to_owned(), message.partition())).or_insert(0);

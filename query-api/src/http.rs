@@ -362,6 +362,37 @@ pub async fn history(
     Ok(Json(MessagePage { items, next_before }))
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceView {
+    pub user_id: String,
+    pub online: bool,
+    /// The last heartbeat or going offline; null if never seen.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+#[utoipa::path(get, path = "/v1/presence/{userId}", tag = "presence", security(("bearer" = [])),
+    params(("userId" = String, Path)),
+    responses((status = 200, body = PresenceView), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn presence(
+    State(reader): State<ViewReader>,
+    _caller: Caller,
+    Consistency(freshness): Consistency,
+    Path(user_id): Path<String>,
+) -> Result<Json<PresenceView>, ApiError> {
+    let user_id = Uuid::parse_str(&user_id)
+        .map_err(|_| ApiError::BadRequest { code: "user_id_invalid", message: "userId must be a UUID".into() })?
+        .to_string();
+    let view = match reader.presence(&user_id, freshness).await? {
+        Some(p) => PresenceView { user_id, online: p.online_until > Utc::now(), last_seen: Some(p.last_seen) },
+        None if reader.user(&user_id, freshness).await?.is_some() => {
+            PresenceView { user_id, online: false, last_seen: None }
+        }
+        None => return Err(ApiError::NotFound { code: "user_not_found", message: "no such user".into() }),
+    };
+    Ok(Json(view))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let (mongo, redis) = (state.reader.mongo_reachable().await, state.reader.redis_reachable().await);
     platform::http::readiness_response(&[("mongo", mongo), ("redis", redis)])
@@ -374,7 +405,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect query API", description = "Reads, from Redis first and MongoDB second."),
-    paths(own_profile, public_profile, feed, connections, requests_received, history),
+    paths(own_profile, public_profile, feed, connections, requests_received, history, presence),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -387,6 +418,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/connections", get(connections))
         .route("/v1/requests/received", get(requests_received))
         .route("/v1/messages/{other_user_id}", get(history))
+        .route("/v1/presence/{user_id}", get(presence))
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

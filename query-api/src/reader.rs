@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use views::keys::RedisKeys;
 use views::{
-    CheckpointDoc, ConnectionRequestDoc, ConsistencyToken, ConversationCache, MessageDoc, RelationsDoc, SessionDoc,
-    UserDoc, collections,
+    CheckpointDoc, ConnectionRequestDoc, ConsistencyToken, ConversationCache, MessageDoc, PresenceDoc, RelationsDoc,
+    SessionDoc, UserDoc, collections,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -344,6 +344,21 @@ impl ViewReader {
             .try_collect()
             .await?;
         Ok(requests)
+    }
+
+    pub async fn presence(&self, user_id: &str, freshness: Freshness) -> Result<Option<PresenceDoc>, ReadError> {
+        let key = self.keys.presence(user_id);
+        if freshness == Freshness::CacheFirst
+            && let Some(presence) = self.cached::<PresenceDoc>(&key).await
+        {
+            return Ok(Some(presence));
+        }
+        let presence =
+            self.db.collection::<PresenceDoc>(collections::PRESENCE).find_one(doc! { "_id": user_id }).await?;
+        if let Some(p) = &presence {
+            self.refill(&key, p.version, p, views::ttl::PRESENCE).await;
+        }
+        Ok(presence)
     }
 
     /// A page of a conversation, newest first, older than `before` when

@@ -11,7 +11,7 @@ async fn snapshot(env: &TestEnv) -> Vec<String> {
     use futures::TryStreamExt;
     let db = env.mongo().await;
     let mut all = Vec::new();
-    for name in ["users", "sessions", "connection_requests", "relations", "messages"] {
+    for name in ["users", "sessions", "connection_requests", "relations", "messages", "presence"] {
         let docs: Vec<Document> = db
             .collection::<Document>(name)
             .find(doc! {})
@@ -122,6 +122,9 @@ async fn rebuilding_from_offset_zero_gives_the_same_views() {
     let read = env.command(Method::POST, &format!("/v1/messages/{hello_id}/read"), None, Some(&users[0].1)).await;
     assert_eq!(read.status, StatusCode::NO_CONTENT);
     last_writes.push((users[0].1.clone(), read.consistency()));
+    let beat = env.command(Method::POST, "/v1/presence/heartbeat", None, Some(&users[2].1)).await;
+    assert_eq!(beat.status, StatusCode::NO_CONTENT);
+    last_writes.push((users[2].1.clone(), beat.consistency()));
     let upgraded = env.command(Method::PUT, "/v1/membership", Some(&json!({"tier": "gold"})), Some(&users[2].1)).await;
     assert_eq!(upgraded.status, StatusCode::OK);
     last_writes.push((users[1].1.clone(), accepted.consistency()));
@@ -133,6 +136,7 @@ async fn rebuilding_from_offset_zero_gives_the_same_views() {
     assert_eq!(before.iter().filter(|d| d.starts_with("connection_requests:")).count(), 2);
     assert_eq!(before.iter().filter(|d| d.starts_with("relations:")).count(), 3);
     assert_eq!(before.iter().filter(|d| d.starts_with("messages:")).count(), 1);
+    assert_eq!(before.iter().filter(|d| d.starts_with("presence:")).count(), 1);
 
     // Replay over the existing views: applying everything again is a no-op.
     env.stop_projector();

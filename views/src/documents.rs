@@ -124,3 +124,16 @@ impl ConversationCache {
         Self { version: items.iter().map(|m| m.version).max().unwrap_or(0), items }
     }
 }
+
+/// `presence` collection and `presence:<id>`. Online means `onlineUntil`
+/// is in the future; both times come from event times, so a replay lands
+/// the same document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceDoc {
+    #[serde(rename = "_id")]
+    pub user_id: String,
+    pub last_seen: DateTime<Utc>,
+    pub online_until: DateTime<Utc>,
+    pub version: u64,
+}

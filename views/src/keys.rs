@@ -25,6 +25,10 @@ impl RedisKeys {
         format!("{}session:{session_id}", self.prefix)
     }
 
+    pub fn presence(&self, user_id: &str) -> String {
+        format!("{}presence:{user_id}", self.prefix)
+    }
+
     /// A conversation's newest messages; `pair_key` is `min:max` of the two ids.
     pub fn conversation(&self, pair_key: &str) -> String {
         format!("{}messages:{pair_key}", self.prefix)

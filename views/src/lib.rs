@@ -9,7 +9,7 @@ pub mod keys;
 
 pub use consistency::ConsistencyToken;
 pub use documents::{
-    CheckpointDoc, ConnectionRequestDoc, ConversationCache, MessageDoc, RelationsDoc, SessionDoc, UserDoc,
+    CheckpointDoc, ConnectionRequestDoc, ConversationCache, MessageDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc,
 };
 
 /// How many of a conversation's newest messages `messages:<a>:<b>` holds.
@@ -26,6 +26,8 @@ pub mod collections {
     pub const RELATIONS: &str = "relations";
     /// One document per message (index: pairKey + _id).
     pub const MESSAGES: &str = "messages";
+    /// One document per user who ever sent a heartbeat.
+    pub const PRESENCE: &str = "presence";
     /// Applied position per topic partition, written in the same transaction
     /// as the view changes it covers.
     pub const CHECKPOINTS: &str = "checkpoints";
@@ -36,4 +38,7 @@ pub mod ttl {
     use std::time::Duration;
     pub const USER: Duration = Duration::from_secs(30 * 60);
     pub const CONVERSATION: Duration = Duration::from_secs(60 * 60);
+    /// How long a cached presence document is kept; whether the user is
+    /// online is read from its `onlineUntil`, not from this.
+    pub const PRESENCE: Duration = Duration::from_secs(5 * 60);
 }
