@@ -481,6 +481,21 @@ pub async fn offline(
     Ok(respond(&state, state.service.presence(&claims, false, &ctx).await?))
 }
 
+#[utoipa::path(post, path = "/v1/notifications/{notificationId}/read", tag = "notifications", security(("bearer" = [])),
+    params(("notificationId" = String, Path)),
+    responses((status = 204, description = "Read (again: no change)"), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn read_notification(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_uuid(&id, "notification_id_invalid", "notificationId")?;
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, &format!("notification/{id}"), &());
+    Ok(respond(&state, state.service.read_notification(&claims, id, &ctx).await?))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let service = Arc::clone(&state.service);
     let kafka = tokio::task::spawn_blocking(move || service.event_log().broker_reachable()).await.unwrap_or(false);
@@ -495,7 +510,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect command API", description = "Writes. Every success carries X-Consistency-Token."),
-    paths(signup, login, logout, update_profile, change_password, send_request, review_request, change_membership, send_message, read_message, heartbeat, offline),
+    paths(signup, login, logout, update_profile, change_password, send_request, review_request, change_membership, send_message, read_message, heartbeat, offline, read_notification),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -514,6 +529,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages/{message_id}/read", post(read_message))
         .route("/v1/presence/heartbeat", post(heartbeat))
         .route("/v1/presence/offline", post(offline))
+        .route("/v1/notifications/{notification_id}/read", post(read_notification))
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::domain::connection::{self, ConnectionState};
 use crate::domain::message::MessageState;
+use crate::domain::notification::NotificationState;
 use crate::domain::user::{self, UserState};
 
 /// Where a record landed.
@@ -53,6 +54,10 @@ pub struct WriteModel {
     conversation_versions: HashMap<String, u64>,
     /// User id → the presence aggregate's version.
     presence_versions: HashMap<String, u64>,
+    /// Notification id (the id of the event that notified) → owner, read.
+    notifications: HashMap<Uuid, NotificationState>,
+    /// User id → the notification aggregate's version.
+    notification_versions: HashMap<String, u64>,
     commits_applied: u64,
 }
 
@@ -85,6 +90,14 @@ impl WriteModel {
         self.messages.get(&message_id)
     }
 
+    pub fn notification(&self, id: Uuid) -> Option<NotificationState> {
+        self.notifications.get(&id).copied()
+    }
+
+    pub fn notification_version(&self, user_id: &str) -> u64 {
+        self.notification_versions.get(user_id).copied().unwrap_or(0)
+    }
+
     pub fn presence_version(&self, user_id: &str) -> u64 {
         self.presence_versions.get(user_id).copied().unwrap_or(0)
     }
@@ -115,6 +128,9 @@ impl WriteModel {
     /// Folds one record's events in. Commits are whole: a record is the unit.
     pub fn apply_commit(&mut self, commit: &[Envelope], position: Position) {
         for envelope in commit {
+            if let Some((owner, _)) = events::notification::notified_by(envelope) {
+                self.notifications.insert(envelope.event_id, NotificationState { owner, read: false });
+            }
             match &envelope.event {
                 Event::User(event) => {
                     let Ok(user_id) = envelope.aggregate_id.parse::<Uuid>() else {
@@ -159,6 +175,12 @@ impl WriteModel {
                 }
                 Event::Presence(_) => {
                     self.presence_versions.insert(envelope.aggregate_id.clone(), envelope.aggregate_version);
+                }
+                Event::Notification(events::NotificationEvent::Read(r)) => {
+                    if let Some(n) = self.notifications.get_mut(&r.notification_id) {
+                        n.read = true;
+                    }
+                    self.notification_versions.insert(envelope.aggregate_id.clone(), envelope.aggregate_version);
                 }
             }
         }

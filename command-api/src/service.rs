@@ -65,7 +65,9 @@ impl Answer {
                     return Answer::RequestReviewed { request_id: r.request_id };
                 }
                 Event::Message(MessageEvent::Sent(m)) => return Answer::MessageSent { message_id: m.message_id },
-                Event::Message(MessageEvent::Read(_)) | Event::Presence(_) => return Answer::NoContent,
+                Event::Message(MessageEvent::Read(_)) | Event::Presence(_) | Event::Notification(_) => {
+                    return Answer::NoContent;
+                }
             };
             match event {
                 UserEvent::MembershipChanged(m) => return Answer::Membership { tier: m.tier },
@@ -555,6 +557,33 @@ impl CommandService {
             PresenceEvent::Offline(PresenceSignal {})
         };
         let (envelopes, position) = self.commit(&id, base, user, vec![Event::Presence(event)], ctx).await?;
+        Ok(Self::outcome(&envelopes, position))
+    }
+
+    pub async fn read_notification(
+        &self,
+        claims: &Claims,
+        id: Uuid,
+        ctx: &CommandContext,
+    ) -> Result<Outcome, CommandError> {
+        self.ensure_ready()?;
+        let reader = claims.sub;
+        let _held = self.locks.lock([format!("notifications:{reader}"), format!("actor:{reader}")]).await;
+        if let Some(outcome) = self.replay(reader, ctx)? {
+            return Ok(outcome);
+        }
+        Self::require_active_session(&self.state_of(reader)?, claims)?;
+        let user = reader.to_string();
+        let (state, base) = {
+            let model = self.read();
+            (model.notification(id), model.notification_version(&user))
+        };
+        let events = crate::domain::notification::decide_read(state, id, reader)?;
+        if events.is_empty() {
+            return Ok(Outcome { answer: Answer::NoContent, position: None, replayed: false });
+        }
+        let events = events.into_iter().map(Event::Notification).collect();
+        let (envelopes, position) = self.commit(&user, base, reader, events, ctx).await?;
         Ok(Self::outcome(&envelopes, position))
     }
 

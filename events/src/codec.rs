@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::connection::ConnectionEvent;
 use crate::message::MessageEvent;
+use crate::notification::NotificationEvent;
 use crate::presence::PresenceEvent;
 use crate::user::UserEvent;
 use crate::{Envelope, Event, EventMetadata};
@@ -80,6 +81,7 @@ fn to_wire(env: &Envelope) -> WireEnvelope {
             MessageEvent::Read(p) => serde_json::to_value(p),
         },
         Event::Presence(PresenceEvent::Heartbeat(p) | PresenceEvent::Offline(p)) => serde_json::to_value(p),
+        Event::Notification(NotificationEvent::Read(p)) => serde_json::to_value(p),
     }
     .unwrap_or(Value::Null);
     WireEnvelope {
@@ -140,7 +142,8 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         | MessageEvent::SENT
         | MessageEvent::READ
         | PresenceEvent::HEARTBEAT
-        | PresenceEvent::OFFLINE => 1,
+        | PresenceEvent::OFFLINE
+        | NotificationEvent::READ => 1,
         other => return Err(DecodeError::UnknownType(other.to_owned())),
     };
     if version > current || version == 0 {
@@ -164,7 +167,8 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         MessageEvent::SENT => Event::Message(MessageEvent::Sent(parse(t, v, data)?)),
         MessageEvent::READ => Event::Message(MessageEvent::Read(parse(t, v, data)?)),
         PresenceEvent::HEARTBEAT => Event::Presence(PresenceEvent::Heartbeat(parse(t, v, data)?)),
-        _ => Event::Presence(PresenceEvent::Offline(parse(t, v, data)?)),
+        PresenceEvent::OFFLINE => Event::Presence(PresenceEvent::Offline(parse(t, v, data)?)),
+        _ => Event::Notification(NotificationEvent::Read(parse(t, v, data)?)),
     })
 }
 

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod connection;
 pub mod envelope;
 pub mod message;
+pub mod notification;
 pub mod presence;
 pub mod topic;
 pub mod user;
@@ -24,6 +25,7 @@ pub use codec::{DecodeError, decode_record, encode_record};
 pub use connection::ConnectionEvent;
 pub use envelope::{Envelope, EventMetadata};
 pub use message::MessageEvent;
+pub use notification::NotificationEvent;
 pub use presence::PresenceEvent;
 pub use topic::{Topic, TopicNames};
 pub use user::UserEvent;
@@ -35,6 +37,7 @@ pub enum Event {
     Connection(ConnectionEvent),
     Message(MessageEvent),
     Presence(PresenceEvent),
+    Notification(NotificationEvent),
 }
 
 impl Event {
@@ -45,6 +48,7 @@ impl Event {
             Event::Connection(e) => e.event_type(),
             Event::Message(e) => e.event_type(),
             Event::Presence(e) => e.event_type(),
+            Event::Notification(e) => e.event_type(),
         }
     }
 
@@ -52,7 +56,7 @@ impl Event {
     pub fn schema_version(&self) -> u32 {
         match self {
             Event::User(e) => e.schema_version(),
-            Event::Connection(_) | Event::Message(_) | Event::Presence(_) => 1,
+            Event::Connection(_) | Event::Message(_) | Event::Presence(_) | Event::Notification(_) => 1,
         }
     }
 
@@ -63,6 +67,7 @@ impl Event {
             Event::Connection(_) => Topic::ConnectionEvents,
             Event::Message(_) => Topic::MessageEvents,
             Event::Presence(_) => Topic::PresenceEvents,
+            Event::Notification(_) => Topic::NotificationEvents,
         }
     }
 }

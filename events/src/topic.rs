@@ -11,17 +11,30 @@ pub enum Topic {
     MessageEvents,
     /// Presence heartbeats and offlines (key: user id).
     PresenceEvents,
+    /// Notifications marked read (key: the notified user's id).
+    NotificationEvents,
     /// Records the projector could not decode or apply, with the reason.
     DeadLetters,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 5] =
-        [Topic::UserEvents, Topic::ConnectionEvents, Topic::MessageEvents, Topic::PresenceEvents, Topic::DeadLetters];
+    pub const ALL: [Topic; 6] = [
+        Topic::UserEvents,
+        Topic::ConnectionEvents,
+        Topic::MessageEvents,
+        Topic::PresenceEvents,
+        Topic::NotificationEvents,
+        Topic::DeadLetters,
+    ];
     /// The topics holding aggregates' events (what the write model and the
     /// projector read).
-    pub const EVENT_TOPICS: [Topic; 4] =
-        [Topic::UserEvents, Topic::ConnectionEvents, Topic::MessageEvents, Topic::PresenceEvents];
+    pub const EVENT_TOPICS: [Topic; 5] = [
+        Topic::UserEvents,
+        Topic::ConnectionEvents,
+        Topic::MessageEvents,
+        Topic::PresenceEvents,
+        Topic::NotificationEvents,
+    ];
 
     /// The base name, before any deployment prefix.
     pub fn base_name(self) -> &'static str {
@@ -30,6 +43,7 @@ impl Topic {
             Topic::ConnectionEvents => "connection-events",
             Topic::MessageEvents => "message-events",
             Topic::PresenceEvents => "presence-events",
+            Topic::NotificationEvents => "notification-events",
             Topic::DeadLetters => "dead-letters",
         }
     }

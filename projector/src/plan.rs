@@ -36,6 +36,13 @@ pub struct Plan {
     pub relations: Vec<Document>,
     pub messages: Vec<Document>,
     pub presence: Vec<Document>,
+    /// Counted effects, each applied once per event id:
+    pub notifications: Vec<Document>,
+    pub notification_counters: Vec<Document>,
+    pub daily_stats: Vec<Document>,
+    /// ...and the processed-id keys that record it, inserted in the same
+    /// transaction (a concurrent duplicate aborts it, and the retry skips).
+    pub processed: Vec<uuid::Uuid>,
     /// Next offset to apply per (topic, partition).
     pub checkpoints: BTreeMap<(String, i32), i64>,
     /// Cache entries to refresh once MongoDB has the batch.
@@ -89,16 +96,45 @@ fn profile_fields(profile: &Profile) -> Document {
     }
 }
 
+/// Events with counted effects (counters, notifications): the ones whose
+/// ids the processed-id keys guard.
+pub fn counted(envelope: &Envelope) -> bool {
+    use events::connection::RequestStatus as S;
+    match &envelope.event {
+        Event::User(UserEvent::Registered(_) | UserEvent::SessionStarted(_)) => true,
+        Event::Connection(ConnectionEvent::Requested(_)) => true,
+        Event::Connection(ConnectionEvent::Reviewed(r)) => r.status == S::Accepted,
+        Event::Message(MessageEvent::Sent(_)) => true,
+        Event::Notification(_) => true,
+        _ => false,
+    }
+}
+
 /// `presence_ttl`: how long a heartbeat keeps a user online.
-pub fn plan(records: &[Record], presence_ttl: chrono::Duration) -> Plan {
+/// `processed`: ids among this batch's counted events already applied.
+pub fn plan(
+    records: &[Record],
+    presence_ttl: chrono::Duration,
+    processed: &std::collections::HashSet<uuid::Uuid>,
+) -> Plan {
     let mut plan = Plan::default();
+    let mut unread: BTreeMap<String, i64> = BTreeMap::new();
+    let mut per_day: BTreeMap<String, BTreeMap<&'static str, i64>> = BTreeMap::new();
     for record in records {
         for envelope in &record.commit {
             plan.events += 1;
+            if counted(envelope)
+                && !processed.contains(&envelope.event_id)
+                && !plan.processed.contains(&envelope.event_id)
+            {
+                plan.processed.push(envelope.event_id);
+                apply_counted(&mut plan, &mut unread, &mut per_day, envelope);
+            }
             match &envelope.event {
                 Event::User(event) => apply_user_event(&mut plan, envelope, event),
                 Event::Connection(event) => apply_connection_event(&mut plan, envelope, event),
                 Event::Message(event) => apply_message_event(&mut plan, envelope, event),
+                Event::Notification(_) => {}
                 Event::Presence(event) => {
                     let at = envelope.occurred_at;
                     let online_until = match event {
@@ -119,7 +155,68 @@ pub fn plan(records: &[Record], presence_ttl: chrono::Duration) -> Plan {
         let next = plan.checkpoints.entry((record.topic.clone(), record.partition)).or_insert(0);
         *next = (*next).max(record.offset + 1);
     }
+    for (user, delta) in unread {
+        plan.notification_counters
+            .push(doc! { "q": { "_id": user }, "u": { "$inc": { "unread": delta } }, "upsert": true });
+    }
+    for (day, counts) in per_day {
+        let inc: Document = counts.into_iter().map(|(field, n)| (field.to_owned(), Bson::Int64(n))).collect();
+        plan.daily_stats.push(doc! { "q": { "_id": day }, "u": { "$inc": inc }, "upsert": true });
+    }
     plan
+}
+
+/// The effects applied once per event id: daily counts, notifications and
+/// unread counters.
+fn apply_counted(
+    plan: &mut Plan,
+    unread: &mut BTreeMap<String, i64>,
+    per_day: &mut BTreeMap<String, BTreeMap<&'static str, i64>>,
+    envelope: &Envelope,
+) {
+    use events::connection::RequestStatus as S;
+    let day = envelope.occurred_at.format("%Y-%m-%d").to_string();
+    let stat = match &envelope.event {
+        Event::User(UserEvent::Registered(_)) => Some("signups"),
+        Event::User(UserEvent::SessionStarted(_)) => Some("logins"),
+        Event::Connection(ConnectionEvent::Requested(_)) => Some("requestsSent"),
+        Event::Connection(ConnectionEvent::Reviewed(r)) if r.status == S::Accepted => Some("requestsAccepted"),
+        Event::Message(MessageEvent::Sent(_)) => Some("messagesSent"),
+        _ => None,
+    };
+    if let Some(field) = stat {
+        *per_day.entry(day).or_default().entry(field).or_insert(0) += 1;
+    }
+    if let Some((owner, kind)) = events::notification::notified_by(envelope) {
+        let (request_id, message_id, from) = match &envelope.event {
+            Event::Connection(ConnectionEvent::Requested(r)) => (Some(r.request_id), None, r.from_user_id),
+            Event::Connection(ConnectionEvent::Reviewed(r)) => {
+                (Some(r.request_id), None, envelope.metadata.actor.unwrap_or_default())
+            }
+            Event::Message(MessageEvent::Sent(m)) => (None, Some(m.message_id), m.from_user_id),
+            _ => (None, None, uuid::Uuid::nil()),
+        };
+        let doc = views::NotificationDoc {
+            notification_id: envelope.event_id.to_string(),
+            user_id: owner.to_string(),
+            kind: kind.to_owned(),
+            from_user_id: from.to_string(),
+            request_id: request_id.map(|r| r.to_string()),
+            message_id: message_id.map(|m| m.to_string()),
+            created_at: envelope.occurred_at,
+            read_at: None,
+        };
+        plan.notifications.push(doc! {
+            "q": { "_id": &doc.notification_id }, "u": { "$setOnInsert": to_bson(&doc) }, "upsert": true,
+        });
+        *unread.entry(doc.user_id).or_insert(0) += 1;
+    }
+    if let Event::Notification(events::NotificationEvent::Read(r)) = &envelope.event {
+        plan.notifications.push(doc! {
+            "q": { "_id": r.notification_id.to_string() }, "u": { "$set": { "readAt": to_bson(&envelope.occurred_at) } },
+        });
+        *unread.entry(envelope.aggregate_id.clone()).or_insert(0) -= 1;
+    }
 }
 
 fn apply_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
@@ -297,7 +394,7 @@ mod tests {
     #[test]
     fn the_password_hash_never_reaches_a_statement() {
         let (_, record) = signup_record(7);
-        let plan = plan(&[record], chrono::Duration::minutes(5));
+        let plan = plan(&[record], chrono::Duration::minutes(5), &Default::default());
         let everything = format!("{:?}{:?}", plan.users, plan.sessions);
         assert!(!everything.contains("SECRET"));
         assert!(!everything.contains("passwordHash"));
@@ -306,7 +403,7 @@ mod tests {
     #[test]
     fn user_text_is_literal_and_writes_are_version_guarded() {
         let (user, record) = signup_record(7);
-        let plan = plan(&[record], chrono::Duration::minutes(5));
+        let plan = plan(&[record], chrono::Duration::minutes(5), &Default::default());
         let first = plan.users[0].to_string();
         assert!(first.contains("$literal"), "{first}");
         assert!(first.contains("$lastName"));
@@ -318,7 +415,7 @@ mod tests {
     fn checkpoints_are_the_next_offset_per_partition() {
         let (_, a) = signup_record(7);
         let (_, b) = signup_record(9);
-        let plan = plan(&[a, b], chrono::Duration::minutes(5));
+        let plan = plan(&[a, b], chrono::Duration::minutes(5), &Default::default());
         assert_eq!(plan.checkpoints.get(&("user-events".to_owned(), 1)), Some(&10));
         assert_eq!(plan.events, 4);
     }

@@ -93,6 +93,18 @@ impl ViewStore {
             .collect();
         let mut session = self.client.start_session().await?;
         session.start_transaction().await?;
+        // Processed-id keys first: if another projector applied these events
+        // meanwhile (a rebalance), the duplicate key aborts this transaction
+        // and the retry finds them processed.
+        if !plan.processed.is_empty() {
+            let ids: Vec<Document> = plan.processed.iter().map(|id| doc! { "_id": id.to_string() }).collect();
+            let insert = doc! { "insert": collections::PROCESSED_EVENTS, "documents": ids, "ordered": true };
+            let result = self.db.run_command(insert).session(&mut session).await;
+            if let Err(err) = result.map_err(StoreError::from).and_then(|reply| Self::check_write_errors(&reply)) {
+                let _ = session.abort_transaction().await;
+                return Err(err);
+            }
+        }
         let batches = [
             (collections::USERS, &plan.users),
             (collections::SESSIONS, &plan.sessions),
@@ -100,6 +112,9 @@ impl ViewStore {
             (collections::RELATIONS, &plan.relations),
             (collections::MESSAGES, &plan.messages),
             (collections::PRESENCE, &plan.presence),
+            (collections::NOTIFICATIONS, &plan.notifications),
+            (collections::NOTIFICATION_COUNTERS, &plan.notification_counters),
+            (collections::DAILY_STATS, &plan.daily_stats),
             (collections::CHECKPOINTS, &checkpoints),
         ];
         for (collection, statements) in batches {
@@ -217,6 +232,25 @@ impl ViewStore {
         Ok(())
     }
 
+    /// Which of these event ids were already applied (processed-id keys).
+    pub async fn already_processed(
+        &self,
+        ids: &[uuid::Uuid],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let wanted: Vec<Bson> = ids.iter().map(|id| Bson::String(id.to_string())).collect();
+        let found: Vec<Document> = self
+            .db
+            .collection::<Document>(collections::PROCESSED_EVENTS)
+            .find(doc! { "_id": { "$in": wanted } })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found.iter().filter_map(|d| d.get_str("_id").ok()?.parse().ok()).collect())
+    }
+
     /// The indexes the query API's reads rely on. Idempotent.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         use mongodb::IndexModel;
@@ -224,6 +258,8 @@ impl ViewStore {
         requests
             .create_index(IndexModel::builder().keys(doc! { "toUserId": 1, "status": 1, "createdAt": -1 }).build())
             .await?;
+        let notifications = self.db.collection::<Document>(collections::NOTIFICATIONS);
+        notifications.create_index(IndexModel::builder().keys(doc! { "userId": 1, "_id": -1 }).build()).await?;
         let messages = self.db.collection::<Document>(collections::MESSAGES);
         messages.create_index(IndexModel::builder().keys(doc! { "pairKey": 1, "_id": -1 }).build()).await?;
         Ok(())

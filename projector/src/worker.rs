@@ -96,16 +96,22 @@ impl Worker {
                 Err(err) => self.dead_letter(message, &err.to_string()).await?,
             }
         }
-        let mut plan = plan::plan(&records, self.settings.presence_ttl);
-        // Dead-lettered records still move the checkpoint past themselves.
-        for message in messages {
-            let next = plan.checkpoints.entry((message.topic().to_owned(), message.partition())).or_insert(0);
-            *next = (*next).max(message.offset() + 1);
-        }
+        let counted: Vec<uuid::Uuid> =
+            records.iter().flat_map(|r| &r.commit).filter(|e| plan::counted(e)).map(|e| e.event_id).collect();
         let mut backoff = Duration::from_millis(100);
-        loop {
+        // Each attempt re-reads the processed-id keys and plans afresh: an
+        // attempt may fail because another projector (mid-rebalance) applied
+        // some of these events meanwhile, and the next must skip them.
+        let plan = loop {
+            let processed = self.processed_among(&counted, shutdown).await?;
+            let mut plan = plan::plan(&records, self.settings.presence_ttl, &processed);
+            // Dead-lettered records still move the checkpoint past themselves.
+            for message in messages {
+                let next = plan.checkpoints.entry((message.topic().to_owned(), message.partition())).or_insert(0);
+                *next = (*next).max(message.offset() + 1);
+            }
             match self.store.apply(&plan).await {
-                Ok(()) => break,
+                Ok(()) => break plan,
                 Err(err) => {
                     metrics::counter!("projector_batch_failures_total").increment(1);
                     tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "applying a batch failed; retrying");
@@ -116,7 +122,7 @@ impl Worker {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        }
+        };
         self.commit_offsets(&plan.checkpoints)?;
         {
             let mut progress = self.progress.write().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -135,6 +141,28 @@ impl Worker {
             "batch applied"
         );
         Ok(())
+    }
+
+    /// Which counted events were already applied; retried like a batch.
+    async fn processed_among(
+        &self,
+        ids: &[uuid::Uuid],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<std::collections::HashSet<uuid::Uuid>> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.store.already_processed(ids).await {
+                Ok(found) => return Ok(found),
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading processed-id keys failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {},
+                        _ = shutdown.changed() => anyhow::bail!("shut down with an unapplied batch; it is re-read on restart"),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Commits the group offsets, only after MongoDB and Redis acknowledged.

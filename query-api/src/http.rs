@@ -393,6 +393,139 @@ pub async fn presence(
     Ok(Json(view))
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationItem {
+    pub notification_id: String,
+    /// connection_request, request_accepted or message.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub from_user_id: String,
+    pub request_id: Option<String>,
+    pub message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationList {
+    pub items: Vec<NotificationItem>,
+    pub unread_count: i64,
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct NotificationParams {
+    /// true: only unread ones.
+    pub unread: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", security(("bearer" = [])), params(NotificationParams),
+    responses((status = 200, body = NotificationList), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
+pub async fn notifications(
+    State(reader): State<ViewReader>,
+    Caller(claims): Caller,
+    _consistency: Consistency,
+    Query(params): Query<NotificationParams>,
+) -> Result<Json<NotificationList>, ApiError> {
+    let unread_only = match params.unread.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::BadRequest {
+                code: "unread_invalid",
+                message: "unread must be true or false".into(),
+            });
+        }
+    };
+    let (docs, unread_count) = reader.notifications(&claims.sub.to_string(), unread_only, 50).await?;
+    let items = docs
+        .into_iter()
+        .map(|n| NotificationItem {
+            notification_id: n.notification_id,
+            kind: n.kind,
+            from_user_id: n.from_user_id,
+            request_id: n.request_id,
+            message_id: n.message_id,
+            created_at: n.created_at,
+            read_at: n.read_at,
+        })
+        .collect();
+    Ok(Json(NotificationList { items, unread_count }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DayCounts {
+    pub date: String,
+    pub signups: i64,
+    pub logins: i64,
+    pub requests_sent: i64,
+    pub requests_accepted: i64,
+    pub messages_sent: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DailyStats {
+    pub days: Vec<DayCounts>,
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct StatsParams {
+    /// First day, YYYY-MM-DD (UTC).
+    pub from: Option<String>,
+    /// Last day, YYYY-MM-DD (UTC), inclusive; at most 366 days after `from`.
+    pub to: Option<String>,
+}
+
+const MAX_STATS_DAYS: i64 = 366;
+
+#[utoipa::path(get, path = "/v1/stats/daily", tag = "analytics", security(("bearer" = [])), params(StatsParams),
+    responses((status = 200, body = DailyStats), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
+pub async fn daily_stats(
+    State(reader): State<ViewReader>,
+    _caller: Caller,
+    _consistency: Consistency,
+    Query(params): Query<StatsParams>,
+) -> Result<Json<DailyStats>, ApiError> {
+    let day = |raw: Option<&str>, what: &str| {
+        raw.and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).ok_or_else(|| ApiError::BadRequest {
+            code: "date_invalid",
+            message: format!("{what} must be a date, YYYY-MM-DD"),
+        })
+    };
+    let (from, to) = (day(params.from.as_deref(), "from")?, day(params.to.as_deref(), "to")?);
+    let span = (to - from).num_days();
+    if span < 0 {
+        return Err(ApiError::BadRequest { code: "date_range_invalid", message: "from must not be after to".into() });
+    }
+    if span >= MAX_STATS_DAYS {
+        return Err(ApiError::BadRequest {
+            code: "date_range_too_long",
+            message: format!("at most {MAX_STATS_DAYS} days at a time"),
+        });
+    }
+    let dates: Vec<String> =
+        (0..=span).map(|i| (from + chrono::Duration::days(i)).format("%Y-%m-%d").to_string()).collect();
+    let found: std::collections::HashMap<String, views::DailyStatsDoc> =
+        reader.daily_stats(&dates).await?.into_iter().map(|d| (d.date.clone(), d)).collect();
+    let days = dates
+        .into_iter()
+        .map(|date| {
+            let d = found.get(&date).cloned().unwrap_or_default();
+            DayCounts {
+                date,
+                signups: d.signups,
+                logins: d.logins,
+                requests_sent: d.requests_sent,
+                requests_accepted: d.requests_accepted,
+                messages_sent: d.messages_sent,
+            }
+        })
+        .collect();
+    Ok(Json(DailyStats { days }))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let (mongo, redis) = (state.reader.mongo_reachable().await, state.reader.redis_reachable().await);
     platform::http::readiness_response(&[("mongo", mongo), ("redis", redis)])
@@ -405,7 +538,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect query API", description = "Reads, from Redis first and MongoDB second."),
-    paths(own_profile, public_profile, feed, connections, requests_received, history, presence),
+    paths(own_profile, public_profile, feed, connections, requests_received, history, presence, notifications, daily_stats),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -419,6 +552,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/received", get(requests_received))
         .route("/v1/messages/{other_user_id}", get(history))
         .route("/v1/presence/{user_id}", get(presence))
+        .route("/v1/notifications", get(notifications))
+        .route("/v1/stats/daily", get(daily_stats))
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

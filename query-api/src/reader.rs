@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use views::keys::RedisKeys;
 use views::{
-    CheckpointDoc, ConnectionRequestDoc, ConsistencyToken, ConversationCache, MessageDoc, PresenceDoc, RelationsDoc,
-    SessionDoc, UserDoc, collections,
+    CheckpointDoc, ConnectionRequestDoc, ConsistencyToken, ConversationCache, DailyStatsDoc, MessageDoc,
+    NotificationCounterDoc, NotificationDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc, collections,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -359,6 +359,46 @@ impl ViewReader {
             self.refill(&key, p.version, p, views::ttl::PRESENCE).await;
         }
         Ok(presence)
+    }
+
+    /// The user's newest notifications (at most `limit`), and the unread count.
+    pub async fn notifications(
+        &self,
+        user_id: &str,
+        unread_only: bool,
+        limit: i64,
+    ) -> Result<(Vec<NotificationDoc>, i64), ReadError> {
+        let mut filter = doc! { "userId": user_id };
+        if unread_only {
+            filter.insert("readAt", Bson::Null);
+        }
+        let items: Vec<NotificationDoc> = self
+            .db
+            .collection::<NotificationDoc>(collections::NOTIFICATIONS)
+            .find(filter)
+            .sort(doc! { "_id": -1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        let counter = self
+            .db
+            .collection::<NotificationCounterDoc>(collections::NOTIFICATION_COUNTERS)
+            .find_one(doc! { "_id": user_id })
+            .await?;
+        Ok((items, counter.map_or(0, |c| c.unread)))
+    }
+
+    /// The counts of the days in `ids` (YYYY-MM-DD) that have any.
+    pub async fn daily_stats(&self, days: &[String]) -> Result<Vec<DailyStatsDoc>, ReadError> {
+        let wanted: Vec<Bson> = days.iter().map(|d| Bson::String(d.clone())).collect();
+        Ok(self
+            .db
+            .collection::<DailyStatsDoc>(collections::DAILY_STATS)
+            .find(doc! { "_id": { "$in": wanted } })
+            .await?
+            .try_collect()
+            .await?)
     }
 
     /// A page of a conversation, newest first, older than `before` when

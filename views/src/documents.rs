@@ -137,3 +137,49 @@ pub struct PresenceDoc {
     pub online_until: DateTime<Utc>,
     pub version: u64,
 }
+
+/// `notifications` collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationDoc {
+    #[serde(rename = "_id")]
+    pub notification_id: String,
+    pub user_id: String,
+    /// connection_request, request_accepted or message.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub from_user_id: String,
+    pub request_id: Option<String>,
+    pub message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+/// `notification_counters` collection.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationCounterDoc {
+    #[serde(rename = "_id")]
+    pub user_id: String,
+    #[serde(default)]
+    pub unread: i64,
+}
+
+/// `daily_stats` collection.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DailyStatsDoc {
+    /// YYYY-MM-DD (UTC).
+    #[serde(rename = "_id")]
+    pub date: String,
+    #[serde(default)]
+    pub signups: i64,
+    #[serde(default)]
+    pub logins: i64,
+    #[serde(default)]
+    pub requests_sent: i64,
+    #[serde(default)]
+    pub requests_accepted: i64,
+    #[serde(default)]
+    pub messages_sent: i64,
+}

@@ -9,7 +9,8 @@ pub mod keys;
 
 pub use consistency::ConsistencyToken;
 pub use documents::{
-    CheckpointDoc, ConnectionRequestDoc, ConversationCache, MessageDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc,
+    CheckpointDoc, ConnectionRequestDoc, ConversationCache, DailyStatsDoc, MessageDoc, NotificationCounterDoc,
+    NotificationDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc,
 };
 
 /// How many of a conversation's newest messages `messages:<a>:<b>` holds.
@@ -28,6 +29,16 @@ pub mod collections {
     pub const MESSAGES: &str = "messages";
     /// One document per user who ever sent a heartbeat.
     pub const PRESENCE: &str = "presence";
+    /// One document per notification; `_id` is the notifying event's id.
+    pub const NOTIFICATIONS: &str = "notifications";
+    /// Per user: the unread count.
+    pub const NOTIFICATION_COUNTERS: &str = "notification_counters";
+    /// Per UTC day (`_id` YYYY-MM-DD): the analytics counts.
+    pub const DAILY_STATS: &str = "daily_stats";
+    /// Processed-id keys: the ids of events whose counted effects
+    /// (counters, notifications) were applied, so a replay or a redelivered
+    /// batch never counts twice.
+    pub const PROCESSED_EVENTS: &str = "processed_events";
     /// Applied position per topic partition, written in the same transaction
     /// as the view changes it covers.
     pub const CHECKPOINTS: &str = "checkpoints";

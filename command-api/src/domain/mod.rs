@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod message;
+pub mod notification;
 pub mod user;
 pub mod validation;
 
