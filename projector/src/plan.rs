@@ -43,6 +43,11 @@ pub struct Plan {
     /// ...and the processed-id keys that record it, inserted in the same
     /// transaction (a concurrent duplicate aborts it, and the retry skips).
     pub processed: Vec<uuid::Uuid>,
+    /// Live updates for users' streams, from events new in this batch:
+    /// (recipient, kind, JSON). Presence changes are resolved to the
+    /// user's connections by the store.
+    pub stream: Vec<(String, &'static str, serde_json::Value)>,
+    pub presence_changes: Vec<(String, serde_json::Value)>,
     /// Next offset to apply per (topic, partition).
     pub checkpoints: BTreeMap<(String, i32), i64>,
     /// Cache entries to refresh once MongoDB has the batch.
@@ -106,6 +111,8 @@ pub fn counted(envelope: &Envelope) -> bool {
         Event::Connection(ConnectionEvent::Reviewed(r)) => r.status == S::Accepted,
         Event::Message(MessageEvent::Sent(_)) => true,
         Event::Notification(_) => true,
+        // Presence changes are published to streams once each.
+        Event::Presence(_) => true,
         _ => false,
     }
 }
@@ -187,6 +194,22 @@ fn apply_counted(
     if let Some(field) = stat {
         *per_day.entry(day).or_default().entry(field).or_insert(0) += 1;
     }
+    match &envelope.event {
+        Event::Message(MessageEvent::Sent(m)) => {
+            let json = serde_json::json!({
+                "messageId": m.message_id, "fromUserId": m.from_user_id, "toUserId": m.to_user_id,
+                "text": m.text, "sentAt": envelope.occurred_at,
+            });
+            plan.stream.push((m.from_user_id.to_string(), "message", json.clone()));
+            plan.stream.push((m.to_user_id.to_string(), "message", json));
+        }
+        Event::Presence(p) => {
+            let online = matches!(p, PresenceEvent::Heartbeat(_));
+            let json = serde_json::json!({ "userId": envelope.aggregate_id, "online": online, "lastSeen": envelope.occurred_at });
+            plan.presence_changes.push((envelope.aggregate_id.clone(), json));
+        }
+        _ => {}
+    }
     if let Some((owner, kind)) = events::notification::notified_by(envelope) {
         let (request_id, message_id, from) = match &envelope.event {
             Event::Connection(ConnectionEvent::Requested(r)) => (Some(r.request_id), None, r.from_user_id),
@@ -209,6 +232,7 @@ fn apply_counted(
         plan.notifications.push(doc! {
             "q": { "_id": &doc.notification_id }, "u": { "$setOnInsert": to_bson(&doc) }, "upsert": true,
         });
+        plan.stream.push((doc.user_id.clone(), "notification", serde_json::to_value(&doc).unwrap_or_default()));
         *unread.entry(doc.user_id).or_insert(0) += 1;
     }
     if let Event::Notification(events::NotificationEvent::Read(r)) = &envelope.event {

@@ -225,11 +225,53 @@ impl ViewStore {
             );
             writes += 1;
         }
+        writes += self.publish_stream_entries(plan, &mut pipe).await?;
         if writes > 0 {
             let mut redis = self.redis.clone();
             pipe.query_async::<()>(&mut redis).await?;
         }
         Ok(())
+    }
+
+    /// Adds this batch's live updates to the users' streams. Only events new
+    /// in the batch are here (processed-id keys), so a replay or a
+    /// redelivered batch publishes nothing twice.
+    async fn publish_stream_entries(&self, plan: &Plan, pipe: &mut redis::Pipeline) -> Result<usize, StoreError> {
+        let mut entries: Vec<(String, &str, String)> =
+            plan.stream.iter().map(|(user, kind, json)| (user.clone(), *kind, json.to_string())).collect();
+        if !plan.presence_changes.is_empty() {
+            let ids: Vec<Bson> = plan.presence_changes.iter().map(|(user, _)| Bson::String(user.clone())).collect();
+            let relations: Vec<views::RelationsDoc> = self
+                .db
+                .collection::<views::RelationsDoc>(collections::RELATIONS)
+                .find(doc! { "_id": { "$in": ids } })
+                .await?
+                .try_collect()
+                .await?;
+            let connections: std::collections::HashMap<&str, &Vec<String>> =
+                relations.iter().map(|r| (r.user_id.as_str(), &r.connections)).collect();
+            for (user, json) in &plan.presence_changes {
+                let text = json.to_string();
+                entries.push((user.clone(), "presence", text.clone()));
+                for other in connections.get(user.as_str()).copied().into_iter().flatten() {
+                    entries.push((other.clone(), "presence", text.clone()));
+                }
+            }
+        }
+        for (user, kind, json) in &entries {
+            pipe.cmd("XADD")
+                .arg(self.keys.user_stream(user))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(views::STREAM_LENGTH)
+                .arg("*")
+                .arg("kind")
+                .arg(*kind)
+                .arg("data")
+                .arg(json)
+                .ignore();
+        }
+        Ok(entries.len())
     }
 
     /// Which of these event ids were already applied (processed-id keys).

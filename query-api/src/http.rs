@@ -24,7 +24,11 @@ use crate::reader::{Freshness, ReadError, ViewReader};
 #[derive(Clone)]
 pub struct AppState {
     pub reader: ViewReader,
-    pub keys: Arc<JwtKeys>,
+    /// For the dedicated connection each open stream holds: a blocking
+    /// XREAD would stall a shared multiplexed connection for everyone.
+    pub stream_redis: redis::Client,
+    pub keys: views::keys::RedisKeys,
+    pub jwt: Arc<JwtKeys>,
     pub metrics: PrometheusHandle,
     pub consistency_wait: Duration,
 }
@@ -45,6 +49,8 @@ pub enum ApiError {
     NotFound { code: &'static str, message: String },
     #[error(transparent)]
     Read(#[from] ReadError),
+    #[error("the live stream is unavailable; retry shortly")]
+    StreamUnavailable,
 }
 
 impl IntoResponse for ApiError {
@@ -54,6 +60,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated => error_response(StatusCode::UNAUTHORIZED, "invalid_token", &message, None),
             ApiError::BadRequest { code, .. } => error_response(StatusCode::BAD_REQUEST, code, &message, None),
             ApiError::NotFound { code, .. } => error_response(StatusCode::NOT_FOUND, code, &message, None),
+            ApiError::StreamUnavailable => {
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", &message, Some(1))
+            }
             ApiError::Read(ReadError::ConsistencyTimeout(_)) => {
                 error_response(StatusCode::SERVICE_UNAVAILABLE, "consistency_timeout", &message, Some(1))
             }
@@ -84,7 +93,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = platform::auth::token_from_headers(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        let claims = state.keys.verify(&token).map_err(|_| ApiError::Unauthenticated)?;
+        let claims = state.jwt.verify(&token).map_err(|_| ApiError::Unauthenticated)?;
         match state.reader.session(&claims.jti.to_string()).await? {
             Some(session) if session.revoked || session.user_id != claims.sub.to_string() => {
                 Err(ApiError::Unauthenticated)
@@ -526,6 +535,120 @@ pub async fn daily_stats(
     Ok(Json(DailyStats { days }))
 }
 
+/// How long one XREAD waits for new entries (a timeout just loops; the
+/// SSE keep-alive runs meanwhile).
+const STREAM_BLOCK: Duration = Duration::from_secs(10);
+
+/// Counts open streams in `/metrics`; dropped with the stream, however it ends.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        metrics::gauge!("streams_open").increment(1.0);
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!("streams_open").decrement(1.0);
+    }
+}
+
+/// An SSE stream id as Redis makes them: `<ms>-<seq>`.
+fn valid_stream_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && seq.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+#[utoipa::path(get, path = "/v1/stream", tag = "stream", security(("bearer" = [])),
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (while still in the cache)")),
+    responses((status = 200, description = "text/event-stream of the caller's notifications, messages and presence changes"),
+        (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+pub async fn stream(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    headers: axum::http::HeaderMap,
+) -> Result<
+    axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>,
+    ApiError,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let resume = match headers.get("last-event-id").map(|v| v.to_str().unwrap_or_default().trim().to_owned()) {
+        None => None,
+        Some(id) if valid_stream_id(&id) => Some(id),
+        Some(_) => {
+            return Err(ApiError::BadRequest {
+                code: "last_event_id_invalid",
+                message: "Last-Event-ID is not an id this stream sent".into(),
+            });
+        }
+    };
+    let unavailable = |_| ApiError::StreamUnavailable;
+    // The response timeout must outlast XREAD's BLOCK (the default, 500 ms,
+    // would end every quiet stream within a second).
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(STREAM_BLOCK + Duration::from_secs(5)));
+    let mut redis =
+        state.stream_redis.get_multiplexed_async_connection_with_config(&config).await.map_err(unavailable)?;
+    let key = state.keys.user_stream(&claims.sub.to_string());
+    // Without Last-Event-ID: from now on. "$" would miss entries added
+    // between two reads, so start from the current last entry's id.
+    let start = match resume {
+        Some(id) => id,
+        None => {
+            let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut redis)
+                .await
+                .map_err(unavailable)?;
+            last.into_iter().next().map_or_else(|| "0-0".to_owned(), |(id, _)| id)
+        }
+    };
+    let events = futures::stream::unfold(
+        (redis, key, start, std::collections::VecDeque::new(), OpenStream::new()),
+        |(mut redis, key, mut after, mut pending, open)| async move {
+            loop {
+                if let Some(event) = pending.pop_front() {
+                    return Some((Ok::<Event, std::convert::Infallible>(event), (redis, key, after, pending, open)));
+                }
+                let reply: Result<Option<redis::streams::StreamReadReply>, _> = redis::cmd("XREAD")
+                    .arg("BLOCK")
+                    .arg(STREAM_BLOCK.as_millis() as u64)
+                    .arg("COUNT")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(&after)
+                    .query_async(&mut redis)
+                    .await;
+                let reply = match reply {
+                    Ok(reply) => reply,
+                    Err(err) => {
+                        // The client reconnects with Last-Event-ID and misses nothing still cached.
+                        tracing::warn!(error = %err, "stream read failed; closing the stream");
+                        return None;
+                    }
+                };
+                for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                    let kind: String = entry.get("kind").unwrap_or_default();
+                    let data: String = entry.get("data").unwrap_or_default();
+                    after = entry.id.clone();
+                    pending.push_back(Event::default().id(entry.id).event(kind).data(data));
+                }
+            }
+        },
+    );
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let (mongo, redis) = (state.reader.mongo_reachable().await, state.reader.redis_reachable().await);
     platform::http::readiness_response(&[("mongo", mongo), ("redis", redis)])
@@ -538,7 +661,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect query API", description = "Reads, from Redis first and MongoDB second."),
-    paths(own_profile, public_profile, feed, connections, requests_received, history, presence, notifications, daily_stats),
+    paths(own_profile, public_profile, feed, connections, requests_received, history, presence, notifications, daily_stats, stream),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -554,6 +677,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/presence/{user_id}", get(presence))
         .route("/v1/notifications", get(notifications))
         .route("/v1/stats/daily", get(daily_stats))
+        .route("/v1/stream", get(stream))
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

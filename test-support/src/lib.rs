@@ -44,8 +44,25 @@ impl Servers {
     }
 }
 
+/// A port nothing listens on, never the same twice in this process.
+///
+/// Asking the OS for port 0 and releasing it races: under a parallel test
+/// run two environments could get the same number, and one service would
+/// then fail to bind while its readiness check was answered by another
+/// environment's service. Ports come instead from a counter in a range below
+/// Linux's ephemeral ports (32768+), so the OS does not hand them out either.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ =
+        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 40) as u16 * 250, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A child process killed when dropped.

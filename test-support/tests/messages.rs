@@ -105,7 +105,7 @@ async fn history_pages_cross_from_redis_to_mongodb() {
     }
     // Wait once for the views, then page with plain (cache-first) reads.
     let first = env.query(&format!("/v1/messages/{b}?limit=20"), &a_token, last.as_deref()).await;
-    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
     let from_mongo = history_count(&env, "mongo").await;
 
     let mut seen = Vec::new();

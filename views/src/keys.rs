@@ -29,6 +29,12 @@ impl RedisKeys {
         format!("{}presence:{user_id}", self.prefix)
     }
 
+    /// A user's live updates (a Redis stream, capped): what `GET /v1/stream`
+    /// delivers, and resumes from by entry id.
+    pub fn user_stream(&self, user_id: &str) -> String {
+        format!("{}stream:{user_id}", self.prefix)
+    }
+
     /// A conversation's newest messages; `pair_key` is `min:max` of the two ids.
     pub fn conversation(&self, pair_key: &str) -> String {
         format!("{}messages:{pair_key}", self.prefix)

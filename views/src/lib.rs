@@ -13,6 +13,10 @@ pub use documents::{
     NotificationDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc,
 };
 
+/// Entries kept per user stream: how far back a reconnecting client can
+/// resume with `Last-Event-ID`.
+pub const STREAM_LENGTH: usize = 1000;
+
 /// How many of a conversation's newest messages `messages:<a>:<b>` holds.
 pub const CACHED_MESSAGES: usize = 50;
 

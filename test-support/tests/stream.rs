@@ -1,0 +1,137 @@
+//! GET /v1/stream: live notifications, messages and presence changes,
+//! only the caller's own, resumable with Last-Event-ID.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use test_support::{Reply, TestEnv};
+
+#[derive(Debug, Clone)]
+struct SseEvent {
+    id: String,
+    kind: String,
+    data: Value,
+}
+
+/// Reads server-sent events off a live response.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(env: &TestEnv, token: &str, last_event_id: Option<&str>) -> Self {
+        let mut request =
+            env.http.get(env.query_url("/v1/stream")).bearer_auth(token).timeout(Duration::from_secs(600));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("stream opens");
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        SseReader { response, buffer: String::new() }
+    }
+
+    /// The next event within `within`, skipping keep-alive comments.
+    async fn next(&mut self, within: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut kind, mut data) = (String::new(), String::new(), String::new());
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        kind = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if kind.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some(SseEvent { id, kind, data: serde_json::from_str(&data).expect("JSON data") });
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk()).await.ok()?.expect("stream read")?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next event of `kind` matching `pred`, skipping others.
+    async fn expect(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> SseEvent {
+        loop {
+            let event = self.next(Duration::from_secs(20)).await.unwrap_or_else(|| panic!("no {kind} event arrived"));
+            if event.kind == kind && pred(&event.data) {
+                return event;
+            }
+        }
+    }
+}
+
+async fn connect(env: &TestEnv, a_token: &str, b: &str, b_token: &str) -> Reply {
+    let sent = env.command(Method::POST, &format!("/v1/requests/send/interested/{b}"), None, Some(a_token)).await;
+    let id = sent.body["requestId"].as_str().expect("requestId").to_owned();
+    env.command(Method::POST, &format!("/v1/requests/review/accepted/{id}"), None, Some(b_token)).await
+}
+
+#[tokio::test]
+async fn the_stream_delivers_only_the_callers_events_and_resumes() {
+    let env = TestEnv::start().await;
+    let (a, a_token) = env.user("a").await;
+    let (b, b_token) = env.user("b").await;
+    let (_, c_token) = env.user("c").await;
+    let accepted = connect(&env, &a_token, &b, &b_token).await;
+    env.query("/v1/profile", &a_token, Some(&accepted.consistency())).await;
+
+    let mut a_stream = SseReader::open(&env, &a_token, None).await;
+    let mut b_stream = SseReader::open(&env, &b_token, None).await;
+    let mut c_stream = SseReader::open(&env, &c_token, None).await;
+
+    let sent =
+        env.command(Method::POST, &format!("/v1/messages/{b}"), Some(&json!({"text": "live!"})), Some(&a_token)).await;
+    assert_eq!(sent.status, StatusCode::CREATED);
+    let message_id = sent.body["messageId"].clone();
+    let got = b_stream.expect("message", |d| d["messageId"] == message_id).await;
+    assert_eq!((got.data["text"].as_str(), got.data["fromUserId"].as_str()), (Some("live!"), Some(a.as_str())));
+    let note = b_stream.expect("notification", |d| d["messageId"] == message_id).await;
+    assert_eq!(note.data["type"], "message");
+    a_stream.expect("message", |d| d["messageId"] == message_id).await;
+    // Isolation: by now b has both; c, who is in none of it, has nothing.
+    assert!(c_stream.next(Duration::from_millis(500)).await.is_none(), "c saw someone else's event");
+
+    // Presence goes to connections: a sees b come online; c does not.
+    let beat = env.command(Method::POST, "/v1/presence/heartbeat", None, Some(&b_token)).await;
+    assert_eq!(beat.status, StatusCode::NO_CONTENT);
+    let presence = a_stream.expect("presence", |d| d["userId"] == b.as_str()).await;
+    assert_eq!(presence.data["online"], true);
+    assert!(c_stream.next(Duration::from_millis(500)).await.is_none(), "c saw a stranger's presence");
+
+    // Resumption: what arrives while b is away is delivered on reconnect,
+    // and nothing before the Last-Event-ID comes again.
+    let resume_from = note.id.clone();
+    drop(b_stream);
+    let away = env
+        .command(Method::POST, &format!("/v1/messages/{b}"), Some(&json!({"text": "while away"})), Some(&a_token))
+        .await;
+    let away_id = away.body["messageId"].clone();
+    env.query("/v1/profile", &b_token, Some(&away.consistency())).await;
+    let mut b_again = SseReader::open(&env, &b_token, Some(&resume_from)).await;
+    let first = b_again.next(Duration::from_secs(20)).await.expect("resumed");
+    assert_ne!(first.data["messageId"], message_id, "an event before Last-Event-ID came again: {first:?}");
+    b_again.expect("message", |d| d["messageId"] == away_id).await;
+
+    let bad = env
+        .send(
+            Method::GET,
+            &env.query_url("/v1/stream"),
+            None,
+            &[("authorization", &format!("Bearer {b_token}")), ("last-event-id", "nope")],
+        )
+        .await;
+    assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "last_event_id_invalid"));
+    let anonymous = env.send(Method::GET, &env.query_url("/v1/stream"), None, &[]).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
