@@ -358,6 +358,103 @@ async fn main() -> anyhow::Result<()> {
     let review_1 = review_phase(1, Arc::clone(&recipients_1), request_ids_1).await?;
     let review_64 = review_phase(64, Arc::clone(&recipients_64), request_ids_64).await?;
 
+    // Messages, between the pairs the review phase connected.
+    let pairs: Arc<Vec<(String, String)>> =
+        Arc::new((0..recipients_64.len()).map(|i| (senders[i % 64].clone(), recipients_64[i].0.clone())).collect());
+    let message_phase = |c: usize, ops: usize| {
+        let (api, pairs) = (Arc::clone(&api), Arc::clone(&pairs));
+        measure(c, ops, move |i| {
+            let (api, pairs) = (Arc::clone(&api), Arc::clone(&pairs));
+            async move {
+                let (token, to) = &pairs[i % pairs.len()];
+                api.post(&format!("/v1/messages/{to}"), &json!({"text": format!("bench message {i}")}), Some(token))
+                    .await?;
+                Ok(())
+            }
+        })
+    };
+    let message_1 = message_phase(1, serial).await?;
+    let message_64 = message_phase(64, parallel).await?;
+
+    // History: one conversation with 120 messages; the newest page comes from
+    // Redis, a page before the newest 50 from MongoDB.
+    let (talker, listener) = (pairs[0].0.clone(), pairs[0].1.clone());
+    let mut ids = Vec::new();
+    let mut consistency = String::new();
+    for i in 0..120 {
+        let res = api
+            .http
+            .post(format!("{}/v1/messages/{listener}", api.command))
+            .bearer_auth(&talker)
+            .json(&json!({"text": format!("history {i}")}))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status().is_success(), "message: {}", res.status());
+        consistency =
+            res.headers().get("x-consistency-token").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let v: Value = res.json().await?;
+        ids.push(v["messageId"].as_str().unwrap_or_default().to_owned());
+    }
+    // A read carrying the last write's consistency token reads MongoDB and
+    // refills the cache; plain reads after it see the whole conversation.
+    let res = api
+        .http
+        .get(format!("{}/v1/messages/{listener}?limit=50", api.query))
+        .bearer_auth(&talker)
+        .header("x-consistency-token", &consistency)
+        .send()
+        .await?;
+    anyhow::ensure!(res.status().is_success(), "history: {}", res.status());
+    let older_than = Arc::new(ids[120 - 60].clone());
+    let (talker, listener) = (Arc::new(talker), Arc::new(listener));
+    let history = |c: usize, ops: usize, before: Option<Arc<String>>| {
+        let (api, talker, listener) = (Arc::clone(&api), Arc::clone(&talker), Arc::clone(&listener));
+        measure(c, ops, move |_| {
+            let (api, talker, listener, before) =
+                (Arc::clone(&api), Arc::clone(&talker), Arc::clone(&listener), before.clone());
+            async move {
+                let query = before.map_or_else(String::new, |b| format!("&before={b}"));
+                let v = api.get_ok(&format!("/v1/messages/{listener}?limit=50{query}"), &talker).await?;
+                anyhow::ensure!(
+                    v["items"].as_array().is_some_and(|a| a.len() == 50),
+                    "history page not full: {} items",
+                    v["items"].as_array().map_or(0, Vec::len)
+                );
+                Ok(())
+            }
+        })
+    };
+    let history_redis_1 = history(1, serial * 2, None).await?;
+    let history_redis_64 = history(64, parallel * 2, None).await?;
+    let history_mongo_1 = history(1, serial, Some(Arc::clone(&older_than))).await?;
+    let history_mongo_64 = history(64, parallel / 2, Some(Arc::clone(&older_than))).await?;
+
+    // Stream delivery: from the command's acknowledgement to the message
+    // arriving on the recipient's open SSE stream.
+    let recipient_token = recipients_64[1].1.clone();
+    let sender_token = pairs[1].0.clone();
+    let recipient_id = recipients_64[1].0.clone();
+    let mut stream = api.http.get(format!("{}/v1/stream", api.query)).bearer_auth(&recipient_token).send().await?;
+    anyhow::ensure!(stream.status().is_success(), "stream: {}", stream.status());
+    let mut stream_lags = Vec::new();
+    let mut buffer = String::new();
+    for i in 0..100 {
+        let marker = format!("stream {run} {i}");
+        api.post(&format!("/v1/messages/{recipient_id}"), &json!({"text": marker}), Some(&sender_token)).await?;
+        let acked = Instant::now();
+        while !buffer.contains(&marker) {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk()).await??;
+            let chunk = chunk.ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        stream_lags.push(acked.elapsed());
+        buffer.clear();
+    }
+    drop(stream);
+    stream_lags.sort();
+    let stream_ms =
+        |p: f64| stream_lags[((stream_lags.len() as f64 * p) as usize).min(stream_lags.len() - 1)].as_secs_f64() * 1e3;
+
     // The feed at scale: seed users straight into the log, wait until the
     // views hold them, then read feed pages beside a plain MongoDB query.
     let mongo = mongodb::Client::with_uri_str(&args.mongo_uri).await?.database(&args.mongo_database);
@@ -387,14 +484,20 @@ async fn main() -> anyhow::Result<()> {
             let (api, viewer) = (Arc::clone(&api), Arc::clone(&viewer));
             async move {
                 let v = api.get_ok(&format!("/v1/feed?page={page}&limit=50"), &viewer).await?;
-                anyhow::ensure!(v["items"].as_array().is_some_and(|a| a.len() == 50), "a full page");
+                anyhow::ensure!(
+                    v["items"].as_array().is_some_and(|a| a.len() == 50),
+                    "feed page not full: {} items",
+                    v["items"].as_array().map_or(0, Vec::len)
+                );
                 Ok(())
             }
         })
     };
     let feed_1 = feed(1, serial, 1).await?;
     let feed_64 = feed(64, parallel, 1).await?;
-    let feed_deep = feed(1, serial / 4, 1000).await?;
+    // A deep page, within what the view holds (page 1000 at 100 000 users).
+    let deep_page = (in_view as usize / 50 / 2).clamp(1, 1000);
+    let feed_deep = feed(1, serial / 4, deep_page).await?;
     // The feed's floor: its two primitive reads, done plainly: 51 ids from
     // the directory, and 50 users by _id from MongoDB.
     let directory =
@@ -421,7 +524,7 @@ async fn main() -> anyhow::Result<()> {
                 use futures::TryStreamExt;
                 let filter = mongodb::bson::doc! { "_id": { "$in": page_ids.as_ref().clone() } };
                 let page: Vec<mongodb::bson::Document> = users.find(filter).await?.try_collect().await?;
-                anyhow::ensure!(page.len() == 50, "a full page");
+                anyhow::ensure!(page.len() == 50, "raw $in page not full: {} docs", page.len());
                 Ok(())
             }
         })
@@ -444,7 +547,7 @@ async fn main() -> anyhow::Result<()> {
                     .await?
                     .try_collect()
                     .await?;
-                anyhow::ensure!(page.len() == 50, "a full page");
+                anyhow::ensure!(page.len() == 50, "raw sorted page not full: {} docs", page.len());
                 Ok(())
             }
         })
@@ -472,6 +575,18 @@ async fn main() -> anyhow::Result<()> {
     row("POST /v1/requests/send", 64, send_64, Some(produce_64));
     row("POST /v1/requests/review", 1, review_1, Some(produce_1));
     row("POST /v1/requests/review", 64, review_64, Some(produce_64));
+    row("POST /v1/messages/{to}", 1, message_1, Some(produce_1));
+    row("POST /v1/messages/{to}", 64, message_64, Some(produce_64));
+    row("GET history newest 50 (Redis)", 1, history_redis_1, Some(get_1));
+    row("GET history newest 50 (Redis)", 64, history_redis_64, Some(get_64));
+    row("GET history older 50 (MongoDB)", 1, history_mongo_1, Some(raw_in_1));
+    row("GET history older 50 (MongoDB)", 64, history_mongo_64, Some(raw_in_64));
+    println!(
+        "ack -> message on the recipient's open stream (100 messages): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        stream_ms(0.5),
+        stream_ms(0.99),
+        stream_ms(1.0)
+    );
     println!("feed, with {in_view} users in the view:");
     row("raw: redis ZREVRANGE 51", 1, raw_zrange_1, None);
     row("raw: redis ZREVRANGE 51", 64, raw_zrange_64, None);
@@ -480,7 +595,7 @@ async fn main() -> anyhow::Result<()> {
     row("raw: mongo find sort(_id) limit 50", 1, naive, None);
     row("GET /v1/feed page 1, limit 50", 1, feed_1, Some(raw_in_1));
     row("GET /v1/feed page 1, limit 50", 64, feed_64, Some(raw_in_64));
-    row("GET /v1/feed page 1000, limit 50", 1, feed_deep, Some(raw_in_1));
+    row(&format!("GET /v1/feed page {deep_page}, limit 50"), 1, feed_deep, Some(raw_in_1));
     println!("(feed ratios are against the plain MongoDB $in of 50 ids, the dearer of its two primitive reads)");
     println!(
         "ack -> visible in query (cached read, 100 edits): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
