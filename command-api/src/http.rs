@@ -496,6 +496,23 @@ pub async fn read_notification(
     Ok(respond(&state, state.service.read_notification(&claims, id, &ctx).await?))
 }
 
+#[utoipa::path(post, path = "/v1/messages/{messageId}/delivered", tag = "messages", security(("bearer" = [])),
+    params(("messageId" = String, Path)),
+    responses((status = 204, description = "Delivered (again, or once read: no change)"), (status = 403, description = "Not the recipient", body = ErrorResponse),
+        (status = 404, body = ErrorResponse)))]
+pub async fn deliver_message(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    Path(message_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let message_id = parse_uuid(&message_id, "message_id_invalid", "messageId")?;
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, &format!("delivered/{message_id}"), &());
+    let outcome = state.service.deliver_message(&claims, message_id, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let service = Arc::clone(&state.service);
     let kafka = tokio::task::spawn_blocking(move || service.event_log().broker_reachable()).await.unwrap_or(false);
@@ -510,7 +527,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect command API", description = "Writes. Every success carries X-Consistency-Token."),
-    paths(signup, login, logout, update_profile, change_password, send_request, review_request, change_membership, send_message, read_message, heartbeat, offline, read_notification),
+    paths(signup, login, logout, update_profile, change_password, send_request, review_request, change_membership, send_message, read_message, deliver_message, heartbeat, offline, read_notification),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -527,6 +544,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/membership", put(change_membership))
         .route("/v1/messages/{to_user_id}", post(send_message))
         .route("/v1/messages/{message_id}/read", post(read_message))
+        .route("/v1/messages/{message_id}/delivered", post(deliver_message))
         .route("/v1/presence/heartbeat", post(heartbeat))
         .route("/v1/presence/offline", post(offline))
         .route("/v1/notifications/{notification_id}/read", post(read_notification))

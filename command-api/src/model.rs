@@ -161,12 +161,19 @@ impl WriteModel {
                                 pair: envelope.aggregate_id.clone(),
                                 from: m.from_user_id,
                                 to: m.to_user_id,
+                                delivered: false,
                                 read: false,
                             };
                             self.messages.insert(m.message_id, state);
                         }
+                        MessageEvent::Delivered(d) => {
+                            if let Some(m) = self.messages.get_mut(&d.message_id) {
+                                m.delivered = true;
+                            }
+                        }
                         MessageEvent::Read(r) => {
                             if let Some(m) = self.messages.get_mut(&r.message_id) {
+                                m.delivered = true;
                                 m.read = true;
                             }
                         }

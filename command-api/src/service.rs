@@ -65,7 +65,9 @@ impl Answer {
                     return Answer::RequestReviewed { request_id: r.request_id };
                 }
                 Event::Message(MessageEvent::Sent(m)) => return Answer::MessageSent { message_id: m.message_id },
-                Event::Message(MessageEvent::Read(_)) | Event::Presence(_) | Event::Notification(_) => {
+                Event::Message(MessageEvent::Read(_) | MessageEvent::Delivered(_))
+                | Event::Presence(_)
+                | Event::Notification(_) => {
                     return Answer::NoContent;
                 }
             };
@@ -620,6 +622,26 @@ impl CommandService {
         message_id: Uuid,
         ctx: &CommandContext,
     ) -> Result<Outcome, CommandError> {
+        self.message_status(claims, message_id, ctx, message::decide_read).await
+    }
+
+    pub async fn deliver_message(
+        &self,
+        claims: &Claims,
+        message_id: Uuid,
+        ctx: &CommandContext,
+    ) -> Result<Outcome, CommandError> {
+        self.message_status(claims, message_id, ctx, message::decide_delivered).await
+    }
+
+    /// Marks a message delivered or read, as `decide` says.
+    async fn message_status(
+        &self,
+        claims: &Claims,
+        message_id: Uuid,
+        ctx: &CommandContext,
+        decide: MessageStatusRule,
+    ) -> Result<Outcome, CommandError> {
         self.ensure_ready()?;
         let reader = claims.sub;
         let pair = self.read().message(message_id).map(|m| m.pair.clone());
@@ -636,7 +658,7 @@ impl CommandService {
             let base = state.as_ref().map_or(0, |m| model.conversation_version(&m.pair));
             (state, base)
         };
-        let events = message::decide_read(state.as_ref(), message_id, reader, Utc::now())?;
+        let events = decide(state.as_ref(), message_id, reader, Utc::now())?;
         let Some(state) = state.filter(|_| !events.is_empty()) else {
             return Ok(Outcome { answer: Answer::NoContent, position: None, replayed: false });
         };
@@ -688,3 +710,7 @@ fn connection_events(events: Vec<ConnectionEvent>) -> Vec<Event> {
 fn message_events(events: Vec<MessageEvent>) -> Vec<Event> {
     events.into_iter().map(Event::Message).collect()
 }
+
+/// `decide_read` or `decide_delivered`: (message, id, actor, now) → events.
+type MessageStatusRule =
+    fn(Option<&message::MessageState>, Uuid, Uuid, DateTime<Utc>) -> Result<Vec<MessageEvent>, Rejection>;

@@ -78,6 +78,7 @@ fn to_wire(env: &Envelope) -> WireEnvelope {
         },
         Event::Message(e) => match e {
             MessageEvent::Sent(p) => serde_json::to_value(p),
+            MessageEvent::Delivered(p) => serde_json::to_value(p),
             MessageEvent::Read(p) => serde_json::to_value(p),
         },
         Event::Presence(PresenceEvent::Heartbeat(p) | PresenceEvent::Offline(p)) => serde_json::to_value(p),
@@ -141,6 +142,7 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         | ConnectionEvent::REVIEWED
         | MessageEvent::SENT
         | MessageEvent::READ
+        | MessageEvent::DELIVERED
         | PresenceEvent::HEARTBEAT
         | PresenceEvent::OFFLINE
         | NotificationEvent::READ => 1,
@@ -166,6 +168,7 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         ConnectionEvent::REVIEWED => Event::Connection(ConnectionEvent::Reviewed(parse(t, v, data)?)),
         MessageEvent::SENT => Event::Message(MessageEvent::Sent(parse(t, v, data)?)),
         MessageEvent::READ => Event::Message(MessageEvent::Read(parse(t, v, data)?)),
+        MessageEvent::DELIVERED => Event::Message(MessageEvent::Delivered(parse(t, v, data)?)),
         PresenceEvent::HEARTBEAT => Event::Presence(PresenceEvent::Heartbeat(parse(t, v, data)?)),
         PresenceEvent::OFFLINE => Event::Presence(PresenceEvent::Offline(parse(t, v, data)?)),
         _ => Event::Notification(NotificationEvent::Read(parse(t, v, data)?)),

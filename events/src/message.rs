@@ -24,19 +24,30 @@ pub struct MessageRead {
     pub read_at: DateTime<Utc>,
 }
 
+/// `message.delivered` v1: the recipient's client has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageDelivered {
+    pub message_id: Uuid,
+    pub delivered_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum MessageEvent {
     Sent(MessageSent),
+    Delivered(MessageDelivered),
     Read(MessageRead),
 }
 
 impl MessageEvent {
     pub const SENT: &'static str = "message.sent";
+    pub const DELIVERED: &'static str = "message.delivered";
     pub const READ: &'static str = "message.read";
 
     pub fn event_type(&self) -> &'static str {
         match self {
             MessageEvent::Sent(_) => Self::SENT,
+            MessageEvent::Delivered(_) => Self::DELIVERED,
             MessageEvent::Read(_) => Self::READ,
         }
     }

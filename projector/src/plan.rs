@@ -353,17 +353,28 @@ fn apply_message_event(plan: &mut Plan, envelope: &Envelope, event: &MessageEven
                 to_user_id: m.to_user_id.to_string(),
                 text: m.text.clone(),
                 sent_at: envelope.occurred_at,
+                delivered_at: None,
                 read_at: None,
                 version,
             };
             plan.messages.push(replace_if_newer(&doc.message_id, version, to_bson(&doc)));
         }
+        MessageEvent::Delivered(d) => {
+            let at = to_bson(&d.delivered_at);
+            plan.messages.push(set_if_newer(&d.message_id.to_string(), version, doc! { "deliveredAt": at }));
+        }
         MessageEvent::Read(r) => {
-            plan.messages.push(set_if_newer(
-                &r.message_id.to_string(),
-                version,
-                doc! { "readAt": to_bson(&r.read_at) },
-            ));
+            // Read implies delivered: keep an earlier delivery time, else
+            // delivered when read.
+            let at = literal(to_bson(&r.read_at));
+            let newer = |value: Bson, field: &str| if_newer(version, value, &format!("${field}"));
+            let set = doc! {
+                "readAt": newer(at.clone(), "readAt"),
+                "deliveredAt": newer(Bson::Document(doc! { "$ifNull": ["$deliveredAt", at] }), "deliveredAt"),
+                "version": { "$max": [ { "$ifNull": ["$version", 0_i64] }, version as i64 ] },
+            };
+            plan.messages
+                .push(doc! { "q": { "_id": r.message_id.to_string() }, "u": [ { "$set": set } ], "upsert": false });
         }
     }
     plan.touched_conversations.insert(pair.to_owned());

@@ -310,6 +310,7 @@ pub struct MessageItem {
     pub to_user_id: String,
     pub text: String,
     pub sent_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
     pub read_at: Option<DateTime<Utc>>,
 }
 
@@ -365,6 +366,7 @@ pub async fn history(
             to_user_id: m.to_user_id,
             text: m.text,
             sent_at: m.sent_at,
+            delivered_at: m.delivered_at,
             read_at: m.read_at,
         })
         .collect();

@@ -347,11 +347,15 @@ impl TestEnv {
         (reply.body["token"].as_str().expect("token").to_owned(), reply.consistency())
     }
 
-    /// Signs up and logs in a user named `name`: (user id, token).
+    /// Signs up and logs in a user named `name`, and waits until the views
+    /// hold them (a user's events share one partition, so the log-in's
+    /// consistency token covers the registration): (user id, token).
     pub async fn user(&self, name: &str) -> (String, String) {
         let email = self.email(name);
         let (user_id, _) = self.signup(&email).await;
-        let (token, _) = self.login(&email, PASSWORD).await;
+        let (token, consistency) = self.login(&email, PASSWORD).await;
+        let projected = self.query("/v1/profile", &token, Some(&consistency)).await;
+        assert_eq!(projected.status, StatusCode::OK, "{name} never reached the views: {:?}", projected.body);
         (user_id, token)
     }
 

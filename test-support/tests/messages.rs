@@ -72,6 +72,15 @@ async fn messages_between_connections_with_read_receipts() {
     assert_eq!((not_mine.status, not_mine.code()), (StatusCode::FORBIDDEN, "not_message_recipient"));
     let missing = env.command(Method::POST, &format!("/v1/messages/{unknown}/read"), None, Some(&a_token)).await;
     assert_eq!((missing.status, missing.code()), (StatusCode::NOT_FOUND, "message_not_found"));
+    // Sent -> delivered -> read.
+    let sender_delivers =
+        env.command(Method::POST, &format!("/v1/messages/{hi_id}/delivered"), None, Some(&b_token)).await;
+    assert_eq!((sender_delivers.status, sender_delivers.code()), (StatusCode::FORBIDDEN, "not_message_recipient"));
+    let delivered = env.command(Method::POST, &format!("/v1/messages/{hi_id}/delivered"), None, Some(&a_token)).await;
+    assert_eq!(delivered.status, StatusCode::NO_CONTENT);
+    let page = env.query(&format!("/v1/messages/{b}"), &a_token, Some(&delivered.consistency())).await;
+    let delivered_at = page.body["items"][0]["deliveredAt"].as_str().expect("deliveredAt").to_owned();
+    assert_eq!(page.body["items"][0]["readAt"], serde_json::Value::Null);
     let read = env.command(Method::POST, &format!("/v1/messages/{hi_id}/read"), None, Some(&a_token)).await;
     assert_eq!(read.status, StatusCode::NO_CONTENT);
     let again = env.command(Method::POST, &format!("/v1/messages/{hi_id}/read"), None, Some(&a_token)).await;
@@ -80,7 +89,17 @@ async fn messages_between_connections_with_read_receipts() {
 
     let page = env.query(&format!("/v1/messages/{b}"), &a_token, Some(&read.consistency())).await;
     assert!(page.body["items"][0]["readAt"].is_string(), "{:?}", page.body);
+    assert_eq!(page.body["items"][0]["deliveredAt"], delivered_at.as_str(), "reading keeps the delivery time");
     assert_eq!(page.body["items"][1]["readAt"], serde_json::Value::Null);
+    let after_read = env.command(Method::POST, &format!("/v1/messages/{hi_id}/delivered"), None, Some(&a_token)).await;
+    assert_eq!(after_read.status, StatusCode::NO_CONTENT);
+    assert!(after_read.header("x-consistency-token").is_none(), "delivered after read appends nothing");
+    // Read without a delivery first: delivered when read.
+    let hello_id = hello.body["messageId"].as_str().expect("id").to_owned();
+    let read_hello = env.command(Method::POST, &format!("/v1/messages/{hello_id}/read"), None, Some(&b_token)).await;
+    let page = env.query(&format!("/v1/messages/{a}"), &b_token, Some(&read_hello.consistency())).await;
+    assert_eq!(page.body["items"][1]["deliveredAt"], page.body["items"][1]["readAt"], "{:?}", page.body);
+    assert!(page.body["items"][1]["readAt"].is_string());
 
     for (query, code) in [("limit=51", "limit_too_large"), ("limit=0", "limit_invalid"), ("before=x", "before_invalid")]
     {

@@ -13,7 +13,10 @@ async fn heartbeats_expire_and_offline_is_immediate() {
     let (_, b_token) = env.user("b").await;
     let path = format!("/v1/presence/{a}");
 
-    let never = env.query(&path, &b_token, None).await;
+    // Wait until a is in the views: a's events share one partition, so a
+    // consistency token from a's latest log-in covers the registration.
+    let (_, a_projected) = env.login(&env.email("a"), test_support::PASSWORD).await;
+    let never = env.query(&path, &b_token, Some(&a_projected)).await;
     assert_eq!(never.status, StatusCode::OK, "{:?}", never.body);
     assert_eq!((never.body["online"].as_bool(), never.body["lastSeen"].is_null()), (Some(false), true));
 

@@ -107,6 +107,8 @@ pub struct MessageDoc {
     pub to_user_id: String,
     pub text: String,
     pub sent_at: DateTime<Utc>,
+    #[serde(default)]
+    pub delivered_at: Option<DateTime<Utc>>,
     pub read_at: Option<DateTime<Utc>>,
     pub version: u64,
 }

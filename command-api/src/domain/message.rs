@@ -2,7 +2,7 @@
 //! (DOMAIN.md "Messages").
 
 use chrono::{DateTime, Utc};
-use events::message::{MessageEvent, MessageRead, MessageSent};
+use events::message::{MessageDelivered, MessageEvent, MessageRead, MessageSent};
 use uuid::Uuid;
 
 use super::Rejection;
@@ -15,6 +15,7 @@ pub struct MessageState {
     pub pair: String,
     pub from: Uuid,
     pub to: Uuid,
+    pub delivered: bool,
     pub read: bool,
 }
 
@@ -54,6 +55,28 @@ pub fn decide_send(
     Ok(vec![MessageEvent::Sent(MessageSent { message_id, from_user_id: from, to_user_id: to, text })])
 }
 
+/// Marks a message delivered to the recipient: sent → delivered → read.
+/// Again, or after it was read (which implies delivery), changes nothing.
+pub fn decide_delivered(
+    message: Option<&MessageState>,
+    message_id: Uuid,
+    recipient: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Vec<MessageEvent>, Rejection> {
+    let message =
+        message.ok_or_else(|| Rejection::NotFound { code: "message_not_found", message: "no such message".into() })?;
+    if message.to != recipient {
+        return Err(Rejection::Forbidden {
+            code: "not_message_recipient",
+            message: "only the recipient marks a message delivered".into(),
+        });
+    }
+    if message.delivered || message.read {
+        return Ok(Vec::new());
+    }
+    Ok(vec![MessageEvent::Delivered(MessageDelivered { message_id, delivered_at: now })])
+}
+
 /// Marks a message read. Reading it again changes nothing (no event).
 pub fn decide_read(
     message: Option<&MessageState>,
@@ -77,6 +100,19 @@ pub fn decide_read(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn delivery_is_marked_once_by_the_recipient_and_read_implies_it() {
+        let (a, b, id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let sent = MessageState { pair: "p".into(), from: a, to: b, delivered: false, read: false };
+        assert!(matches!(decide_delivered(Some(&sent), id, a, Utc::now()), Err(Rejection::Forbidden { .. })));
+        assert!(matches!(decide_delivered(None, id, b, Utc::now()), Err(Rejection::NotFound { .. })));
+        assert_eq!(decide_delivered(Some(&sent), id, b, Utc::now()).expect("delivers").len(), 1);
+        let delivered = MessageState { delivered: true, ..sent.clone() };
+        assert!(decide_delivered(Some(&delivered), id, b, Utc::now()).expect("no-op").is_empty());
+        let read = MessageState { read: true, ..sent };
+        assert!(decide_delivered(Some(&read), id, b, Utc::now()).expect("no-op").is_empty());
+    }
+
     use super::*;
 
     const CONNECTED: SendFacts = SendFacts { recipient_exists: true, connected: true };
@@ -112,7 +148,7 @@ mod tests {
     #[test]
     fn only_the_recipient_marks_read_and_only_once() {
         let (a, b, id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let unread = MessageState { pair: "p".into(), from: a, to: b, read: false };
+        let unread = MessageState { pair: "p".into(), from: a, to: b, delivered: false, read: false };
         assert_eq!(code(decide_read(Some(&unread), id, a, Utc::now())), "not_message_recipient");
         assert_eq!(code(decide_read(None, id, b, Utc::now())), "message_not_found");
         assert_eq!(decide_read(Some(&unread), id, b, Utc::now()).expect("reads").len(), 1);
