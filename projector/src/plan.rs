@@ -232,7 +232,12 @@ fn apply_counted(
         plan.notifications.push(doc! {
             "q": { "_id": &doc.notification_id }, "u": { "$setOnInsert": to_bson(&doc) }, "upsert": true,
         });
-        plan.stream.push((doc.user_id.clone(), "notification", serde_json::to_value(&doc).unwrap_or_default()));
+        // The same shape as GET /v1/notifications items.
+        let live = serde_json::json!({
+            "notificationId": doc.notification_id, "type": doc.kind, "fromUserId": doc.from_user_id,
+            "requestId": doc.request_id, "messageId": doc.message_id, "createdAt": doc.created_at, "readAt": null,
+        });
+        plan.stream.push((doc.user_id.clone(), "notification", live));
         *unread.entry(doc.user_id).or_insert(0) += 1;
     }
     if let Event::Notification(events::NotificationEvent::Read(r)) = &envelope.event {

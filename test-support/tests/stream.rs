@@ -98,6 +98,7 @@ async fn the_stream_delivers_only_the_callers_events_and_resumes() {
     assert_eq!((got.data["text"].as_str(), got.data["fromUserId"].as_str()), (Some("live!"), Some(a.as_str())));
     let note = b_stream.expect("notification", |d| d["messageId"] == message_id).await;
     assert_eq!(note.data["type"], "message");
+    assert!(note.data["notificationId"].is_string(), "the REST shape: {:?}", note.data);
     a_stream.expect("message", |d| d["messageId"] == message_id).await;
     // Isolation: by now b has both; c, who is in none of it, has nothing.
     assert!(c_stream.next(Duration::from_millis(500)).await.is_none(), "c saw someone else's event");
