@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::TryStreamExt;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 use mongodb::{Client, Database};
 use redis::aio::ConnectionManager;
 use views::keys::RedisKeys;
 use views::{CheckpointDoc, ConversationCache, MessageDoc, PresenceDoc, SessionDoc, UserDoc, collections};
 
 use crate::plan::Plan;
+use platform::mongo::find_by_ids;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -140,14 +141,8 @@ impl ViewStore {
         let mut pipe = redis::pipe();
         let mut writes = 0;
         if !plan.touched_users.is_empty() {
-            let ids: Vec<Bson> = plan.touched_users.iter().map(|id| Bson::String(id.clone())).collect();
-            let users: Vec<UserDoc> = self
-                .db
-                .collection::<UserDoc>(collections::USERS)
-                .find(doc! { "_id": { "$in": ids } })
-                .await?
-                .try_collect()
-                .await?;
+            let ids: Vec<String> = plan.touched_users.iter().cloned().collect();
+            let users = find_by_ids(&self.db.collection::<UserDoc>(collections::USERS), &ids).await?;
             let directory = self.keys.feed_directory();
             for user in users {
                 // Idempotent: a member is added once (score 0, ordered by id).
@@ -164,14 +159,8 @@ impl ViewStore {
             }
         }
         if !plan.touched_sessions.is_empty() {
-            let ids: Vec<Bson> = plan.touched_sessions.iter().map(|id| Bson::String(id.clone())).collect();
-            let sessions: Vec<SessionDoc> = self
-                .db
-                .collection::<SessionDoc>(collections::SESSIONS)
-                .find(doc! { "_id": { "$in": ids } })
-                .await?
-                .try_collect()
-                .await?;
+            let ids: Vec<String> = plan.touched_sessions.iter().cloned().collect();
+            let sessions = find_by_ids(&self.db.collection::<SessionDoc>(collections::SESSIONS), &ids).await?;
             let now = Utc::now();
             for session in sessions.into_iter().filter(|s| s.expires_at > now) {
                 let ttl = (session.expires_at - now).to_std().unwrap_or(Duration::from_secs(1));
@@ -187,14 +176,8 @@ impl ViewStore {
             }
         }
         if !plan.touched_presence.is_empty() {
-            let ids: Vec<Bson> = plan.touched_presence.iter().map(|id| Bson::String(id.clone())).collect();
-            let docs: Vec<PresenceDoc> = self
-                .db
-                .collection::<PresenceDoc>(collections::PRESENCE)
-                .find(doc! { "_id": { "$in": ids } })
-                .await?
-                .try_collect()
-                .await?;
+            let ids: Vec<String> = plan.touched_presence.iter().cloned().collect();
+            let docs = find_by_ids(&self.db.collection::<PresenceDoc>(collections::PRESENCE), &ids).await?;
             for presence in docs {
                 let json = serde_json::to_string(&presence).unwrap_or_default();
                 let key = self.keys.presence(&presence.user_id);
@@ -240,14 +223,9 @@ impl ViewStore {
         let mut entries: Vec<(String, &str, String)> =
             plan.stream.iter().map(|(user, kind, json)| (user.clone(), *kind, json.to_string())).collect();
         if !plan.presence_changes.is_empty() {
-            let ids: Vec<Bson> = plan.presence_changes.iter().map(|(user, _)| Bson::String(user.clone())).collect();
-            let relations: Vec<views::RelationsDoc> = self
-                .db
-                .collection::<views::RelationsDoc>(collections::RELATIONS)
-                .find(doc! { "_id": { "$in": ids } })
-                .await?
-                .try_collect()
-                .await?;
+            let ids: Vec<String> = plan.presence_changes.iter().map(|(user, _)| user.clone()).collect();
+            let relations =
+                find_by_ids(&self.db.collection::<views::RelationsDoc>(collections::RELATIONS), &ids).await?;
             let connections: std::collections::HashMap<&str, &Vec<String>> =
                 relations.iter().map(|r| (r.user_id.as_str(), &r.connections)).collect();
             for (user, json) in &plan.presence_changes {
@@ -279,17 +257,8 @@ impl ViewStore {
         &self,
         ids: &[uuid::Uuid],
     ) -> Result<std::collections::HashSet<uuid::Uuid>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Default::default());
-        }
-        let wanted: Vec<Bson> = ids.iter().map(|id| Bson::String(id.to_string())).collect();
-        let found: Vec<Document> = self
-            .db
-            .collection::<Document>(collections::PROCESSED_EVENTS)
-            .find(doc! { "_id": { "$in": wanted } })
-            .await?
-            .try_collect()
-            .await?;
+        let ids: Vec<String> = ids.iter().map(uuid::Uuid::to_string).collect();
+        let found = find_by_ids(&self.db.collection::<Document>(collections::PROCESSED_EVENTS), &ids).await?;
         Ok(found.iter().filter_map(|d| d.get_str("_id").ok()?.parse().ok()).collect())
     }
 

@@ -154,18 +154,7 @@ impl ViewReader {
     }
 
     async fn users_from_mongo(&self, ids: &[String]) -> Result<Vec<UserDoc>, ReadError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let wanted: Vec<Bson> = ids.iter().map(|id| Bson::String(id.clone())).collect();
-        let found: Vec<UserDoc> = self
-            .db
-            .collection::<UserDoc>(collections::USERS)
-            .find(doc! { "_id": { "$in": wanted } })
-            .await?
-            .try_collect()
-            .await?;
-        Ok(found)
+        Ok(platform::mongo::find_by_ids(&self.db.collection::<UserDoc>(collections::USERS), ids).await?)
     }
 
     /// A page of people the viewer has no request with in either direction,
@@ -391,14 +380,7 @@ impl ViewReader {
 
     /// The counts of the days in `ids` (YYYY-MM-DD) that have any.
     pub async fn daily_stats(&self, days: &[String]) -> Result<Vec<DailyStatsDoc>, ReadError> {
-        let wanted: Vec<Bson> = days.iter().map(|d| Bson::String(d.clone())).collect();
-        Ok(self
-            .db
-            .collection::<DailyStatsDoc>(collections::DAILY_STATS)
-            .find(doc! { "_id": { "$in": wanted } })
-            .await?
-            .try_collect()
-            .await?)
+        Ok(platform::mongo::find_by_ids(&self.db.collection::<DailyStatsDoc>(collections::DAILY_STATS), days).await?)
     }
 
     /// A page of a conversation, newest first, older than `before` when
