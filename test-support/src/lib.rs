@@ -359,6 +359,26 @@ impl TestEnv {
         (user_id, token)
     }
 
+    /// `a` sends `b` an interested request and `b` accepts it; returns the
+    /// acceptance (its consistency token covers the connection).
+    pub async fn connect(&self, a_token: &str, b: &str, b_token: &str) -> Reply {
+        let sent = self.command(Method::POST, &format!("/v1/requests/send/interested/{b}"), None, Some(a_token)).await;
+        assert_eq!(sent.status, StatusCode::CREATED, "{:?}", sent.body);
+        let id = sent.body["requestId"].as_str().expect("requestId").to_owned();
+        let accepted =
+            self.command(Method::POST, &format!("/v1/requests/review/accepted/{id}"), None, Some(b_token)).await;
+        assert_eq!(accepted.status, StatusCode::OK, "{:?}", accepted.body);
+        accepted
+    }
+
+    /// The value of one counter in the query API's `/metrics`, e.g.
+    /// `feed_reads_total{path="mongo"}`; 0 when it has not counted yet.
+    pub async fn query_counter(&self, series: &str) -> u64 {
+        let text = self.http.get(self.query_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        let prefix = format!("{series} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    }
+
     /// A unique email for this environment.
     pub fn email(&self, name: &str) -> String {
         format!("{name}.{}@example.com", self.id)

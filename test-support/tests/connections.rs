@@ -180,9 +180,7 @@ async fn the_daily_limit_follows_the_tier_and_survives_a_restart() {
 }
 
 async fn feed_path_count(env: &TestEnv, path: &str) -> u64 {
-    let text = env.http.get(env.query_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    let prefix = format!("feed_reads_total{{path=\"{path}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    env.query_counter(&format!("feed_reads_total{{path=\"{path}\"}}")).await
 }
 
 /// Every page, at several sizes, against the order computed here: all users

@@ -5,23 +5,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use test_support::{Reply, TestEnv};
 
-async fn connect(env: &TestEnv, a_token: &str, b: &str, b_token: &str) -> Reply {
-    let sent = env.command(Method::POST, &format!("/v1/requests/send/interested/{b}"), None, Some(a_token)).await;
-    assert_eq!(sent.status, StatusCode::CREATED);
-    let id = sent.body["requestId"].as_str().expect("requestId").to_owned();
-    let accepted = env.command(Method::POST, &format!("/v1/requests/review/accepted/{id}"), None, Some(b_token)).await;
-    assert_eq!(accepted.status, StatusCode::OK);
-    accepted
-}
-
 async fn message(env: &TestEnv, token: &str, to: &str, text: &str) -> Reply {
     env.command(Method::POST, &format!("/v1/messages/{to}"), Some(&json!({ "text": text })), Some(token)).await
 }
 
 async fn history_count(env: &TestEnv, path: &str) -> u64 {
-    let text = env.http.get(env.query_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    let prefix = format!("history_reads_total{{path=\"{path}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    env.query_counter(&format!("history_reads_total{{path=\"{path}\"}}")).await
 }
 
 #[tokio::test]
@@ -33,7 +22,7 @@ async fn messages_between_connections_with_read_receipts() {
 
     let early = message(&env, &a_token, &b, "too soon").await;
     assert_eq!((early.status, early.code()), (StatusCode::FORBIDDEN, "not_connected"));
-    connect(&env, &a_token, &b, &b_token).await;
+    env.connect(&a_token, &b, &b_token).await;
 
     let unknown = uuid::Uuid::new_v4().to_string();
     for (to, text, status, code) in [
@@ -113,7 +102,7 @@ async fn history_pages_cross_from_redis_to_mongodb() {
     let env = TestEnv::start().await;
     let (_, a_token) = env.user("a").await;
     let (b, b_token) = env.user("b").await;
-    connect(&env, &a_token, &b, &b_token).await;
+    env.connect(&a_token, &b, &b_token).await;
     let mut sent = Vec::new();
     let mut last = None;
     for i in 0..62 {

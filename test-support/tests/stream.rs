@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use test_support::{Reply, TestEnv};
+use test_support::TestEnv;
 
 #[derive(Debug, Clone)]
 struct SseEvent {
@@ -71,19 +71,13 @@ impl SseReader {
     }
 }
 
-async fn connect(env: &TestEnv, a_token: &str, b: &str, b_token: &str) -> Reply {
-    let sent = env.command(Method::POST, &format!("/v1/requests/send/interested/{b}"), None, Some(a_token)).await;
-    let id = sent.body["requestId"].as_str().expect("requestId").to_owned();
-    env.command(Method::POST, &format!("/v1/requests/review/accepted/{id}"), None, Some(b_token)).await
-}
-
 #[tokio::test]
 async fn the_stream_delivers_only_the_callers_events_and_resumes() {
     let env = TestEnv::start().await;
     let (a, a_token) = env.user("a").await;
     let (b, b_token) = env.user("b").await;
     let (_, c_token) = env.user("c").await;
-    let accepted = connect(&env, &a_token, &b, &b_token).await;
+    let accepted = env.connect(&a_token, &b, &b_token).await;
     env.query("/v1/profile", &a_token, Some(&accepted.consistency())).await;
 
     let mut a_stream = SseReader::open(&env, &a_token, None).await;
