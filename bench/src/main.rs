@@ -457,8 +457,12 @@ async fn main() -> anyhow::Result<()> {
 
     // The feed at scale: seed users straight into the log, wait until the
     // views hold them, then read feed pages beside a plain MongoDB query.
-    let mongo = mongodb::Client::with_uri_str(&args.mongo_uri).await?.database(&args.mongo_database);
+    let client = mongodb::Client::with_uri_str(&args.mongo_uri).await?;
+    let generation =
+        views::generation::Generations::new(client.clone(), &args.mongo_database).current_or_create().await?;
+    let mongo = client.database(&generation.database(&args.mongo_database));
     let users = mongo.collection::<mongodb::bson::Document>("users");
+    let feed_directory = generation.redis_keys(&views::keys::RedisKeys::new("")).feed_directory();
     if args.feed_users > 0 {
         let last_per_partition = seed_users(&args, &run, args.feed_users, &producer).await?;
         let started = Instant::now();
@@ -500,17 +504,20 @@ async fn main() -> anyhow::Result<()> {
     let feed_deep = feed(1, serial / 4, deep_page).await?;
     // The feed's floor: its two primitive reads, done plainly: 51 ids from
     // the directory, and 50 users by _id from MongoDB.
-    let directory =
-        redis::cmd("ZREVRANGE").arg("feed:users").arg(0).arg(50).query_async::<Vec<String>>(&mut redis.clone()).await?;
+    let directory = redis::cmd("ZREVRANGE")
+        .arg(&feed_directory)
+        .arg(0)
+        .arg(50)
+        .query_async::<Vec<String>>(&mut redis.clone())
+        .await?;
     let page_ids: Arc<Vec<mongodb::bson::Bson>> =
         Arc::new(directory.iter().take(50).map(|id| mongodb::bson::Bson::String(id.clone())).collect());
     let zrange = |c: usize, ops: usize| {
-        let redis = redis.clone();
+        let (redis, feed_directory) = (redis.clone(), feed_directory.clone());
         measure(c, ops, move |_| {
-            let mut redis = redis.clone();
+            let (mut redis, key) = (redis.clone(), feed_directory.clone());
             async move {
-                let ids: Vec<String> =
-                    redis::cmd("ZREVRANGE").arg("feed:users").arg(0).arg(50).query_async(&mut redis).await?;
+                let ids: Vec<String> = redis::cmd("ZREVRANGE").arg(key).arg(0).arg(50).query_async(&mut redis).await?;
                 anyhow::ensure!(ids.len() == 51, "a full window");
                 Ok(())
             }

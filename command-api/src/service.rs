@@ -15,7 +15,6 @@ use events::{Envelope, Event, EventMetadata};
 use platform::auth::Claims;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
-use views::SessionDoc;
 use views::keys::RedisKeys;
 
 use crate::domain::connection::{self, ConnectionCommand, SendFacts};
@@ -666,35 +665,36 @@ impl CommandService {
         Ok(Self::outcome(&envelopes, position))
     }
 
-    /// Writes revocations straight to the session cache so logout takes
-    /// effect on the query API at once (the one deliberate write-through,
-    /// DESIGN.md §1). Best effort: the projector writes the same fact from
-    /// the event moments later.
+    /// Writes revocations straight to Redis (`revoked:<session>`) so logout
+    /// takes effect on the query API at once (the one deliberate
+    /// write-through, DESIGN.md §1). Best effort: the projector writes the
+    /// same fact into the session view from the event moments later.
     async fn write_through_revocations(&self, user_id: Uuid, envelopes: &[Envelope]) {
         let state = self.read().user(user_id).cloned();
         let Some(state) = state else { return };
-        let script = views::cache::set_if_newer_script();
-        let mut redis = self.redis.clone();
+        let mut pipe = redis::pipe();
+        let mut revoked_any = false;
         for envelope in envelopes {
             let Event::User(UserEvent::SessionsRevoked(revoked)) = &envelope.event else { continue };
             for session_id in &revoked.session_ids {
                 let Some(session) = state.sessions.get(session_id) else { continue };
-                let doc = SessionDoc {
-                    session_id: session_id.to_string(),
-                    user_id: user_id.to_string(),
-                    expires_at: session.expires_at,
-                    revoked: true,
-                    version: envelope.aggregate_version,
-                };
-                let ttl = (session.expires_at - Utc::now()).to_std().unwrap_or_default();
-                let json = serde_json::to_string(&doc).unwrap_or_default();
-                let key = self.keys.session(&doc.session_id);
-                let result: Result<i32, _> =
-                    views::cache::set_if_newer(&script, &key, doc.version, &json, ttl).invoke_async(&mut redis).await;
-                if let Err(err) = result {
-                    tracing::warn!(error = %err, %session_id, "revocation write-through failed; the projector will write it");
-                }
+                // Kept as long as the token could be presented, no longer.
+                let ttl_ms = (session.expires_at - Utc::now()).num_milliseconds().max(1);
+                pipe.cmd("SET")
+                    .arg(self.keys.revoked_session(&session_id.to_string()))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+                revoked_any = true;
             }
+        }
+        if !revoked_any {
+            return;
+        }
+        let mut redis = self.redis.clone();
+        if let Err(err) = pipe.query_async::<()>(&mut redis).await {
+            tracing::warn!(error = %err, %user_id, "revocation write-through failed; the projector will write it");
         }
     }
 }

@@ -32,9 +32,14 @@ pub struct MongoArgs {
     /// MongoDB connection string.
     #[arg(long = "mongo-uri", env = "DEVCONNECT_MONGO_URI")]
     pub uri: String,
-    /// Database holding the views.
+    /// Base name of the view databases: each view generation lives in
+    /// `<name>_<generation>`, and `<name>` holds the generation pointer.
     #[arg(long = "mongo-database", env = "DEVCONNECT_MONGO_DATABASE", default_value = "devconnect")]
     pub database: String,
+    /// How often to re-read which view generation is current: the longest a
+    /// switch-over takes to reach this process.
+    #[arg(long = "view-generation-poll", env = "DEVCONNECT_VIEW_GENERATION_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub generation_poll: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

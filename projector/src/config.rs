@@ -1,39 +1,27 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use platform::config::{KafkaArgs, LogArgs, MongoArgs, RedisArgs, parse_duration};
 
 /// Builds the MongoDB views and Redis caches from the event topics.
+///
+/// Without a subcommand it projects continuously into the current view
+/// generation, following the generation pointer when a rebuild switches it.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "projector", version, about)]
 pub struct Config {
-    /// Address of the ops endpoints (/healthz, /readyz, /metrics).
-    #[arg(long, env = "DEVCONNECT_PROJECTOR_ADDR", default_value = "127.0.0.1:8082")]
+    #[command(subcommand)]
+    pub command: Option<Operation>,
+    /// Address of the ops endpoints (/healthz, /readyz, /metrics, /progress).
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_ADDR", default_value = "127.0.0.1:8082", global = true)]
     pub listen: SocketAddr,
-    /// Consumer group; a new group starts from offset 0 (a rebuild).
-    #[arg(long, env = "DEVCONNECT_PROJECTOR_GROUP", default_value = "devconnect-projector")]
+    /// Base name of the consumer groups: each view generation is built by
+    /// the group `<name>.<generation>`.
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_GROUP", default_value = "devconnect-projector", global = true)]
     pub group_id: String,
-    /// Most records applied in one batch.
-    #[arg(long, env = "DEVCONNECT_PROJECTOR_MAX_BATCH", default_value_t = 1000)]
-    pub max_batch: usize,
-    /// A batch is applied once no record arrived for this long. Keep it
-    /// above the fetch wait: records arrive one fetch at a time, and a gap
-    /// shorter than a fetch would cut every batch down to one fetch's worth
-    /// (measured: ~30 records per batch at 5 ms against a 10 ms fetch wait).
-    #[arg(long, env = "DEVCONNECT_PROJECTOR_LINGER", default_value = "15ms", value_parser = parse_duration)]
-    pub linger: Duration,
-    /// A batch is applied once it has been filling for this long.
-    #[arg(long, env = "DEVCONNECT_PROJECTOR_MAX_BATCH_TIME", default_value = "250ms", value_parser = parse_duration)]
-    pub max_batch_time: Duration,
-    /// Longest the broker may hold a fetch when no records are waiting. Tansu
-    /// holds a fetch for the full wait even when records arrive, so the
-    /// librdkafka default (500 ms) would become the projection lag.
-    #[arg(long, env = "DEVCONNECT_PROJECTOR_FETCH_WAIT", default_value = "10ms", value_parser = parse_duration)]
-    pub fetch_wait: Duration,
-    /// How long a heartbeat keeps a user online.
-    #[arg(long, env = "DEVCONNECT_PRESENCE_TTL", default_value = "5m", value_parser = parse_duration)]
-    pub presence_ttl: Duration,
+    #[command(flatten)]
+    pub tuning: Tuning,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -42,4 +30,85 @@ pub struct Config {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Tuning {
+    /// Most records applied in one batch.
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_MAX_BATCH", default_value_t = 1000, global = true)]
+    pub max_batch: usize,
+    /// A batch is applied once no record arrived for this long. Keep it
+    /// above the fetch wait: records arrive one fetch at a time, and a gap
+    /// shorter than a fetch would cut every batch down to one fetch's worth
+    /// (measured: ~30 records per batch at 5 ms against a 10 ms fetch wait).
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_LINGER", default_value = "15ms", value_parser = parse_duration, global = true)]
+    pub linger: Duration,
+    /// A batch is applied once it has been filling for this long.
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_MAX_BATCH_TIME", default_value = "250ms", value_parser = parse_duration, global = true)]
+    pub max_batch_time: Duration,
+    /// Longest the broker may hold a fetch when no records are waiting. Tansu
+    /// holds a fetch for the full wait even when records arrive, so the
+    /// librdkafka default (500 ms) would become the projection lag.
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_FETCH_WAIT", default_value = "10ms", value_parser = parse_duration, global = true)]
+    pub fetch_wait: Duration,
+    /// How long a heartbeat keeps a user online.
+    #[arg(long, env = "DEVCONNECT_PRESENCE_TTL", default_value = "5m", value_parser = parse_duration, global = true)]
+    pub presence_ttl: Duration,
+    /// Attempts at applying a batch that fails with an error that is not
+    /// transient (MongoDB rejected a write), before its records are applied
+    /// one by one and any that still fail are dead-lettered. Outages and
+    /// write conflicts are retried without limit: they are not poison.
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_APPLY_ATTEMPTS", default_value_t = 5, global = true)]
+    pub apply_attempts: u32,
+    /// Most records behind the topics' ends at which /readyz still says
+    /// caught up.
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_READY_LAG", default_value_t = 100, global = true)]
+    pub ready_lag: i64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Operation {
+    /// Rebuilds every view from offset 0 into a new generation while the
+    /// current one keeps serving, switches readers over once caught up,
+    /// then drops the old generation. Run again after an interruption, it
+    /// resumes the unfinished generation.
+    Replay(ReplayArgs),
+    /// Appends the records in the dead-letter topic back to the topics they
+    /// came from, once whatever made them fail has been fixed.
+    RedriveDeadLetters(RedriveArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Re-apply every event from offset 0 over the current generation
+    /// instead of building a new one: for a store that lost its views
+    /// (MongoDB and Redis empty), or to prove a replay changes nothing.
+    /// Stop the continuous projector first.
+    #[arg(long)]
+    pub in_place: bool,
+    /// How long readers get to move to the new generation before the old
+    /// one is dropped: above the services' generation poll plus the
+    /// longest request.
+    #[arg(long, env = "DEVCONNECT_REPLAY_DROP_AFTER", default_value = "10s", value_parser = parse_duration)]
+    pub drop_after: Duration,
+    /// Keep the old generation instead of dropping it.
+    #[arg(long)]
+    pub keep_old: bool,
+    /// Progress display: a bar on a terminal, log lines otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressStyle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressStyle {
+    Auto,
+    Bar,
+    Log,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedriveArgs {
+    /// List what would be re-driven, and re-drive nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

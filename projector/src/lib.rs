@@ -3,80 +3,213 @@
 
 pub mod config;
 pub mod plan;
+pub mod positions;
+pub mod redrive;
+pub mod replay;
 pub mod store;
 pub mod worker;
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use events::Topic;
+use events::{Topic, TopicNames};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
+use redis::aio::ConnectionManager;
+use views::generation::{CurrentGeneration, Generation, Generations};
 use views::keys::RedisKeys;
 
-use crate::config::Config;
+use crate::config::{Config, Operation};
+use crate::positions::{Positions, StartAtCheckpoints};
 use crate::store::ViewStore;
-use crate::worker::{Progress, Worker, WorkerSettings};
+use crate::worker::{Ended, Partitions, Stops, Worker, WorkerSettings};
 
+/// Connections and names every mode of the projector uses.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub config: Config,
+    pub topics: TopicNames,
+    pub mongo: mongodb::Client,
+    pub redis: ConnectionManager,
+    pub keys: RedisKeys,
+    pub generations: Generations,
+}
+
+impl Pipeline {
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        let topics = config.kafka.topics();
+        let brokers = config.kafka.brokers.clone();
+        let names: Vec<String> = Topic::ALL.iter().map(|t| topics.name(*t)).collect();
+        platform::with_retry("creating topics", || {
+            platform::kafka::ensure_topics(&brokers, &names, config.kafka.partitions, config.kafka.replication)
+        })
+        .await?;
+        let mongo = platform::mongo::connect(&config.mongo.uri, "devconnect-projector").await?;
+        let redis = platform::redis_conn::connect(&config.redis.url)?;
+        let keys = RedisKeys::new(config.redis.prefix.clone());
+        let generations = Generations::new(mongo.clone(), &config.mongo.database);
+        Ok(Self { config, topics, mongo, redis, keys, generations })
+    }
+
+    pub fn event_topics(&self) -> Vec<String> {
+        Topic::EVENT_TOPICS.iter().map(|t| self.topics.name(*t)).collect()
+    }
+
+    /// The view store of one generation, with its indexes in place.
+    pub async fn store(&self, generation: &Generation) -> anyhow::Result<ViewStore> {
+        let store = ViewStore::new(
+            self.mongo.clone(),
+            &generation.database(&self.config.mongo.database),
+            self.redis.clone(),
+            generation.redis_keys(&self.keys),
+        );
+        platform::with_retry("creating indexes", || async { Ok(store.ensure_indexes().await?) }).await?;
+        Ok(store)
+    }
+
+    /// A worker that fills `store` (of `generation`) in the generation's
+    /// consumer group. With `from_checkpoints`, partitions start where the
+    /// store says it is; without, at offset 0 (re-applying everything).
+    pub async fn worker(
+        &self,
+        generation: &Generation,
+        store: ViewStore,
+        from_checkpoints: bool,
+        group_suffix: &str,
+        partitions: Partitions,
+    ) -> anyhow::Result<Worker> {
+        let positions = Positions::default();
+        if from_checkpoints {
+            let checkpoints =
+                platform::with_retry("reading checkpoints", || async { Ok(store.checkpoints().await?) }).await?;
+            for checkpoint in checkpoints {
+                positions.set_applied(&checkpoint.topic, checkpoint.partition, checkpoint.next_offset);
+            }
+        }
+        let group = format!("{}{group_suffix}", generation.consumer_group(&self.config.group_id));
+        let tuning = &self.config.tuning;
+        let consumer: StreamConsumer<StartAtCheckpoints> = platform::kafka::client_config(&self.config.kafka.brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", tuning.fetch_wait.as_millis().to_string())
+            // A projector killed outright holds its partitions until its
+            // session expires: keep that short (librdkafka's default is 45 s).
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
+            .create_with_context(StartAtCheckpoints { positions: positions.clone() })?;
+        let dead_letters = platform::kafka::event_producer(&self.config.kafka.brokers, Duration::from_secs(30))?;
+        Ok(Worker {
+            consumer,
+            dead_letters,
+            topics: self.topics.clone(),
+            store,
+            settings: WorkerSettings {
+                max_batch: tuning.max_batch,
+                linger: tuning.linger,
+                max_batch_time: tuning.max_batch_time,
+                presence_ttl: chrono::Duration::from_std(tuning.presence_ttl).unwrap_or(chrono::Duration::minutes(5)),
+                apply_attempts: tuning.apply_attempts.max(1),
+            },
+            positions,
+            events_applied: Arc::new(AtomicU64::new(0)),
+            partitions,
+        })
+    }
+}
+
+/// What the ops endpoints look at: the worker of the moment.
 #[derive(Clone)]
 struct OpsState {
-    store: ViewStore,
     metrics: PrometheusHandle,
-    progress: Progress,
+    active: Arc<RwLock<Option<Active>>>,
+    ready_lag: i64,
 }
 
+#[derive(Clone)]
+struct Active {
+    generation: Generation,
+    store: ViewStore,
+    positions: Positions,
+}
+
+impl OpsState {
+    fn active(&self) -> Option<Active> {
+        self.active.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Ready when MongoDB and Redis answer and the views are within
+/// `ready_lag` records of the topics' ends.
 async fn readyz(State(state): State<OpsState>) -> Response {
-    let (mongo, redis) = (state.store.mongo_reachable().await, state.store.redis_reachable().await);
-    platform::http::readiness_response(&[("mongo", mongo), ("redis", redis)])
+    let Some(active) = state.active() else {
+        return platform::http::readiness_response(&[("projecting", false)]);
+    };
+    let (mongo, redis) = (active.store.mongo_reachable().await, active.store.redis_reachable().await);
+    let lag = active.positions.total_lag();
+    let caught_up = lag.is_some_and(|lag| lag <= state.ready_lag);
+    let mut response =
+        platform::http::readiness_response(&[("mongo", mongo), ("redis", redis), ("caughtUp", caught_up)]);
+    let headers = response.headers_mut();
+    if let Ok(value) = lag.map_or("unknown".to_owned(), |l| l.to_string()).parse() {
+        headers.insert("x-projection-lag", value);
+    }
+    response
 }
 
-async fn progress_report(State(state): State<OpsState>) -> axum::Json<serde_json::Value> {
-    let progress = state.progress.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let items: Vec<_> = progress
-        .iter()
-        .map(|((topic, partition), next)| serde_json::json!({"topic": topic, "partition": partition, "nextOffset": next}))
+async fn progress_report(State(state): State<OpsState>) -> Response {
+    let Some(active) = state.active() else {
+        return axum::Json(serde_json::json!({ "partitions": [] })).into_response();
+    };
+    let partitions: Vec<_> = active
+        .positions
+        .snapshot()
+        .into_iter()
+        .map(|((topic, partition), p)| {
+            serde_json::json!({"topic": topic, "partition": partition, "applied": p.applied, "highWatermark": p.high, "lag": p.lag()})
+        })
         .collect();
-    axum::Json(serde_json::json!({ "applied": items }))
+    axum::Json(serde_json::json!({
+        "generation": active.generation.id(),
+        "lag": active.positions.total_lag(),
+        "partitions": partitions,
+    }))
+    .into_response()
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    match config.command.clone() {
+        None => project_continuously(config).await,
+        Some(Operation::Replay(args)) => replay::run(Pipeline::connect(config).await?, args).await,
+        Some(Operation::RedriveDeadLetters(args)) => redrive::run(Pipeline::connect(config).await?, args).await,
+    }
+}
+
+/// The service: projects into the current generation, and moves to the
+/// next one when a rebuild switches the pointer.
+async fn project_continuously(config: Config) -> anyhow::Result<()> {
     let metrics = platform::http::install_metrics()?;
-    let topics = config.kafka.topics();
-    let brokers = config.kafka.brokers.clone();
-    let names: Vec<String> = Topic::ALL.iter().map(|t| topics.name(*t)).collect();
-    platform::with_retry("creating topics", || {
-        platform::kafka::ensure_topics(&brokers, &names, config.kafka.partitions, config.kafka.replication)
+    let listen = config.listen;
+    let pipeline = Pipeline::connect(config).await?;
+    let current = platform::with_retry("reading the view generation", || async {
+        Ok(CurrentGeneration::follow(pipeline.generations.clone(), pipeline.config.mongo.generation_poll).await?)
     })
     .await?;
 
-    let mongo = platform::mongo::connect(&config.mongo.uri, "devconnect-projector").await?;
-    let redis = platform::redis_conn::connect(&config.redis.url)?;
-    let store = ViewStore::new(mongo, &config.mongo.database, redis, RedisKeys::new(config.redis.prefix.clone()));
-    platform::with_retry("creating indexes", || async { Ok(store.ensure_indexes().await?) }).await?;
-
-    let consumer: StreamConsumer = platform::kafka::client_config(&brokers)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", config.fetch_wait.as_millis().to_string())
-        .create()?;
-    let dead_letters = platform::kafka::event_producer(&brokers, Duration::from_secs(30))?;
-    let progress = Progress::default();
-
-    let ops = OpsState { store: store.clone(), metrics, progress: Arc::clone(&progress) };
+    let ops = OpsState { metrics, active: Arc::default(), ready_lag: pipeline.config.tuning.ready_lag };
     let router = axum::Router::new()
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/progress", get(progress_report))
         .route("/metrics", get(|State(s): State<OpsState>| async move { platform::http::metrics_response(&s.metrics) }))
-        .with_state(ops);
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        .with_state(ops.clone());
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let server = tokio::spawn(platform::http::serve(listener, platform::http::with_common_layers(router)));
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -84,21 +217,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         platform::shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let worker = Worker {
-        consumer,
-        dead_letters,
-        topics,
-        store,
-        settings: WorkerSettings {
-            max_batch: config.max_batch,
-            linger: config.linger,
-            max_batch_time: config.max_batch_time,
-            presence_ttl: chrono::Duration::from_std(config.presence_ttl).unwrap_or(chrono::Duration::minutes(5)),
-        },
-        progress,
-    };
-    tracing::info!(group = %config.group_id, "projecting");
-    worker.run(stopped).await?;
+    loop {
+        let generation = current.get();
+        let store = pipeline.store(&generation).await?;
+        let worker = pipeline.worker(&generation, store.clone(), true, "", Partitions::Group).await?;
+        let group = generation.consumer_group(&pipeline.config.group_id);
+        let poller = positions::spawn_watermark_poller(
+            &pipeline.config.kafka.brokers,
+            pipeline.event_topics(),
+            worker.positions.clone(),
+            group.clone(),
+            Duration::from_secs(1),
+        )?;
+        *ops.active.write().unwrap_or_else(PoisonError::into_inner) =
+            Some(Active { generation: generation.clone(), store, positions: worker.positions.clone() });
+        tracing::info!(%group, %generation, "projecting");
+        let stops =
+            Stops { shutdown: stopped.clone(), follow: Some(current.clone()), generation, when_caught_up: false };
+        let ended = worker.run(stops).await;
+        poller.abort();
+        match ended? {
+            Ended::GenerationChanged => {
+                tracing::info!(generation = %current.get(), "the view generation changed; moving to it");
+            }
+            Ended::Shutdown | Ended::CaughtUp => break,
+        }
+    }
     server.await??;
     Ok(())
 }

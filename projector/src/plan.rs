@@ -229,8 +229,22 @@ fn apply_counted(
             created_at: envelope.occurred_at,
             read_at: None,
         };
+        // Topics are ordered only within themselves: in a rebuild, the
+        // read (notification-events) may arrive before the event that
+        // notified (connection- or message-events). So creating keeps a
+        // `readAt` already there, and reading upserts: either order ends in
+        // the same document.
+        let mut fields: Document = match to_bson(&doc) {
+            Bson::Document(fields) => fields
+                .into_iter()
+                .filter(|(name, _)| name != "_id")
+                .map(|(name, value)| (name, literal(value)))
+                .collect(),
+            _ => Document::new(),
+        };
+        fields.insert("readAt", doc! { "$ifNull": ["$readAt", Bson::Null] });
         plan.notifications.push(doc! {
-            "q": { "_id": &doc.notification_id }, "u": { "$setOnInsert": to_bson(&doc) }, "upsert": true,
+            "q": { "_id": &doc.notification_id }, "u": [ { "$set": fields } ], "upsert": true,
         });
         // The same shape as GET /v1/notifications items.
         let live = serde_json::json!({
@@ -242,7 +256,9 @@ fn apply_counted(
     }
     if let Event::Notification(events::NotificationEvent::Read(r)) = &envelope.event {
         plan.notifications.push(doc! {
-            "q": { "_id": r.notification_id.to_string() }, "u": { "$set": { "readAt": to_bson(&envelope.occurred_at) } },
+            "q": { "_id": r.notification_id.to_string() },
+            "u": { "$set": { "readAt": to_bson(&envelope.occurred_at) } },
+            "upsert": true,
         });
         *unread.entry(envelope.aggregate_id.clone()).or_insert(0) -= 1;
     }
@@ -276,6 +292,9 @@ fn apply_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
         // event still advances the version, so later events stay ordered.
         UserEvent::CredentialsSet(_) => {
             plan.users.push(set_if_newer(user_id, version, Document::new()));
+            // The cached copy carries the version too: it stays an exact
+            // copy of the document, whatever order the events came in.
+            plan.touched_users.insert(user_id.to_owned());
         }
         UserEvent::ProfileUpdated(p) => {
             let mut fields = profile_fields(&p.profile);
@@ -294,6 +313,7 @@ fn apply_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
             plan.sessions.push(replace_if_newer(&doc.session_id, version, to_bson(&doc)));
             plan.touched_sessions.insert(doc.session_id);
             plan.users.push(set_if_newer(user_id, version, Document::new()));
+            plan.touched_users.insert(user_id.to_owned());
         }
         UserEvent::SessionsRevoked(r) => {
             for id in &r.session_ids {
@@ -302,6 +322,7 @@ fn apply_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
                 plan.touched_sessions.insert(id);
             }
             plan.users.push(set_if_newer(user_id, version, Document::new()));
+            plan.touched_users.insert(user_id.to_owned());
         }
         UserEvent::MembershipChanged(m) => {
             plan.users.push(set_if_newer(user_id, version, doc! { "membership": m.tier.as_str() }));
@@ -458,5 +479,41 @@ mod tests {
         let plan = plan(&[a, b], chrono::Duration::minutes(5), &Default::default());
         assert_eq!(plan.checkpoints.get(&("user-events".to_owned(), 1)), Some(&10));
         assert_eq!(plan.events, 4);
+    }
+
+    #[test]
+    fn a_notification_read_before_it_is_created_still_ends_read() {
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut sent = envelope(
+            alice,
+            1,
+            UserEvent::MembershipChanged(events::user::MembershipChanged { tier: events::user::Tier::Gold }),
+        );
+        sent.aggregate_id = events::connection::pair_key(alice, bob);
+        sent.event = Event::Message(MessageEvent::Sent(events::message::MessageSent {
+            message_id: Uuid::new_v4(),
+            from_user_id: alice,
+            to_user_id: bob,
+            text: "hi".into(),
+        }));
+        let mut read = envelope(
+            bob,
+            1,
+            UserEvent::MembershipChanged(events::user::MembershipChanged { tier: events::user::Tier::Gold }),
+        );
+        read.event = Event::Notification(events::NotificationEvent::Read(events::notification::NotificationRead {
+            notification_id: sent.event_id,
+        }));
+        let record = |topic: &str, commit| Record { topic: topic.into(), partition: 0, offset: 0, commit };
+        // The read first, as a rebuild may deliver it from its own topic.
+        let plan = plan(
+            &[record("notification-events", vec![read]), record("message-events", vec![sent])],
+            chrono::Duration::minutes(5),
+            &Default::default(),
+        );
+        let [reading, creating] = plan.notifications.as_slice() else { panic!("{:?}", plan.notifications) };
+        assert_eq!(reading.get_bool("upsert"), Ok(true), "a read of a notice not there yet creates it: {reading}");
+        let kept = creating.to_string();
+        assert!(kept.contains(r#""readAt": { "$ifNull": ["$readAt", null] }"#), "creating keeps readAt: {kept}");
     }
 }

@@ -19,10 +19,35 @@ use platform::mongo::find_by_ids;
 pub enum StoreError {
     #[error("mongodb: {0}")]
     Mongo(#[from] mongodb::error::Error),
-    #[error("mongodb rejected a write: {0}")]
-    WriteErrors(String),
+    #[error("mongodb rejected a write: {detail}")]
+    WriteErrors { codes: Vec<i32>, detail: String },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+impl StoreError {
+    /// Whether trying again later can succeed without any fix: outages,
+    /// timeouts, write conflicts (another writer, or the open transaction
+    /// of a projector that was killed, which the server aborts after about
+    /// a minute). Only other errors can mean a poison event.
+    pub fn is_transient(&self) -> bool {
+        use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+        const WRITE_CONFLICT: i32 = 112;
+        match self {
+            StoreError::Redis(_) => true,
+            StoreError::WriteErrors { codes, .. } => codes.contains(&WRITE_CONFLICT),
+            StoreError::Mongo(err) => match err.kind.as_ref() {
+                _ if err.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                    || err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) =>
+                {
+                    true
+                }
+                ErrorKind::Command(command) => command.code == WRITE_CONFLICT,
+                ErrorKind::Write(_) | ErrorKind::InvalidArgument { .. } | ErrorKind::BsonSerialization(_) => false,
+                _ => true,
+            },
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -31,6 +56,9 @@ pub struct ViewStore {
     db: Database,
     redis: ConnectionManager,
     keys: RedisKeys,
+    /// Whether to add live updates to users' streams. A rebuild does not:
+    /// it replays history, which connected clients have already been told.
+    publish_live_updates: bool,
 }
 
 impl std::fmt::Debug for ViewStore {
@@ -42,7 +70,26 @@ impl std::fmt::Debug for ViewStore {
 impl ViewStore {
     pub fn new(client: Client, database: &str, redis: ConnectionManager, keys: RedisKeys) -> Self {
         let db = client.database(database);
-        Self { client, db, redis, keys }
+        Self { client, db, redis, keys, publish_live_updates: true }
+    }
+
+    pub fn without_live_updates(mut self) -> Self {
+        self.publish_live_updates = false;
+        self
+    }
+
+    /// Marks the feed directory as holding every projected user. True at
+    /// the end of a rebuild: every batch's Redis writes were acknowledged
+    /// before its offsets moved, and every user's registration was applied.
+    pub async fn mark_feed_directory_complete(&self) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        redis::cmd("ZADD")
+            .arg(self.keys.feed_directory())
+            .arg(-1)
+            .arg(views::keys::FEED_DIRECTORY_COMPLETE)
+            .query_async::<()>(&mut redis)
+            .await?;
+        Ok(())
     }
 
     pub fn database(&self) -> &Database {
@@ -66,7 +113,10 @@ impl ViewStore {
 
     fn check_write_errors(reply: &Document) -> Result<(), StoreError> {
         match reply.get_array("writeErrors") {
-            Ok(errors) if !errors.is_empty() => Err(StoreError::WriteErrors(format!("{errors:?}"))),
+            Ok(errors) if !errors.is_empty() => Err(StoreError::WriteErrors {
+                codes: errors.iter().filter_map(|e| e.as_document()?.get_i32("code").ok()).collect(),
+                detail: format!("{errors:?}"),
+            }),
             _ => Ok(()),
         }
     }
@@ -208,7 +258,9 @@ impl ViewStore {
             );
             writes += 1;
         }
-        writes += self.publish_stream_entries(plan, &mut pipe).await?;
+        if self.publish_live_updates {
+            writes += self.publish_stream_entries(plan, &mut pipe).await?;
+        }
         if writes > 0 {
             let mut redis = self.redis.clone();
             pipe.query_async::<()>(&mut redis).await?;
@@ -279,5 +331,18 @@ impl ViewStore {
     /// The applied position per partition, as the checkpoints say.
     pub async fn checkpoints(&self) -> Result<Vec<CheckpointDoc>, StoreError> {
         Ok(self.db.collection::<CheckpointDoc>(collections::CHECKPOINTS).find(doc! {}).await?.try_collect().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn conflicts_are_transient_and_rejected_writes_are_not() {
+        let conflict = StoreError::WriteErrors { codes: vec![112], detail: String::new() };
+        let rejected = StoreError::WriteErrors { codes: vec![2], detail: String::new() };
+        assert!(conflict.is_transient());
+        assert!(!rejected.is_transient());
     }
 }

@@ -1,7 +1,9 @@
-//! The consume → plan → apply → commit loop.
+//! The consume → plan → apply → commit loop, shared by continuous
+//! projection and rebuilds.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use events::{Topic, TopicNames, decode_record};
@@ -10,9 +12,11 @@ use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
+use views::generation::{CurrentGeneration, Generation};
 
-use crate::plan::{self, Record};
-use crate::store::ViewStore;
+use crate::plan::{self, Plan, Record};
+use crate::positions::{Positions, StartAtCheckpoints};
+use crate::store::{StoreError, ViewStore};
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -23,18 +27,75 @@ pub struct WorkerSettings {
     pub max_batch_time: Duration,
     /// How long a heartbeat keeps a user online.
     pub presence_ttl: chrono::Duration,
+    /// Failed attempts at a batch, with errors that are not transient,
+    /// before the batch is taken apart to find and dead-letter the poison
+    /// record. Transient errors (outages, conflicts) are retried forever.
+    pub apply_attempts: u32,
 }
 
-/// Progress the ops endpoints report: (topic, partition) → next offset applied.
-pub type Progress = Arc<std::sync::RwLock<HashMap<(String, i32), i64>>>;
+/// Why a worker stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Shutdown,
+    /// The pointer moved to another generation (continuous projection).
+    GenerationChanged,
+    /// Every partition reached the end the topics had (a rebuild).
+    CaughtUp,
+}
+
+/// What ends a worker besides errors.
+pub struct Stops {
+    pub shutdown: watch::Receiver<bool>,
+    /// Follow the pointer: stop when it leaves `generation`.
+    pub follow: Option<CurrentGeneration>,
+    pub generation: Generation,
+    /// Stop once caught up with the topics' high watermarks.
+    pub when_caught_up: bool,
+}
+
+/// How a worker gets its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitions {
+    /// Shared with the other members of the consumer group; offsets are
+    /// committed for monitoring tools.
+    Group,
+    /// All of them, assigned directly: for a rebuild, which runs alone. No
+    /// group join to wait for, and no wait for the session of a member that
+    /// was killed to expire before a restarted rebuild gets its partitions.
+    All,
+}
+
+impl Stops {
+    /// Resolves on shutdown or a generation switch.
+    async fn interrupted(&mut self) -> Ended {
+        let Stops { shutdown, follow, generation, .. } = self;
+        let switch = async {
+            match follow.as_mut() {
+                Some(follow) => loop {
+                    if follow.changed().await != *generation {
+                        return;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => Ended::Shutdown,
+            () = switch => Ended::GenerationChanged,
+        }
+    }
+}
 
 pub struct Worker {
-    pub consumer: StreamConsumer,
+    pub consumer: StreamConsumer<StartAtCheckpoints>,
     pub dead_letters: FutureProducer,
     pub topics: TopicNames,
     pub store: ViewStore,
     pub settings: WorkerSettings,
-    pub progress: Progress,
+    pub positions: Positions,
+    /// Events applied so far, for rates.
+    pub events_applied: Arc<AtomicU64>,
+    pub partitions: Partitions,
 }
 
 /// Why a record could not be projected, for the dead-letter headers.
@@ -48,16 +109,57 @@ fn dead_letter_headers(message: &BorrowedMessage<'_>, reason: &str) -> OwnedHead
         .insert(Header { key: "dlq-origin-offset", value: Some(&offset) })
 }
 
+/// Next offset per partition past every one of `messages`.
+fn checkpoints_past(messages: &[&BorrowedMessage<'_>]) -> BTreeMap<(String, i32), i64> {
+    let mut checkpoints = BTreeMap::new();
+    for message in messages {
+        let next = checkpoints.entry((message.topic().to_owned(), message.partition())).or_insert(0);
+        *next = (*next).max(message.offset() + 1);
+    }
+    checkpoints
+}
+
+/// How applying one batch went.
+enum Outcome {
+    Applied(Box<Plan>),
+    /// Failed `apply_attempts` times with errors that are not transient.
+    Poisoned(StoreError),
+    Interrupted(Ended),
+}
+
 impl Worker {
-    /// Runs until `shutdown` flips. A batch that fails to apply is retried
-    /// with backoff and never skipped: the views may lag, never lose events.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// Runs until stopped. A batch that fails while MongoDB is unreachable
+    /// is retried with backoff and never skipped: the views may lag, never
+    /// lose events. One that keeps failing while MongoDB answers is taken
+    /// apart, and only the record that fails alone is dead-lettered.
+    pub async fn run(self, mut stops: Stops) -> anyhow::Result<Ended> {
         let subscribed: Vec<String> = Topic::EVENT_TOPICS.iter().map(|t| self.topics.name(*t)).collect();
-        self.consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
+        match self.partitions {
+            Partitions::Group => self.consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?,
+            Partitions::All => {
+                let mut all = TopicPartitionList::new();
+                for topic in &subscribed {
+                    let metadata = self.consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+                    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                        let start =
+                            self.positions.applied(topic, partition.id()).map_or(Offset::Beginning, Offset::Offset);
+                        all.add_partition_offset(topic, partition.id(), start)?;
+                        self.positions.register(topic, partition.id());
+                    }
+                }
+                tracing::info!(partitions = all.count(), "assigned every partition; starting at the checkpoints");
+                self.consumer.assign(&all)?;
+            }
+        }
         loop {
+            if stops.when_caught_up && self.positions.total_lag() == Some(0) {
+                return Ok(Ended::CaughtUp);
+            }
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
-                _ = shutdown.changed() => return Ok(()),
+                ended = stops.interrupted() => return Ok(ended),
+                // A rebuild re-checks whether it has caught up.
+                () = tokio::time::sleep(Duration::from_millis(200)), if stops.when_caught_up => continue,
             };
             let mut messages = vec![first?];
             // Quiet traffic: a lone record is applied after one short idle
@@ -74,109 +176,152 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.process(&messages, &mut shutdown).await?;
+            if let Some(ended) = self.process(&messages, &mut stops).await? {
+                return Ok(ended);
+            }
         }
     }
 
-    async fn process(
-        &self,
-        messages: &[BorrowedMessage<'_>],
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    async fn process(&self, messages: &[BorrowedMessage<'_>], stops: &mut Stops) -> anyhow::Result<Option<Ended>> {
         let started = Instant::now();
-        let mut records = Vec::with_capacity(messages.len());
+        let mut decoded: Vec<(&BorrowedMessage<'_>, Record)> = Vec::with_capacity(messages.len());
         for message in messages {
             match decode_record(message.payload().unwrap_or_default()) {
-                Ok(commit) => records.push(Record {
-                    topic: message.topic().to_owned(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    commit,
-                }),
-                Err(err) => self.dead_letter(message, &err.to_string()).await?,
+                Ok(commit) => decoded.push((
+                    message,
+                    Record {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        commit,
+                    },
+                )),
+                Err(err) => self.dead_letter(message, &format!("undecodable: {err}")).await?,
             }
         }
-        let counted: Vec<uuid::Uuid> =
-            records.iter().flat_map(|r| &r.commit).filter(|e| plan::counted(e)).map(|e| e.event_id).collect();
-        let mut backoff = Duration::from_millis(100);
-        // Each attempt re-reads the processed-id keys and plans afresh: an
-        // attempt may fail because another projector (mid-rebalance) applied
-        // some of these events meanwhile, and the next must skip them.
-        let plan = loop {
-            let processed = self.processed_among(&counted, shutdown).await?;
-            let mut plan = plan::plan(&records, self.settings.presence_ttl, &processed);
-            // Dead-lettered records still move the checkpoint past themselves.
-            for message in messages {
-                let next = plan.checkpoints.entry((message.topic().to_owned(), message.partition())).or_insert(0);
-                *next = (*next).max(message.offset() + 1);
-            }
-            match self.store.apply(&plan).await {
-                Ok(()) => break plan,
-                Err(err) => {
-                    metrics::counter!("projector_batch_failures_total").increment(1);
-                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "applying a batch failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {},
-                        _ = shutdown.changed() => anyhow::bail!("shut down with an unapplied batch; it is re-read on restart"),
+        let all: Vec<&BorrowedMessage<'_>> = messages.iter().collect();
+        let records: Vec<Record> = decoded.iter().map(|(_, r)| r.clone()).collect();
+        // Dead-lettered records still move the checkpoint past themselves.
+        let events = match self.apply(&records, checkpoints_past(&all), stops).await? {
+            Outcome::Applied(plan) => plan.events,
+            Outcome::Interrupted(ended) => return Ok(Some(ended)),
+            Outcome::Poisoned(err) => {
+                tracing::warn!(error = %err, records = records.len(), "a batch keeps failing; applying its records one by one");
+                let mut events = 0;
+                for (message, record) in &decoded {
+                    let single = std::slice::from_ref(record);
+                    match self.apply(single, checkpoints_past(&[message]), stops).await? {
+                        Outcome::Applied(plan) => events += plan.events,
+                        Outcome::Interrupted(ended) => return Ok(Some(ended)),
+                        Outcome::Poisoned(err) => {
+                            let reason = format!("not applied after {} attempts: {err}", self.settings.apply_attempts);
+                            self.dead_letter(message, &reason).await?;
+                        }
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+                // Only the checkpoints now: the poison is dead-lettered.
+                let moved = Plan { checkpoints: checkpoints_past(&all), ..Plan::default() };
+                if let Some(ended) = self.apply_unbounded(&moved, stops).await {
+                    return Ok(Some(ended));
+                }
+                events
             }
         };
-        self.commit_offsets(&plan.checkpoints)?;
-        {
-            let mut progress = self.progress.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for ((topic, partition), next) in &plan.checkpoints {
-                progress.insert((topic.clone(), *partition), *next);
-                metrics::gauge!("projector_applied_offset", "topic" => topic.clone(), "partition" => partition.to_string())
-                    .set(*next as f64);
-            }
+        let checkpoints = checkpoints_past(&all);
+        self.commit_offsets(&checkpoints);
+        for ((topic, partition), next) in &checkpoints {
+            self.positions.set_applied(topic, *partition, *next);
         }
-        metrics::counter!("projector_events_applied_total").increment(plan.events as u64);
+        self.events_applied.fetch_add(events as u64, Ordering::Relaxed);
+        metrics::counter!("projector_events_applied_total").increment(events as u64);
         metrics::histogram!("projector_batch_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(
             records = messages.len(),
-            events = plan.events,
+            events,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch applied"
         );
-        Ok(())
+        Ok(None)
     }
 
-    /// Which counted events were already applied; retried like a batch.
-    async fn processed_among(
+    /// Plans and applies `records`, retrying. Each attempt re-reads the
+    /// processed-id keys and plans afresh: an attempt may fail because
+    /// another projector (mid-rebalance) applied some of these events
+    /// meanwhile, and the next must skip them.
+    async fn apply(
         &self,
-        ids: &[uuid::Uuid],
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<std::collections::HashSet<uuid::Uuid>> {
+        records: &[Record],
+        checkpoints: BTreeMap<(String, i32), i64>,
+        stops: &mut Stops,
+    ) -> anyhow::Result<Outcome> {
+        let counted: Vec<uuid::Uuid> =
+            records.iter().flat_map(|r| &r.commit).filter(|e| plan::counted(e)).map(|e| e.event_id).collect();
         let mut backoff = Duration::from_millis(100);
+        let mut failures_while_reachable = 0;
         loop {
-            match self.store.already_processed(ids).await {
-                Ok(found) => return Ok(found),
-                Err(err) => {
-                    tracing::warn!(error = %err, "reading processed-id keys failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {},
-                        _ = shutdown.changed() => anyhow::bail!("shut down with an unapplied batch; it is re-read on restart"),
+            let result = match self.store.already_processed(&counted).await {
+                Ok(processed) => {
+                    let mut plan = plan::plan(records, self.settings.presence_ttl, &processed);
+                    for (partition, next) in &checkpoints {
+                        let held = plan.checkpoints.entry(partition.clone()).or_insert(0);
+                        *held = (*held).max(*next);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    self.store.apply(&plan).await.map(|()| plan)
+                }
+                Err(err) => Err(err),
+            };
+            let err = match result {
+                Ok(plan) => return Ok(Outcome::Applied(Box::new(plan))),
+                Err(err) => err,
+            };
+            metrics::counter!("projector_batch_failures_total").increment(1);
+            if !err.is_transient() {
+                failures_while_reachable += 1;
+                if failures_while_reachable >= self.settings.apply_attempts {
+                    return Ok(Outcome::Poisoned(err));
                 }
             }
+            tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "applying a batch failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {},
+                ended = stops.interrupted() => return Ok(Outcome::Interrupted(ended)),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
+    /// Applies a plan that cannot be poison (checkpoints only), until it lands.
+    async fn apply_unbounded(&self, plan: &Plan, stops: &mut Stops) -> Option<Ended> {
+        let mut backoff = Duration::from_millis(100);
+        while let Err(err) = self.store.apply(plan).await {
+            tracing::warn!(error = %err, "moving the checkpoints failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {},
+                ended = stops.interrupted() => return Some(ended),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        None
+    }
+
     /// Commits the group offsets, only after MongoDB and Redis acknowledged.
-    fn commit_offsets(&self, checkpoints: &std::collections::BTreeMap<(String, i32), i64>) -> anyhow::Result<()> {
+    /// They are for monitoring tools: partitions start at the view store's
+    /// checkpoints (`StartAtCheckpoints`).
+    fn commit_offsets(&self, checkpoints: &BTreeMap<(String, i32), i64>) {
+        if self.partitions != Partitions::Group {
+            return;
+        }
         let mut list = TopicPartitionList::new();
         for ((topic, partition), next) in checkpoints {
-            list.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+            if let Err(err) = list.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                tracing::warn!(error = %err, "bad offset to commit");
+            }
         }
         if let Err(err) = self.consumer.commit(&list, CommitMode::Sync) {
             // The views already hold the batch and re-applying is a no-op;
             // a rebalance is the usual cause. Not fatal.
             tracing::warn!(error = %err, "committing offsets failed; the batch may be re-read (harmlessly)");
         }
-        Ok(())
     }
 
     async fn dead_letter(&self, message: &BorrowedMessage<'_>, reason: &str) -> anyhow::Result<()> {

@@ -19,11 +19,11 @@ use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 use views::{ConsistencyToken, UserDoc};
 
-use crate::reader::{Freshness, ReadError, ViewReader};
+use crate::reader::{Freshness, ReadError, ViewReader, ViewSource};
 
 #[derive(Clone)]
 pub struct AppState {
-    pub reader: ViewReader,
+    pub views: ViewSource,
     /// For the dedicated connection each open stream holds: a blocking
     /// XREAD would stall a shared multiplexed connection for everyone.
     pub stream_redis: redis::Client,
@@ -35,7 +35,7 @@ pub struct AppState {
 
 impl FromRef<AppState> for ViewReader {
     fn from_ref(state: &AppState) -> Self {
-        state.reader.clone()
+        state.views.reader()
     }
 }
 
@@ -94,7 +94,7 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = platform::auth::token_from_headers(&parts.headers).ok_or(ApiError::Unauthenticated)?;
         let claims = state.jwt.verify(&token).map_err(|_| ApiError::Unauthenticated)?;
-        match state.reader.session(&claims.jti.to_string()).await? {
+        match state.views.reader().session(&claims.jti.to_string()).await? {
             Some(session) if session.revoked || session.user_id != claims.sub.to_string() => {
                 Err(ApiError::Unauthenticated)
             }
@@ -119,7 +119,7 @@ impl FromRequestParts<AppState> for Consistency {
                 code: "consistency_token_invalid",
                 message: "X-Consistency-Token is not a token this service issued".into(),
             })?;
-        state.reader.wait_for(&token, state.consistency_wait).await?;
+        state.views.reader().wait_for(&token, state.consistency_wait).await?;
         Ok(Consistency(Freshness::Durable))
     }
 }
@@ -652,7 +652,8 @@ pub async fn stream(
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let (mongo, redis) = (state.reader.mongo_reachable().await, state.reader.redis_reachable().await);
+    let reader = state.views.reader();
+    let (mongo, redis) = (reader.mongo_reachable().await, reader.redis_reachable().await);
     platform::http::readiness_response(&[("mongo", mongo), ("redis", redis)])
 }
 

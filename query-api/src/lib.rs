@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use platform::auth::JwtKeys;
+use views::generation::{CurrentGeneration, Generations};
 use views::keys::RedisKeys;
 
 use crate::config::Config;
-use crate::reader::ViewReader;
+use crate::reader::ViewSource;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let jwt = Arc::new(JwtKeys::new(&config.jwt.secret)?);
@@ -20,10 +21,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // A cache outage degrades reads to MongoDB; it does not stop the service.
     let redis = platform::redis_conn::connect(&config.redis.url)?;
     let keys = RedisKeys::new(config.redis.prefix.clone());
-    let reader = ViewReader::new(mongo, &config.mongo.database, redis, keys.clone());
+    let generations = Generations::new(mongo.clone(), &config.mongo.database);
+    let current = platform::with_retry("reading the view generation", || async {
+        Ok(CurrentGeneration::follow(generations.clone(), config.mongo.generation_poll).await?)
+    })
+    .await?;
+    let views = ViewSource::new(mongo, &config.mongo.database, redis, keys.clone(), current);
+    views.reader();
     let stream_redis = redis::Client::open(config.redis.url.as_str())?;
-    reader.prepare_feed_directory().await;
-    let state = http::AppState { reader, stream_redis, keys, jwt, metrics, consistency_wait: config.consistency_wait };
+    let state = http::AppState { views, stream_redis, keys, jwt, metrics, consistency_wait: config.consistency_wait };
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     platform::http::serve(listener, http::router(state)).await

@@ -1,6 +1,7 @@
 //! Reads the views: Redis first, MongoDB second, refilling Redis on a miss
 //! with a versioned write (never older than what is cached).
 
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
@@ -10,6 +11,7 @@ use mongodb::{Client, Database};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use views::generation::{CurrentGeneration, Generation};
 use views::keys::RedisKeys;
 use views::{
     CheckpointDoc, ConnectionRequestDoc, ConsistencyToken, ConversationCache, DailyStatsDoc, MessageDoc,
@@ -32,12 +34,71 @@ pub enum Freshness {
     Durable,
 }
 
+/// Hands out a reader for the view generation currently in use. A request
+/// takes one reader and keeps it, so all its reads come from one
+/// generation, and every generation readers are pointed at is complete.
+#[derive(Clone)]
+pub struct ViewSource {
+    client: Client,
+    base_database: String,
+    redis: ConnectionManager,
+    base_keys: RedisKeys,
+    current: CurrentGeneration,
+    reader: Arc<RwLock<Option<ViewReader>>>,
+}
+
+impl std::fmt::Debug for ViewSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewSource").field("generation", &self.current.get()).finish_non_exhaustive()
+    }
+}
+
+impl ViewSource {
+    pub fn new(
+        client: Client,
+        base_database: &str,
+        redis: ConnectionManager,
+        base_keys: RedisKeys,
+        current: CurrentGeneration,
+    ) -> Self {
+        let base_database = base_database.to_owned();
+        Self { client, base_database, redis, base_keys, current, reader: Arc::default() }
+    }
+
+    /// The reader of the current generation.
+    pub fn reader(&self) -> ViewReader {
+        let generation = self.current.get();
+        if let Some(reader) = self.reader.read().unwrap_or_else(PoisonError::into_inner).as_ref()
+            && reader.generation == generation
+        {
+            return reader.clone();
+        }
+        let reader = ViewReader {
+            db: self.client.database(&generation.database(&self.base_database)),
+            client: self.client.clone(),
+            redis: self.redis.clone(),
+            keys: generation.redis_keys(&self.base_keys),
+            generation,
+        };
+        let mut held = self.reader.write().unwrap_or_else(PoisonError::into_inner);
+        if held.as_ref().is_none_or(|r| r.generation != reader.generation) {
+            tracing::info!(generation = %reader.generation, "reading view generation");
+            metrics::counter!("view_generation_switches_total").increment(1);
+            reader.prepare_feed_directory_in_background();
+            *held = Some(reader.clone());
+        }
+        reader
+    }
+}
+
 #[derive(Clone)]
 pub struct ViewReader {
     client: Client,
     db: Database,
     redis: ConnectionManager,
+    /// This generation's cache keys (and the deployment-wide ones).
     keys: RedisKeys,
+    generation: Generation,
 }
 
 impl std::fmt::Debug for ViewReader {
@@ -47,9 +108,8 @@ impl std::fmt::Debug for ViewReader {
 }
 
 impl ViewReader {
-    pub fn new(client: Client, database: &str, redis: ConnectionManager, keys: RedisKeys) -> Self {
-        let db = client.database(database);
-        Self { client, db, redis, keys }
+    pub fn generation(&self) -> &Generation {
+        &self.generation
     }
 
     pub async fn mongo_reachable(&self) -> bool {
@@ -108,10 +168,35 @@ impl ViewReader {
         Ok(user)
     }
 
+    /// The session, with `revoked` set if the command API wrote the
+    /// revocation through. One round trip to Redis answers both.
     pub async fn session(&self, session_id: &str) -> Result<Option<SessionDoc>, ReadError> {
         let key = self.keys.session(session_id);
-        if let Some(session) = self.cached::<SessionDoc>(&key).await {
+        let mut redis = self.redis.clone();
+        let (revoked, cached): (Option<String>, Option<String>) = redis::cmd("MGET")
+            .arg(self.keys.revoked_session(session_id))
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "redis read failed; reading MongoDB");
+                (None, None)
+            });
+        let cached = cached.and_then(|json| serde_json::from_str::<SessionDoc>(&json).ok());
+        if let Some(mut session) = cached {
+            session.revoked |= revoked.is_some();
             return Ok(Some(session));
+        }
+        if revoked.is_some() {
+            // Revoked before the projector wrote the session: only the
+            // revocation matters.
+            return Ok(Some(SessionDoc {
+                session_id: session_id.to_owned(),
+                user_id: String::new(),
+                expires_at: chrono::Utc::now(),
+                revoked: true,
+                version: 0,
+            }));
         }
         let session =
             self.db.collection::<SessionDoc>(collections::SESSIONS).find_one(doc! { "_id": session_id }).await?;
@@ -251,6 +336,11 @@ impl ViewReader {
 
     /// At start: if the feed directory is not complete (first deploy, cache
     /// loss while down), rebuild it now rather than on the first feed read.
+    fn prepare_feed_directory_in_background(&self) {
+        let reader = self.clone();
+        tokio::spawn(async move { reader.prepare_feed_directory().await });
+    }
+
     pub async fn prepare_feed_directory(&self) {
         let mut redis = self.redis.clone();
         let complete: Result<Option<f64>, _> = redis::cmd("ZSCORE")

@@ -210,6 +210,8 @@ impl TestEnv {
             ("DEVCONNECT_QUERY_API_ADDR", format!("127.0.0.1:{}", self.query_port)),
             ("DEVCONNECT_PROJECTOR_ADDR", format!("127.0.0.1:{}", self.projector_port)),
             ("DEVCONNECT_PROJECTOR_GROUP", self.projector_group.clone()),
+            // Switch-overs reach the services quickly.
+            ("DEVCONNECT_VIEW_GENERATION_POLL", "200ms".to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ]
         .into_iter()
@@ -384,9 +386,250 @@ impl TestEnv {
         format!("{name}.{}@example.com", self.id)
     }
 
+    pub async fn mongo_client(&self) -> mongodb::Client {
+        mongodb::Client::with_uri_str(&self.servers.mongo_uri).await.expect("mongo client")
+    }
+
+    /// The base database: it holds the view generation pointer.
     pub async fn mongo(&self) -> mongodb::Database {
-        let client = mongodb::Client::with_uri_str(&self.servers.mongo_uri).await.expect("mongo client");
-        client.database(&self.database())
+        self.mongo_client().await.database(&self.database())
+    }
+
+    /// The view generation readers use now.
+    pub async fn current_generation(&self) -> String {
+        let pointer = self
+            .mongo()
+            .await
+            .collection::<mongodb::bson::Document>(views::generation::CONTROL_COLLECTION)
+            .find_one(mongodb::bson::doc! {})
+            .await
+            .expect("pointer");
+        pointer.and_then(|p| p.get_str("current").ok().map(str::to_owned)).expect("a current view generation")
+    }
+
+    /// The database of the current view generation.
+    pub async fn views_db(&self) -> mongodb::Database {
+        let generation = self.current_generation().await;
+        self.mongo_client().await.database(&format!("{}_{generation}", self.database()))
+    }
+
+    /// A cache key of the current view generation, e.g. `user:<id>`.
+    pub async fn view_key(&self, key: &str) -> String {
+        format!("{}:{key}", self.current_generation().await)
+    }
+
+    /// Every view of `generation` as comparable lines: each MongoDB
+    /// document and each Redis key of the generation, canonical (sets
+    /// sorted, fields sorted) and without what is volatile (TTLs; the
+    /// generation's own name). Equal lines, equal views.
+    pub async fn view_snapshot(&self, generation: &str) -> Vec<String> {
+        use futures::TryStreamExt;
+        use mongodb::bson::{Document, doc};
+        let db = self.mongo_client().await.database(&format!("{}_{generation}", self.database()));
+        let mut names = db.list_collection_names().await.expect("collections");
+        names.sort();
+        let mut lines = Vec::new();
+        for name in names {
+            let docs: Vec<Document> = db
+                .collection::<Document>(&name)
+                .find(doc! {})
+                .sort(doc! {"_id": 1})
+                .await
+                .expect("find")
+                .try_collect()
+                .await
+                .expect("docs");
+            lines.extend(docs.into_iter().map(|d| format!("{name}: {}", canonical_document(d))));
+        }
+        let mut redis = self.redis().await;
+        let prefix = format!("{generation}:");
+        let mut keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.expect("keys");
+        keys.sort();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut redis).await.expect("type");
+            let value = match kind.as_str() {
+                "string" => {
+                    let text: String = redis::cmd("GET").arg(&key).query_async(&mut redis).await.expect("get");
+                    serde_json::from_str::<Value>(&text).map_or(text, |v| canonical_json(v).to_string())
+                }
+                "zset" => {
+                    let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                        .arg(&key)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query_async(&mut redis)
+                        .await
+                        .expect("zrange");
+                    format!("{members:?}")
+                }
+                other => format!("<{other}>"),
+            };
+            lines.push(format!("redis {}: {value}", &key[prefix.len()..]));
+        }
+        lines
+    }
+
+    /// Runs a projector operation (`replay`, `redrive-dead-letters`) with
+    /// this environment's settings plus `extra`.
+    pub fn projector_operation(&self, args: &[&str], extra: &[(&str, &str)]) -> Proc {
+        let mut vars = self.service_env();
+        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let path = self.servers.bin_dir.join("projector");
+        let log = self.dir.join(format!("projector-{}.log", args.first().copied().unwrap_or("run")));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let child = Command::new(&path)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start projector {args:?}: {e}"));
+        Proc { name: format!("projector {}", args.join(" ")), child, log }
+    }
+
+    /// The full name of a topic in this environment.
+    pub fn topic(&self, topic: events::Topic) -> String {
+        events::TopicNames::new(format!("{}-", self.id)).name(topic)
+    }
+
+    /// Appends raw bytes to a topic, as a foreign or older producer would.
+    pub async fn produce_raw(&self, topic: events::Topic, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.servers.kafka)
+            .set("partitioner", "murmur2_random")
+            .create()
+            .expect("producer");
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(Header { key: name, value: Some(*value) });
+        }
+        let name = self.topic(topic);
+        let record = FutureRecord::to(&name).key(key).payload(payload).headers(owned);
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("produce");
+    }
+
+    /// Appends `count` heartbeat records for `users` straight to the
+    /// presence topic, as a busy history would hold: something for a
+    /// rebuild to chew on. Versions start at 1000, above any the API gave.
+    pub async fn produce_heartbeats(&self, users: &[String], count: usize) {
+        use events::presence::{PresenceEvent, PresenceSignal};
+        use events::{Envelope, Event, EventMetadata};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.servers.kafka)
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        let topic = self.topic(events::Topic::PresenceEvents);
+        let records: Vec<(String, Vec<u8>)> = (0..count)
+            .map(|i| {
+                let user = &users[i % users.len()];
+                let envelope = Envelope {
+                    event_id: uuid::Uuid::now_v7(),
+                    aggregate_id: user.clone(),
+                    aggregate_version: 1000 + (i / users.len()) as u64,
+                    occurred_at: chrono::Utc::now(),
+                    metadata: EventMetadata {
+                        actor: user.parse().ok(),
+                        correlation_id: format!("history-{i}"),
+                        idempotency_key: None,
+                        request_fingerprint: None,
+                    },
+                    event: Event::Presence(PresenceEvent::Heartbeat(PresenceSignal {})),
+                };
+                (user.clone(), events::encode_record(&[envelope]))
+            })
+            .collect();
+        let sends = records.iter().map(|(key, payload)| {
+            producer.send(FutureRecord::to(&topic).key(key).payload(payload), Duration::from_secs(30))
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| e).expect("produce");
+        }
+    }
+
+    /// Waits until the projector reports no lag, twice across a watermark
+    /// refresh (it reads the topics' ends once a second).
+    pub async fn projector_caught_up(&self) {
+        let url = format!("http://127.0.0.1:{}/progress", self.projector_port);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut zero_since: Option<Instant> = None;
+        loop {
+            let progress: Value = self.http.get(&url).send().await.expect("progress").json().await.expect("json");
+            if progress["lag"] == 0 {
+                let since = *zero_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(1_500) {
+                    return;
+                }
+            } else {
+                zero_since = None;
+            }
+            assert!(Instant::now() < deadline, "the projector did not catch up: {progress}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The records of a topic with their headers, from offset 0 up to its
+    /// current end.
+    pub async fn read_topic(&self, topic: events::Topic) -> Vec<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
+        use rdkafka::Message;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Headers;
+        let name = self.topic(topic);
+        let kafka = self.servers.kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &kafka)
+                .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("consumer");
+            let metadata = consumer.fetch_metadata(Some(&name), Duration::from_secs(10)).expect("metadata");
+            let mut records = Vec::new();
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                let (_, high) =
+                    consumer.fetch_watermarks(&name, partition.id(), Duration::from_secs(10)).expect("watermarks");
+                if high == 0 {
+                    continue;
+                }
+                let mut assignment = rdkafka::TopicPartitionList::new();
+                assignment.add_partition_offset(&name, partition.id(), rdkafka::Offset::Beginning).expect("assignment");
+                consumer.assign(&assignment).expect("assign");
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    assert!(Instant::now() < deadline, "reading {name} timed out");
+                    let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+                    let message = message.expect("message");
+                    let headers = message
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    records.push((message.payload().unwrap_or_default().to_vec(), headers));
+                    if message.offset() + 1 >= high {
+                        break;
+                    }
+                }
+            }
+            records
+        })
+        .await
+        .expect("reader")
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
@@ -414,6 +657,58 @@ pub async fn start_private_broker(dir: &std::path::Path, port: u16) -> Proc {
         .expect("start tansu");
     wait_for_port(port).await;
     Proc { name: "broker".into(), child, log }
+}
+
+/// Asserts two view snapshots are equal, printing only the lines that differ.
+#[track_caller]
+pub fn assert_same_views(actual: &[String], expected: &[String], what: &str) {
+    if actual == expected {
+        return;
+    }
+    let missing: Vec<&String> = expected.iter().filter(|l| !actual.contains(l)).collect();
+    let extra: Vec<&String> = actual.iter().filter(|l| !expected.contains(l)).collect();
+    panic!("{what}: the views differ\nmissing: {missing:#?}\nunexpected: {extra:#?}");
+}
+
+/// Waits for a process to exit, at most `within`.
+pub async fn wait_exit(proc: &mut Proc, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = proc.exited() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{} did not finish within {within:?}:\n{}", proc.name, proc.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sorted fields, sorted sets: `$addToSet` appends in arrival order, and
+/// events of different pairs arrive from different partitions; an upsert
+/// with `$inc` creates fields in the order their first increments arrive.
+pub fn canonical_document(document: mongodb::bson::Document) -> mongodb::bson::Document {
+    let mut fields: Vec<(String, mongodb::bson::Bson)> = document.into_iter().collect();
+    for (name, value) in &mut fields {
+        if let mongodb::bson::Bson::Array(list) = value
+            && matches!(name.as_str(), "related" | "connections")
+        {
+            list.sort_by_key(ToString::to_string);
+        }
+    }
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    fields.into_iter().collect()
+}
+
+/// The same for cached JSON: object fields sorted.
+fn canonical_json(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut fields: Vec<(String, Value)> = map.into_iter().map(|(k, v)| (k, canonical_json(v))).collect();
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(fields.into_iter().collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical_json).collect()),
+        other => other,
+    }
 }
 
 pub async fn wait_for_port(port: u16) {

@@ -52,12 +52,15 @@ async fn signup_login_and_read_your_own_profile() {
     );
 
     // Nothing secret leaks into the views or the caches.
-    let users = env.mongo().await.collection::<mongodb::bson::Document>("users");
+    let users = env.views_db().await.collection::<mongodb::bson::Document>("users");
     let stored = users.find_one(mongodb::bson::doc! {"_id": &user_id}).await.expect("mongo").expect("user doc");
     assert!(!stored.to_string().contains("argon2"), "{stored}");
     let mut redis = env.redis().await;
-    let cached: Option<String> =
-        redis::cmd("GET").arg(format!("user:{user_id}")).query_async(&mut redis).await.expect("redis");
+    let cached: Option<String> = redis::cmd("GET")
+        .arg(env.view_key(&format!("user:{user_id}")).await)
+        .query_async(&mut redis)
+        .await
+        .expect("redis");
     assert!(!cached.expect("projector cached the user").contains("argon2"));
 }
 

@@ -9,35 +9,51 @@ pub const FEED_DIRECTORY_COMPLETE: &str = "~complete";
 
 #[derive(Debug, Clone, Default)]
 pub struct RedisKeys {
+    /// The deployment prefix: live streams and technical state.
     prefix: String,
+    /// The deployment prefix plus the view generation: cached views.
+    views: String,
 }
 
 impl RedisKeys {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        let prefix = prefix.into();
+        Self { views: prefix.clone(), prefix }
+    }
+
+    /// The keys of one view generation (see `generation`).
+    pub fn for_generation(&self, generation: &str) -> Self {
+        Self { prefix: self.prefix.clone(), views: format!("{}{generation}:", self.prefix) }
+    }
+
+    /// Matches every cached view of this generation (and nothing else).
+    pub fn view_pattern(&self) -> String {
+        format!("{}*", self.views)
     }
 
     pub fn user(&self, user_id: &str) -> String {
-        format!("{}user:{user_id}", self.prefix)
+        format!("{}user:{user_id}", self.views)
     }
 
     pub fn session(&self, session_id: &str) -> String {
-        format!("{}session:{session_id}", self.prefix)
+        format!("{}session:{session_id}", self.views)
     }
 
     pub fn presence(&self, user_id: &str) -> String {
-        format!("{}presence:{user_id}", self.prefix)
+        format!("{}presence:{user_id}", self.views)
     }
 
     /// A user's live updates (a Redis stream, capped): what `GET /v1/stream`
-    /// delivers, and resumes from by entry id.
+    /// delivers, and resumes from by entry id. Not a view: a delivery
+    /// channel, so it lives outside generations and a switch does not cut
+    /// open streams off (a rebuild does not re-announce history).
     pub fn user_stream(&self, user_id: &str) -> String {
         format!("{}stream:{user_id}", self.prefix)
     }
 
     /// A conversation's newest messages; `pair_key` is `min:max` of the two ids.
     pub fn conversation(&self, pair_key: &str) -> String {
-        format!("{}messages:{pair_key}", self.prefix)
+        format!("{}messages:{pair_key}", self.views)
     }
 
     /// Sorted set of every user id, all with score 0, so Redis orders them
@@ -47,12 +63,20 @@ impl RedisKeys {
     /// query at 100 000 users), so the order lives here and MongoDB serves
     /// profiles by `_id` only.
     pub fn feed_directory(&self) -> String {
-        format!("{}feed:users", self.prefix)
+        format!("{}feed:users", self.views)
     }
 
     /// Held by whoever is rebuilding the feed directory.
     pub fn feed_directory_rebuilding(&self) -> String {
-        format!("{}feed:users:rebuilding", self.prefix)
+        format!("{}feed:users:rebuilding", self.views)
+    }
+
+    /// A revoked session, written through by the command API the moment a
+    /// logout or password change is appended, so it takes effect before the
+    /// projector catches up. Outside generations: a view switch must not
+    /// forget it. Losing it (a flush) falls back to the projected session.
+    pub fn revoked_session(&self, session_id: &str) -> String {
+        format!("{}revoked:{session_id}", self.prefix)
     }
 
     /// Technical state of the command API (may be lost): failed log-ins.

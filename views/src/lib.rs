@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod consistency;
 pub mod documents;
+pub mod generation;
 pub mod keys;
 
 pub use consistency::ConsistencyToken;
