@@ -18,6 +18,11 @@ use serde_json::{Value, json};
 pub const JWT_SECRET: &str = "integration-tests-secret-0123456789abcdef";
 pub const PASSWORD: &str = "Sup3r$ecret";
 
+/// A user registered by an older version of the command API: recorded
+/// `user.registered` v1 bytes, which readers must upcast.
+pub const LEGACY_USER: &str = "0190f5a2-6c1e-7a4b-9d3e-000000000001";
+pub const LEGACY_RECORD: &str = include_str!("../../events/tests/fixtures/user.registered.v1.json");
+
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the integration tests through `./dev test`, which starts the servers they need")
@@ -477,7 +482,9 @@ impl TestEnv {
         let mut vars = self.service_env();
         vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let path = self.servers.bin_dir.join("projector");
-        let log = self.dir.join(format!("projector-{}.log", args.first().copied().unwrap_or("run")));
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.join(format!("projector-{}-{run}.log", args.first().copied().unwrap_or("run")));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(&path)
             .args(args)
@@ -553,6 +560,18 @@ impl TestEnv {
         for result in futures::future::join_all(sends).await {
             result.map_err(|(e, _)| e).expect("produce");
         }
+    }
+
+    /// Waits until `user_id`'s public profile can be read, and returns it.
+    pub async fn wait_for_user(&self, token: &str, user_id: &str) -> Value {
+        for _ in 0..200 {
+            let reply = self.query(&format!("/v1/users/{user_id}"), token, None).await;
+            if reply.status == StatusCode::OK {
+                return reply.body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{user_id} never reached the views");
     }
 
     /// Waits until the projector reports no lag, twice across a watermark

@@ -12,12 +12,7 @@ use futures::TryStreamExt;
 use events::Topic;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use test_support::{PASSWORD, TestEnv, assert_same_views, wait_exit};
-
-/// A user registered by an older version of the command API: recorded
-/// `user.registered` v1 bytes, which the projector must upcast.
-const LEGACY_USER: &str = "0190f5a2-6c1e-7a4b-9d3e-000000000001";
-const LEGACY_RECORD: &str = include_str!("../../events/tests/fixtures/user.registered.v1.json");
+use test_support::{LEGACY_RECORD, LEGACY_USER, PASSWORD, TestEnv, assert_same_views, wait_exit};
 
 fn ok(reply: &test_support::Reply, what: &str) -> String {
     assert!(reply.status.is_success(), "{what}: {} {:?}", reply.status, reply.body);
@@ -74,22 +69,11 @@ async fn mixed_workload(env: &TestEnv) -> (String, Vec<String>) {
         let reply = env.query("/v1/profile", &a_token, Some(consistency)).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     }
-    let legacy = wait_for_user(env, &a_token, LEGACY_USER).await;
+    let legacy = env.wait_for_user(&a_token, LEGACY_USER).await;
     // Upcast: v1 kept the raw email and a comma-separated skills string.
     assert_eq!(legacy["skills"], json!(["cobol", "compilers"]), "{legacy}");
     let _ = d;
     (a_token, writes)
-}
-
-async fn wait_for_user(env: &TestEnv, token: &str, user_id: &str) -> serde_json::Value {
-    for _ in 0..200 {
-        let reply = env.query(&format!("/v1/users/{user_id}"), token, None).await;
-        if reply.status == StatusCode::OK {
-            return reply.body;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{user_id} never reached the views");
 }
 
 /// The projector updates Redis just after MongoDB: take snapshots until two
