@@ -15,7 +15,7 @@ use events::presence::PresenceEvent;
 use events::user::{Profile, UserEvent};
 use events::{Envelope, Event};
 use mongodb::bson::{Bson, Document, doc};
-use views::{ConnectionRequestDoc, MessageDoc, PresenceDoc, SessionDoc, UserDoc};
+use views::{ConnectionRequestDoc, MessageDoc, PresenceDoc, SessionDoc, UserDoc, collections};
 
 /// One Kafka record, decoded.
 #[derive(Debug, Clone)]
@@ -26,8 +26,23 @@ pub struct Record {
     pub commit: Vec<Envelope>,
 }
 
+/// A document an event creates: inserted when absent (an insert costs a
+/// fraction of a pipeline update on the servers we run, STACK.md), else
+/// the version-guarded statement `otherwise` runs, so a repeat stays a
+/// no-op. Used only for an aggregate's first event, which no other event
+/// of that document can precede (same partition, in order).
+#[derive(Debug, Clone)]
+pub struct Creation {
+    pub id: String,
+    pub document: Document,
+    pub otherwise: Document,
+}
+
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// Per collection: documents created by this batch's events. They are
+    /// applied before the collection's statements.
+    pub creations: BTreeMap<&'static str, Vec<Creation>>,
     /// `update` statements for the users collection, in event order.
     pub users: Vec<Document>,
     pub sessions: Vec<Document>,
@@ -53,8 +68,9 @@ pub struct Plan {
     /// Cache entries to refresh once MongoDB has the batch.
     pub touched_users: BTreeSet<String>,
     pub touched_sessions: BTreeSet<String>,
-    /// Conversations (pair keys) whose cached newest messages to rewrite.
-    pub touched_conversations: BTreeSet<String>,
+    /// Conversations (pair keys) whose cached newest messages to update,
+    /// with the ids of their messages this batch changed.
+    pub touched_conversations: BTreeMap<String, BTreeSet<String>>,
     pub touched_presence: BTreeSet<String>,
     pub events: usize,
 }
@@ -73,6 +89,16 @@ fn if_newer(version: u64, new: Bson, current: &str) -> Bson {
     Bson::Document(
         doc! { "$cond": [ { "$lt": [ { "$ifNull": ["$version", 0_i64] }, version as i64 ] }, new, current ] },
     )
+}
+
+/// Creates a document, or replaces it if the event is newer (see `Creation`).
+fn create(plan: &mut Plan, collection: &'static str, id: &str, version: u64, document: Bson) {
+    let otherwise = replace_if_newer(id, version, document.clone());
+    let document = match document {
+        Bson::Document(document) => document,
+        _ => return,
+    };
+    plan.creations.entry(collection).or_default().push(Creation { id: id.to_owned(), document, otherwise });
 }
 
 /// Replaces the whole document if the event is newer (upserting).
@@ -243,9 +269,11 @@ fn apply_counted(
             _ => Document::new(),
         };
         fields.insert("readAt", doc! { "$ifNull": ["$readAt", Bson::Null] });
-        plan.notifications.push(doc! {
-            "q": { "_id": &doc.notification_id }, "u": [ { "$set": fields } ], "upsert": true,
-        });
+        let otherwise = doc! { "q": { "_id": &doc.notification_id }, "u": [ { "$set": fields } ], "upsert": true };
+        if let Bson::Document(document) = to_bson(&doc) {
+            let creation = Creation { id: doc.notification_id.clone(), document, otherwise };
+            plan.creations.entry(collections::NOTIFICATIONS).or_default().push(creation);
+        }
         // The same shape as GET /v1/notifications items.
         let live = serde_json::json!({
             "notificationId": doc.notification_id, "type": doc.kind, "fromUserId": doc.from_user_id,
@@ -285,7 +313,7 @@ fn apply_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
                 updated_at: at,
                 version,
             };
-            plan.users.push(replace_if_newer(user_id, version, to_bson(&doc)));
+            create(plan, collections::USERS, user_id, version, to_bson(&doc));
             plan.touched_users.insert(user_id.to_owned());
         }
         // The password hash is the command API's alone (DESIGN.md §5). The
@@ -310,7 +338,7 @@ fn apply_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
                 revoked: false,
                 version,
             };
-            plan.sessions.push(replace_if_newer(&doc.session_id, version, to_bson(&doc)));
+            create(plan, collections::SESSIONS, &doc.session_id, version, to_bson(&doc));
             plan.touched_sessions.insert(doc.session_id);
             plan.users.push(set_if_newer(user_id, version, Document::new()));
             plan.touched_users.insert(user_id.to_owned());
@@ -351,7 +379,7 @@ fn apply_connection_event(plan: &mut Plan, envelope: &Envelope, event: &Connecti
                 reviewed_at: None,
                 version,
             };
-            plan.requests.push(replace_if_newer(&doc.request_id, version, to_bson(&doc)));
+            create(plan, collections::CONNECTION_REQUESTS, &doc.request_id, version, to_bson(&doc));
             plan.relations.push(add_to_set(&doc.from_user_id, "related", &doc.to_user_id));
             plan.relations.push(add_to_set(&doc.to_user_id, "related", &doc.from_user_id));
         }
@@ -383,7 +411,7 @@ fn apply_message_event(plan: &mut Plan, envelope: &Envelope, event: &MessageEven
                 read_at: None,
                 version,
             };
-            plan.messages.push(replace_if_newer(&doc.message_id, version, to_bson(&doc)));
+            create(plan, collections::MESSAGES, &doc.message_id, version, to_bson(&doc));
         }
         MessageEvent::Delivered(d) => {
             let at = to_bson(&d.delivered_at);
@@ -403,7 +431,12 @@ fn apply_message_event(plan: &mut Plan, envelope: &Envelope, event: &MessageEven
                 .push(doc! { "q": { "_id": r.message_id.to_string() }, "u": [ { "$set": set } ], "upsert": false });
         }
     }
-    plan.touched_conversations.insert(pair.to_owned());
+    let message_id = match event {
+        MessageEvent::Sent(m) => m.message_id,
+        MessageEvent::Delivered(d) => d.message_id,
+        MessageEvent::Read(r) => r.message_id,
+    };
+    plan.touched_conversations.entry(pair.to_owned()).or_default().insert(message_id.to_string());
 }
 
 #[cfg(test)]
@@ -456,7 +489,7 @@ mod tests {
     fn the_password_hash_never_reaches_a_statement() {
         let (_, record) = signup_record(7);
         let plan = plan(&[record], chrono::Duration::minutes(5), &Default::default());
-        let everything = format!("{:?}{:?}", plan.users, plan.sessions);
+        let everything = format!("{:?}{:?}{:?}", plan.users, plan.sessions, plan.creations);
         assert!(!everything.contains("SECRET"));
         assert!(!everything.contains("passwordHash"));
     }
@@ -465,7 +498,7 @@ mod tests {
     fn user_text_is_literal_and_writes_are_version_guarded() {
         let (user, record) = signup_record(7);
         let plan = plan(&[record], chrono::Duration::minutes(5), &Default::default());
-        let first = plan.users[0].to_string();
+        let first = plan.creations[collections::USERS][0].otherwise.to_string();
         assert!(first.contains("$literal"), "{first}");
         assert!(first.contains("$lastName"));
         assert!(first.contains("$cond"));
@@ -511,7 +544,9 @@ mod tests {
             chrono::Duration::minutes(5),
             &Default::default(),
         );
-        let [reading, creating] = plan.notifications.as_slice() else { panic!("{:?}", plan.notifications) };
+        let [reading] = plan.notifications.as_slice() else { panic!("{:?}", plan.notifications) };
+        let [creating] = plan.creations[collections::NOTIFICATIONS].as_slice() else { panic!("{:?}", plan.creations) };
+        let creating = &creating.otherwise;
         assert_eq!(reading.get_bool("upsert"), Ok(true), "a read of a notice not there yet creates it: {reading}");
         let kept = creating.to_string();
         assert!(kept.contains(r#""readAt": { "$ifNull": ["$readAt", null] }"#), "creating keeps readAt: {kept}");

@@ -35,7 +35,7 @@ pub async fn run(pipeline: Pipeline, args: ReplayArgs) -> anyhow::Result<()> {
         in_place = args.in_place,
         "rebuilding the views from the topics"
     );
-    let store = pipeline.store(&generation).await?.without_live_updates();
+    let store = pipeline.store(&generation).await?.for_rebuild();
     // In place, everything is re-applied from offset 0 (over whatever is
     // there); a new generation starts where its own checkpoints are.
     let suffix = if args.in_place { ".replay-in-place" } else { "" };
@@ -69,6 +69,9 @@ pub async fn run(pipeline: Pipeline, args: ReplayArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    let warming = Instant::now();
+    let cached = store.warm_caches().await?;
+    tracing::info!(writes = cached, seconds = warming.elapsed().as_secs_f64(), "caches warmed");
     store.mark_feed_directory_complete().await?;
     let rebuilt_in = started.elapsed();
     let rate = applied as f64 / rebuilt_in.as_secs_f64().max(0.001);

@@ -33,9 +33,12 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
         const WRITE_CONFLICT: i32 = 112;
+        const DUPLICATE_KEY: i32 = 11000;
         match self {
             StoreError::Redis(_) => true,
-            StoreError::WriteErrors { codes, .. } => codes.contains(&WRITE_CONFLICT),
+            // A duplicate key means another projector (mid-rebalance) got
+            // there first: the retry re-plans and skips what it applied.
+            StoreError::WriteErrors { codes, .. } => codes.iter().any(|c| [WRITE_CONFLICT, DUPLICATE_KEY].contains(c)),
             StoreError::Mongo(err) => match err.kind.as_ref() {
                 _ if err.contains_label(TRANSIENT_TRANSACTION_ERROR)
                     || err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) =>
@@ -50,15 +53,25 @@ impl StoreError {
     }
 }
 
+/// How a store treats Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Caches refreshed and live updates published after every batch.
+    Live,
+    /// MongoDB only per batch; `warm_caches` once caught up. Nobody reads
+    /// a generation being rebuilt, so per-batch cache writes (half the time
+    /// of a batch, measured) would only expire unread. No live updates: a
+    /// rebuild replays history, which connected clients were already told.
+    Rebuild,
+}
+
 #[derive(Clone)]
 pub struct ViewStore {
     client: Client,
     db: Database,
     redis: ConnectionManager,
     keys: RedisKeys,
-    /// Whether to add live updates to users' streams. A rebuild does not:
-    /// it replays history, which connected clients have already been told.
-    publish_live_updates: bool,
+    mode: Mode,
 }
 
 impl std::fmt::Debug for ViewStore {
@@ -70,12 +83,92 @@ impl std::fmt::Debug for ViewStore {
 impl ViewStore {
     pub fn new(client: Client, database: &str, redis: ConnectionManager, keys: RedisKeys) -> Self {
         let db = client.database(database);
-        Self { client, db, redis, keys, publish_live_updates: true }
+        Self { client, db, redis, keys, mode: Mode::Live }
     }
 
-    pub fn without_live_updates(mut self) -> Self {
-        self.publish_live_updates = false;
+    /// A store for rebuilding: MongoDB only per batch, caches at the end.
+    pub fn for_rebuild(mut self) -> Self {
+        self.mode = Mode::Rebuild;
         self
+    }
+
+    /// Fills this generation's caches from its MongoDB views, as per-batch
+    /// refreshes would have left them: every user (and the feed directory),
+    /// every live session, every presence, and each conversation's newest
+    /// messages. One scan per collection, written in pipelines of 1000.
+    pub async fn warm_caches(&self) -> Result<u64, StoreError> {
+        let mut written = 0;
+        let mut users = self.db.collection::<UserDoc>(collections::USERS).find(doc! {}).await?;
+        let directory = self.keys.feed_directory();
+        let mut pipe = redis::pipe();
+        while let Some(user) = users.try_next().await? {
+            pipe.zadd(&directory, &user.user_id, 0).ignore();
+            let json = serde_json::to_string(&user).unwrap_or_default();
+            views::cache::pipe_set_if_newer(
+                &mut pipe,
+                &self.keys.user(&user.user_id),
+                user.version,
+                &json,
+                views::ttl::USER,
+            );
+            written += self.flush_when_full(&mut pipe).await?;
+        }
+        let now = Utc::now();
+        let mut sessions = self.db.collection::<SessionDoc>(collections::SESSIONS).find(doc! {}).await?;
+        while let Some(session) = sessions.try_next().await? {
+            let Ok(ttl) = (session.expires_at - now).to_std() else { continue };
+            let json = serde_json::to_string(&session).unwrap_or_default();
+            let key = self.keys.session(&session.session_id);
+            views::cache::pipe_set_if_newer(&mut pipe, &key, session.version, &json, ttl);
+            written += self.flush_when_full(&mut pipe).await?;
+        }
+        let mut presence = self.db.collection::<PresenceDoc>(collections::PRESENCE).find(doc! {}).await?;
+        while let Some(doc) = presence.try_next().await? {
+            let json = serde_json::to_string(&doc).unwrap_or_default();
+            let key = self.keys.presence(&doc.user_id);
+            views::cache::pipe_set_if_newer(&mut pipe, &key, doc.version, &json, views::ttl::PRESENCE);
+            written += self.flush_when_full(&mut pipe).await?;
+        }
+        // One sorted scan, newest first within each conversation: memory
+        // stays at one conversation's newest messages.
+        let mut messages = self
+            .db
+            .collection::<MessageDoc>(collections::MESSAGES)
+            .find(doc! {})
+            .sort(doc! { "pairKey": 1, "_id": -1 })
+            .await?;
+        let mut newest: Vec<MessageDoc> = Vec::new();
+        loop {
+            let next = messages.try_next().await?;
+            if next.as_ref().is_none_or(|m| newest.first().is_some_and(|n| n.pair_key != m.pair_key))
+                && !newest.is_empty()
+            {
+                let cache = ConversationCache::new(std::mem::take(&mut newest));
+                let key = self.keys.conversation(&cache.items[0].pair_key);
+                let json = serde_json::to_string(&cache).unwrap_or_default();
+                views::cache::pipe_set_if_newer(&mut pipe, &key, cache.version, &json, views::ttl::CONVERSATION);
+                written += self.flush_when_full(&mut pipe).await?;
+            }
+            let Some(message) = next else { break };
+            if newest.len() < views::CACHED_MESSAGES {
+                newest.push(message);
+            }
+        }
+        let mut redis = self.redis.clone();
+        pipe.query_async::<()>(&mut redis).await?;
+        Ok(written + 1)
+    }
+
+    /// Sends the pipeline once it holds 1000 commands; returns how many it sent.
+    async fn flush_when_full(&self, pipe: &mut redis::Pipeline) -> Result<u64, StoreError> {
+        if pipe.len() < 1000 {
+            return Ok(0);
+        }
+        let mut redis = self.redis.clone();
+        pipe.query_async::<()>(&mut redis).await?;
+        let sent = pipe.len() as u64;
+        pipe.clear();
+        Ok(sent)
     }
 
     /// Marks the feed directory as holding every projected user. True at
@@ -122,8 +215,20 @@ impl ViewStore {
     }
 
     pub async fn apply(&self, plan: &Plan) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         self.apply_mongo(plan).await?;
-        self.refresh_caches(plan).await
+        let mongo = started.elapsed();
+        if self.mode == Mode::Live {
+            self.refresh_caches(plan).await?;
+        }
+        metrics::histogram!("projector_mongo_seconds").record(mongo.as_secs_f64());
+        metrics::histogram!("projector_cache_seconds").record((started.elapsed() - mongo).as_secs_f64());
+        tracing::debug!(
+            mongo_ms = mongo.as_millis() as u64,
+            caches_ms = (started.elapsed() - mongo).as_millis() as u64,
+            "batch stored"
+        );
+        Ok(())
     }
 
     async fn apply_mongo(&self, plan: &Plan) -> Result<(), StoreError> {
@@ -156,6 +261,18 @@ impl ViewStore {
                 return Err(err);
             }
         }
+        let mut fallbacks = std::collections::HashMap::new();
+        for (collection, creations) in &plan.creations {
+            match self.insert_absent(collection, creations, &mut session).await {
+                Ok(otherwise) => {
+                    fallbacks.insert(*collection, otherwise);
+                }
+                Err(err) => {
+                    let _ = session.abort_transaction().await;
+                    return Err(err);
+                }
+            }
+        }
         let batches = [
             (collections::USERS, &plan.users),
             (collections::SESSIONS, &plan.sessions),
@@ -168,11 +285,22 @@ impl ViewStore {
             (collections::DAILY_STATS, &plan.daily_stats),
             (collections::CHECKPOINTS, &checkpoints),
         ];
-        for (collection, statements) in batches {
+        for (collection, planned) in batches {
+            // A created document's fallback precedes any later change to it.
+            let mut statements = fallbacks.remove(collection).unwrap_or_default();
+            statements.extend(planned.iter().cloned());
             if statements.is_empty() {
                 continue;
             }
+            let statements = &statements;
+            let started = std::time::Instant::now();
             let result = self.db.run_command(Self::update_command(collection, statements)).session(&mut session).await;
+            tracing::trace!(
+                collection,
+                statements = statements.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "update"
+            );
             match result.map_err(StoreError::from).and_then(|reply| Self::check_write_errors(&reply)) {
                 Ok(()) => {}
                 Err(err) => {
@@ -183,6 +311,45 @@ impl ViewStore {
         }
         session.commit_transaction().await?;
         Ok(())
+    }
+
+    /// Inserts the created documents that do not exist yet, in the
+    /// transaction; returns the statements to run for those that do (or
+    /// that the batch creates twice).
+    async fn insert_absent(
+        &self,
+        collection: &str,
+        creations: &[crate::plan::Creation],
+        session: &mut mongodb::ClientSession,
+    ) -> Result<Vec<Document>, StoreError> {
+        let ids: Vec<mongodb::bson::Bson> = creations.iter().map(|c| c.id.clone().into()).collect();
+        let mut found = self
+            .db
+            .collection::<Document>(collection)
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 })
+            .session(&mut *session)
+            .await?;
+        let mut present = std::collections::HashSet::new();
+        while let Some(document) = found.next(&mut *session).await.transpose()? {
+            if let Ok(id) = document.get_str("_id") {
+                present.insert(id.to_owned());
+            }
+        }
+        let (mut inserts, mut otherwise) = (Vec::new(), Vec::new());
+        for creation in creations {
+            if present.insert(creation.id.clone()) {
+                inserts.push(creation.document.clone());
+            } else {
+                otherwise.push(creation.otherwise.clone());
+            }
+        }
+        if !inserts.is_empty() {
+            let insert = doc! { "insert": collection, "documents": inserts, "ordered": true };
+            let reply = self.db.run_command(insert).session(&mut *session).await?;
+            Self::check_write_errors(&reply)?;
+        }
+        Ok(otherwise)
     }
 
     /// Reads back what the batch touched and writes it to Redis with
@@ -235,37 +402,50 @@ impl ViewStore {
                 writes += 1;
             }
         }
-        for pair in &plan.touched_conversations {
-            // Rewritten whole from MongoDB: a redelivered event cannot
-            // append a message twice.
-            let newest: Vec<MessageDoc> = self
-                .db
-                .collection::<MessageDoc>(collections::MESSAGES)
-                .find(doc! { "pairKey": pair })
-                .sort(doc! { "_id": -1 })
-                .limit(views::CACHED_MESSAGES as i64)
-                .await?
-                .try_collect()
-                .await?;
-            let cache = ConversationCache::new(newest);
-            let json = serde_json::to_string(&cache).unwrap_or_default();
-            views::cache::pipe_set_if_newer(
-                &mut pipe,
-                &self.keys.conversation(pair),
-                cache.version,
-                &json,
-                views::ttl::CONVERSATION,
-            );
-            writes += 1;
-        }
-        if self.publish_live_updates {
-            writes += self.publish_stream_entries(plan, &mut pipe).await?;
-        }
+        writes += self.update_conversation_caches(plan, &mut pipe).await?;
+        writes += self.publish_stream_entries(plan, &mut pipe).await?;
         if writes > 0 {
             let mut redis = self.redis.clone();
             pipe.query_async::<()>(&mut redis).await?;
         }
         Ok(())
+    }
+
+    /// Folds the messages this batch changed into the cached conversations:
+    /// one MongoDB read for all of them and one Redis `MGET`. Only a
+    /// conversation with no cache entry (new, expired, flushed) is read
+    /// afresh, with a sorted query of its own.
+    async fn update_conversation_caches(&self, plan: &Plan, pipe: &mut redis::Pipeline) -> Result<usize, StoreError> {
+        if plan.touched_conversations.is_empty() {
+            return Ok(0);
+        }
+        let collection = self.db.collection::<MessageDoc>(collections::MESSAGES);
+        let ids: Vec<String> = plan.touched_conversations.values().flatten().cloned().collect();
+        let mut changed: std::collections::HashMap<String, Vec<MessageDoc>> = std::collections::HashMap::new();
+        for message in find_by_ids(&collection, &ids).await? {
+            changed.entry(message.pair_key.clone()).or_default().push(message);
+        }
+        let keys: Vec<String> = plan.touched_conversations.keys().map(|pair| self.keys.conversation(pair)).collect();
+        let mut redis = self.redis.clone();
+        let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?;
+        for ((pair, key), cached) in plan.touched_conversations.keys().zip(&keys).zip(cached) {
+            let touched = changed.remove(pair.as_str()).unwrap_or_default();
+            let cache = match cached.and_then(|json| serde_json::from_str::<ConversationCache>(&json).ok()) {
+                Some(cache) => cache.merged(touched),
+                None => ConversationCache::new(
+                    collection
+                        .find(doc! { "pairKey": pair })
+                        .sort(doc! { "_id": -1 })
+                        .limit(views::CACHED_MESSAGES as i64)
+                        .await?
+                        .try_collect()
+                        .await?,
+                ),
+            };
+            let json = serde_json::to_string(&cache).unwrap_or_default();
+            views::cache::pipe_set_if_newer(pipe, key, cache.version, &json, views::ttl::CONVERSATION);
+        }
+        Ok(keys.len())
     }
 
     /// Adds this batch's live updates to the users' streams. Only events new
@@ -342,7 +522,9 @@ mod tests {
     fn conflicts_are_transient_and_rejected_writes_are_not() {
         let conflict = StoreError::WriteErrors { codes: vec![112], detail: String::new() };
         let rejected = StoreError::WriteErrors { codes: vec![2], detail: String::new() };
+        let duplicate = StoreError::WriteErrors { codes: vec![11000], detail: String::new() };
         assert!(conflict.is_transient());
+        assert!(duplicate.is_transient());
         assert!(!rejected.is_transient());
     }
 }

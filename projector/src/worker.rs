@@ -259,8 +259,14 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         let mut failures_while_reachable = 0;
         loop {
+            let lookup = Instant::now();
             let result = match self.store.already_processed(&counted).await {
                 Ok(processed) => {
+                    tracing::debug!(
+                        ids = counted.len(),
+                        elapsed_ms = lookup.elapsed().as_millis() as u64,
+                        "processed-id lookup"
+                    );
                     let mut plan = plan::plan(records, self.settings.presence_ttl, &processed);
                     for (partition, next) in &checkpoints {
                         let held = plan.checkpoints.entry(partition.clone()).or_insert(0);

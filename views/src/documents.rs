@@ -125,6 +125,20 @@ impl ConversationCache {
     pub fn new(items: Vec<MessageDoc>) -> Self {
         Self { version: items.iter().map(|m| m.version).max().unwrap_or(0), items }
     }
+
+    /// This cache with `touched` (new or changed messages of the same
+    /// conversation) folded in: the newest `crate::CACHED_MESSAGES` by id.
+    /// Equal to reading them afresh when this cache was: it holds either
+    /// every message or the newest ones, and a touched message older than
+    /// all it holds cannot be among the newest.
+    pub fn merged(self, touched: impl IntoIterator<Item = MessageDoc>) -> Self {
+        let mut by_id: std::collections::BTreeMap<String, MessageDoc> =
+            self.items.into_iter().map(|m| (m.message_id.clone(), m)).collect();
+        for message in touched {
+            by_id.insert(message.message_id.clone(), message);
+        }
+        Self::new(by_id.into_values().rev().take(crate::CACHED_MESSAGES).collect())
+    }
 }
 
 /// `presence` collection and `presence:<id>`. Online means `onlineUntil`
@@ -184,4 +198,48 @@ pub struct DailyStatsDoc {
     pub requests_accepted: i64,
     #[serde(default)]
     pub messages_sent: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(n: u64, text: &str) -> MessageDoc {
+        MessageDoc {
+            message_id: format!("m{n:04}"),
+            pair_key: "a:b".into(),
+            from_user_id: "a".into(),
+            to_user_id: "b".into(),
+            text: text.into(),
+            sent_at: DateTime::<Utc>::UNIX_EPOCH,
+            delivered_at: None,
+            read_at: None,
+            version: n,
+        }
+    }
+
+    #[test]
+    fn merging_equals_reading_the_newest_afresh() {
+        let all: Vec<MessageDoc> = (1..=60).map(|n| message(n, "hi")).collect();
+        let newest = |list: &[MessageDoc]| -> Vec<MessageDoc> {
+            let mut list = list.to_vec();
+            list.sort_by(|a, b| b.message_id.cmp(&a.message_id));
+            list.truncate(crate::CACHED_MESSAGES);
+            list
+        };
+        let cached = ConversationCache::new(newest(&all[..55]));
+        // Five new messages, an edit of a cached one, and a change to one
+        // too old to be cached.
+        let mut changed = all[55..].to_vec();
+        changed.push(message(30, "read"));
+        changed.push(message(2, "read"));
+        let mut now = all.clone();
+        now[29] = message(30, "read");
+        now[1] = message(2, "read");
+        assert_eq!(cached.merged(changed), ConversationCache::new(newest(&now)));
+        // A short conversation holds everything.
+        let short = ConversationCache::new(vec![message(1, "a")]).merged(vec![message(2, "b")]);
+        assert_eq!(short.items.iter().map(|m| m.version).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(short.version, 2);
+    }
 }
