@@ -2,8 +2,6 @@
 //! checkpoint (so the checkpoint never runs ahead of the views), then the
 //! Redis caches in one pipeline.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
@@ -102,31 +100,18 @@ impl ViewStore {
         let directory = self.keys.feed_directory();
         let mut pipe = redis::pipe();
         while let Some(user) = users.try_next().await? {
-            pipe.zadd(&directory, &user.user_id, 0).ignore();
-            let json = serde_json::to_string(&user).unwrap_or_default();
-            views::cache::pipe_set_if_newer(
-                &mut pipe,
-                &self.keys.user(&user.user_id),
-                user.version,
-                &json,
-                views::ttl::USER,
-            );
+            self.cache_user(&mut pipe, &directory, &user);
             written += self.flush_when_full(&mut pipe).await?;
         }
         let now = Utc::now();
         let mut sessions = self.db.collection::<SessionDoc>(collections::SESSIONS).find(doc! {}).await?;
         while let Some(session) = sessions.try_next().await? {
-            let Ok(ttl) = (session.expires_at - now).to_std() else { continue };
-            let json = serde_json::to_string(&session).unwrap_or_default();
-            let key = self.keys.session(&session.session_id);
-            views::cache::pipe_set_if_newer(&mut pipe, &key, session.version, &json, ttl);
+            self.cache_session(&mut pipe, &session, now);
             written += self.flush_when_full(&mut pipe).await?;
         }
         let mut presence = self.db.collection::<PresenceDoc>(collections::PRESENCE).find(doc! {}).await?;
         while let Some(doc) = presence.try_next().await? {
-            let json = serde_json::to_string(&doc).unwrap_or_default();
-            let key = self.keys.presence(&doc.user_id);
-            views::cache::pipe_set_if_newer(&mut pipe, &key, doc.version, &json, views::ttl::PRESENCE);
+            self.cache_presence(&mut pipe, &doc);
             written += self.flush_when_full(&mut pipe).await?;
         }
         // One sorted scan, newest first within each conversation: memory
@@ -143,10 +128,8 @@ impl ViewStore {
             if next.as_ref().is_none_or(|m| newest.first().is_some_and(|n| n.pair_key != m.pair_key))
                 && !newest.is_empty()
             {
-                let cache = ConversationCache::new(std::mem::take(&mut newest));
-                let key = self.keys.conversation(&cache.items[0].pair_key);
-                let json = serde_json::to_string(&cache).unwrap_or_default();
-                views::cache::pipe_set_if_newer(&mut pipe, &key, cache.version, &json, views::ttl::CONVERSATION);
+                let pair = newest[0].pair_key.clone();
+                self.cache_conversation(&mut pipe, &pair, &ConversationCache::new(std::mem::take(&mut newest)));
                 written += self.flush_when_full(&mut pipe).await?;
             }
             let Some(message) = next else { break };
@@ -157,6 +140,38 @@ impl ViewStore {
         let mut redis = self.redis.clone();
         pipe.query_async::<()>(&mut redis).await?;
         Ok(written + 1)
+    }
+
+    // What each view looks like in Redis, in one place for the per-batch
+    // refresh and the warm-up after a rebuild: versioned sets, so a cache
+    // entry never goes back in time.
+
+    /// A user's profile, and their member of the feed directory
+    /// (idempotent: score 0, ordered by id).
+    fn cache_user(&self, pipe: &mut redis::Pipeline, directory: &str, user: &UserDoc) {
+        pipe.zadd(directory, &user.user_id, 0).ignore();
+        let json = serde_json::to_string(user).unwrap_or_default();
+        views::cache::pipe_set_if_newer(pipe, &self.keys.user(&user.user_id), user.version, &json, views::ttl::USER);
+    }
+
+    /// A session until it expires; false (nothing cached) once it has.
+    fn cache_session(&self, pipe: &mut redis::Pipeline, session: &SessionDoc, now: chrono::DateTime<Utc>) -> bool {
+        let Ok(ttl) = (session.expires_at - now).to_std() else { return false };
+        let json = serde_json::to_string(session).unwrap_or_default();
+        views::cache::pipe_set_if_newer(pipe, &self.keys.session(&session.session_id), session.version, &json, ttl);
+        true
+    }
+
+    fn cache_presence(&self, pipe: &mut redis::Pipeline, presence: &PresenceDoc) {
+        let json = serde_json::to_string(presence).unwrap_or_default();
+        let key = self.keys.presence(&presence.user_id);
+        views::cache::pipe_set_if_newer(pipe, &key, presence.version, &json, views::ttl::PRESENCE);
+    }
+
+    fn cache_conversation(&self, pipe: &mut redis::Pipeline, pair: &str, cache: &ConversationCache) {
+        let json = serde_json::to_string(cache).unwrap_or_default();
+        let key = self.keys.conversation(pair);
+        views::cache::pipe_set_if_newer(pipe, &key, cache.version, &json, views::ttl::CONVERSATION);
     }
 
     /// Sends the pipeline once it holds 1000 commands; returns how many it sent.
@@ -362,16 +377,7 @@ impl ViewStore {
             let users = find_by_ids(&self.db.collection::<UserDoc>(collections::USERS), &ids).await?;
             let directory = self.keys.feed_directory();
             for user in users {
-                // Idempotent: a member is added once (score 0, ordered by id).
-                pipe.zadd(&directory, &user.user_id, 0).ignore();
-                let json = serde_json::to_string(&user).unwrap_or_default();
-                views::cache::pipe_set_if_newer(
-                    &mut pipe,
-                    &self.keys.user(&user.user_id),
-                    user.version,
-                    &json,
-                    views::ttl::USER,
-                );
+                self.cache_user(&mut pipe, &directory, &user);
                 writes += 1;
             }
         }
@@ -379,26 +385,15 @@ impl ViewStore {
             let ids: Vec<String> = plan.touched_sessions.iter().cloned().collect();
             let sessions = find_by_ids(&self.db.collection::<SessionDoc>(collections::SESSIONS), &ids).await?;
             let now = Utc::now();
-            for session in sessions.into_iter().filter(|s| s.expires_at > now) {
-                let ttl = (session.expires_at - now).to_std().unwrap_or(Duration::from_secs(1));
-                let json = serde_json::to_string(&session).unwrap_or_default();
-                views::cache::pipe_set_if_newer(
-                    &mut pipe,
-                    &self.keys.session(&session.session_id),
-                    session.version,
-                    &json,
-                    ttl,
-                );
-                writes += 1;
+            for session in sessions {
+                writes += usize::from(self.cache_session(&mut pipe, &session, now));
             }
         }
         if !plan.touched_presence.is_empty() {
             let ids: Vec<String> = plan.touched_presence.iter().cloned().collect();
             let docs = find_by_ids(&self.db.collection::<PresenceDoc>(collections::PRESENCE), &ids).await?;
             for presence in docs {
-                let json = serde_json::to_string(&presence).unwrap_or_default();
-                let key = self.keys.presence(&presence.user_id);
-                views::cache::pipe_set_if_newer(&mut pipe, &key, presence.version, &json, views::ttl::PRESENCE);
+                self.cache_presence(&mut pipe, &presence);
                 writes += 1;
             }
         }
@@ -428,7 +423,7 @@ impl ViewStore {
         let keys: Vec<String> = plan.touched_conversations.keys().map(|pair| self.keys.conversation(pair)).collect();
         let mut redis = self.redis.clone();
         let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?;
-        for ((pair, key), cached) in plan.touched_conversations.keys().zip(&keys).zip(cached) {
+        for (pair, cached) in plan.touched_conversations.keys().zip(cached) {
             let touched = changed.remove(pair.as_str()).unwrap_or_default();
             let cache = match cached.and_then(|json| serde_json::from_str::<ConversationCache>(&json).ok()) {
                 Some(cache) => cache.merged(touched),
@@ -442,8 +437,7 @@ impl ViewStore {
                         .await?,
                 ),
             };
-            let json = serde_json::to_string(&cache).unwrap_or_default();
-            views::cache::pipe_set_if_newer(pipe, key, cache.version, &json, views::ttl::CONVERSATION);
+            self.cache_conversation(pipe, pair, &cache);
         }
         Ok(keys.len())
     }

@@ -228,19 +228,26 @@ impl TestEnv {
 
     /// Spawns one of our binaries with the given environment.
     pub fn spawn(&self, binary: &str, env: &[(String, String)]) -> Proc {
+        self.spawn_logged(binary, &[], env, &format!("{binary}.log"))
+    }
+
+    /// Spawns a binary with arguments, its stderr appended to `log_name`.
+    fn spawn_logged(&self, binary: &str, args: &[&str], env: &[(String, String)], log_name: &str) -> Proc {
         let path = self.servers.bin_dir.join(binary);
         assert!(path.exists(), "{} is missing: `./dev test` builds it before the tests", path.display());
-        let log = self.dir.join(format!("{binary}.log"));
+        let log = self.dir.join(log_name);
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(&path)
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn()
-            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
-        Proc { name: binary.to_owned(), child, log }
+            .unwrap_or_else(|e| panic!("start {binary} {args:?}: {e}"));
+        let name = [binary].iter().chain(args).copied().collect::<Vec<_>>().join(" ");
+        Proc { name, child, log }
     }
 
     async fn start_service(&mut self, binary: &str, port: u16) -> Proc {
@@ -481,21 +488,10 @@ impl TestEnv {
     pub fn projector_operation(&self, args: &[&str], extra: &[(&str, &str)]) -> Proc {
         let mut vars = self.service_env();
         vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        let path = self.servers.bin_dir.join("projector");
         static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = self.dir.join(format!("projector-{}-{run}.log", args.first().copied().unwrap_or("run")));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
-        let child = Command::new(&path)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("start projector {args:?}: {e}"));
-        Proc { name: format!("projector {}", args.join(" ")), child, log }
+        let log = format!("projector-{}-{run}.log", args.first().copied().unwrap_or("run"));
+        self.spawn_logged("projector", args, &vars, &log)
     }
 
     /// The full name of a topic in this environment.
