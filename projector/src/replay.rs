@@ -180,7 +180,7 @@ impl Progress {
     fn finish(self) {
         self.task.abort();
         if let Some(bar) = self.bar {
-            bar.finish();
+            bar.finish_and_clear();
         }
     }
 }

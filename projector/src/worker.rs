@@ -147,7 +147,10 @@ impl Worker {
                         self.positions.register(topic, partition.id());
                     }
                 }
-                tracing::info!(partitions = all.count(), "assigned every partition; starting at the checkpoints");
+                tracing::info!(
+                    partitions = all.count(),
+                    "assigned every partition; each starts at its checkpoint, or offset 0 without one"
+                );
                 self.consumer.assign(&all)?;
             }
         }
