@@ -463,6 +463,8 @@ async fn main() -> anyhow::Result<()> {
                 .await;
         }
         client.database(&run).drop().await?;
+        // Not deleted: Tansu 0.6 answers DeleteTopics by losing its storage
+        // task (every later request fails until a restart), measured.
         println!("dropped the run's views (its topics stay: {prefix}*)");
     }
     Ok(())
