@@ -134,6 +134,8 @@ struct OpsState {
 
 #[derive(Clone)]
 struct Active {
+    /// The consumer group, which names the generation too.
+    projection: String,
     generation: Generation,
     store: ViewStore,
     positions: Positions,
@@ -183,6 +185,15 @@ async fn progress_report(State(state): State<OpsState>) -> Response {
     .into_response()
 }
 
+/// The lag gauges are set from the live positions at each scrape, so a
+/// scrape never shows an older position than `/readyz` would.
+async fn metrics_report(State(state): State<OpsState>) -> Response {
+    if let Some(active) = state.active() {
+        active.positions.export_metrics(&active.projection);
+    }
+    platform::http::metrics_response(&state.metrics)
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     match config.command.clone() {
         None => project_continuously(config).await,
@@ -207,7 +218,7 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/progress", get(progress_report))
-        .route("/metrics", get(|State(s): State<OpsState>| async move { platform::http::metrics_response(&s.metrics) }))
+        .route("/metrics", get(metrics_report))
         .with_state(ops.clone());
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let server = tokio::spawn(platform::http::serve(listener, platform::http::with_common_layers(router)));
@@ -226,11 +237,14 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
             &pipeline.config.kafka.brokers,
             pipeline.event_topics(),
             worker.positions.clone(),
-            group.clone(),
             Duration::from_secs(1),
         )?;
-        *ops.active.write().unwrap_or_else(PoisonError::into_inner) =
-            Some(Active { generation: generation.clone(), store, positions: worker.positions.clone() });
+        *ops.active.write().unwrap_or_else(PoisonError::into_inner) = Some(Active {
+            projection: group.clone(),
+            generation: generation.clone(),
+            store,
+            positions: worker.positions.clone(),
+        });
         tracing::info!(%group, %generation, "projecting");
         let stops =
             Stops { shutdown: stopped.clone(), follow: Some(current.clone()), generation, when_caught_up: false };

@@ -143,13 +143,12 @@ pub fn read_high_watermarks(
     Ok(())
 }
 
-/// Polls the high watermarks every `every` and exports the lag gauges,
-/// until the returned handle is dropped or aborted.
+/// Polls the high watermarks every `every`, until the returned handle is
+/// aborted. (The gauges are set when scraped, from the live positions.)
 pub fn spawn_watermark_poller(
     brokers: &str,
     topics: Vec<String>,
     positions: Positions,
-    projection: String,
     every: Duration,
 ) -> KafkaResult<tokio::task::JoinHandle<()>> {
     let client: Arc<BaseConsumer> = Arc::new(platform::kafka::client_config(brokers).create()?);
@@ -161,7 +160,7 @@ pub fn spawn_watermark_poller(
             })
             .await;
             match result {
-                Ok(Ok(())) => positions.export_metrics(&projection),
+                Ok(Ok(())) => {}
                 Ok(Err(err)) => tracing::warn!(error = %err, "reading high watermarks failed"),
                 Err(err) => tracing::warn!(error = %err, "the watermark reader panicked"),
             }

@@ -42,12 +42,10 @@ pub async fn run(pipeline: Pipeline, args: ReplayArgs) -> anyhow::Result<()> {
     let worker = pipeline.worker(&generation, store.clone(), !args.in_place, suffix, Partitions::All).await?;
     let positions = worker.positions.clone();
     let events = Arc::clone(&worker.events_applied);
-    let group = format!("{}{suffix}", generation.consumer_group(&pipeline.config.group_id));
     let poller = positions::spawn_watermark_poller(
         &pipeline.config.kafka.brokers,
         pipeline.event_topics(),
         positions.clone(),
-        group,
         Duration::from_millis(500),
     )?;
     let progress = Progress::start(args.progress, positions.clone(), Arc::clone(&events));

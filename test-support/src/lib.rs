@@ -273,6 +273,12 @@ impl TestEnv {
         self.command_api = Some(p);
     }
 
+    /// Starts the projector without waiting for it to be ready.
+    pub fn spawn_projector(&mut self) {
+        let proc = self.spawn("projector", &self.service_env());
+        self.projector = Some(proc);
+    }
+
     pub async fn start_projector(&mut self) {
         let p = self.start_service("projector", self.projector_port).await;
         self.projector = Some(p);
