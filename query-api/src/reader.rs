@@ -108,10 +108,6 @@ impl std::fmt::Debug for ViewReader {
 }
 
 impl ViewReader {
-    pub fn generation(&self) -> &Generation {
-        &self.generation
-    }
-
     pub async fn mongo_reachable(&self) -> bool {
         platform::mongo::ping(&self.client).await
     }

@@ -5,9 +5,10 @@
 //! while readers keep using the current one, then moves the pointer, in
 //! one single-document write, so no reader ever sees a half-built view.
 //!
-//! Everyone who touches views follows the pointer: the query API (reads),
-//! the projector (writes) and the command API (its revocation
-//! write-through). They poll it; a switch reaches them within one poll.
+//! Everyone who touches views follows the pointer: the query API (reads)
+//! and the projector (writes). They poll it; a switch reaches them within
+//! one poll. The command API writes no generation's keys (its revocation
+//! write-through goes to `revoked:<session>`, outside generations).
 
 use std::time::Duration;
 
@@ -95,10 +96,6 @@ impl Generations {
         Self { client, base: base_database.to_owned(), pointer }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// The database of a generation.
     pub fn database(&self, generation: &Generation) -> Database {
         self.client.database(&generation.database(&self.base))
@@ -144,14 +141,6 @@ impl Generations {
             // Finished between the two statements: start another.
             None => Box::pin(self.start_rebuild()).await,
         }
-    }
-
-    /// Forgets an unfinished rebuild (its views are dropped by the caller).
-    pub async fn abandon_rebuild(&self, generation: &Generation) -> mongodb::error::Result<()> {
-        self.pointer
-            .update_one(doc! { "_id": POINTER_ID, "building": generation.id() }, doc! { "$unset": { "building": "" } })
-            .await?;
-        Ok(())
     }
 
     /// Points readers at `generation`, in one single-document write (a
@@ -278,12 +267,6 @@ impl CurrentGeneration {
             }
         });
         Ok(Self(current))
-    }
-
-    /// A fixed generation, for tools that must not move.
-    pub fn fixed(generation: Generation) -> Self {
-        let (_publish, current) = watch::channel(generation);
-        Self(current)
     }
 
     pub fn get(&self) -> Generation {
