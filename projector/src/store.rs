@@ -137,9 +137,13 @@ impl ViewStore {
                 newest.push(message);
             }
         }
+        if pipe.is_empty() {
+            // Nothing projected at all (empty topics): nothing to cache.
+            return Ok(written);
+        }
         let mut redis = self.redis.clone();
         pipe.query_async::<()>(&mut redis).await?;
-        Ok(written + 1)
+        Ok(written + pipe.len() as u64)
     }
 
     // What each view looks like in Redis, in one place for the per-batch

@@ -311,3 +311,16 @@ async fn in_place_replays_change_nothing_and_rebuild_after_a_total_loss() {
     let read = env.query("/v1/profile", &token, Some(&ok(&edit, "edit"))).await;
     assert_eq!((read.status, read.body["about"].as_str()), (StatusCode::OK, Some("back")), "{:?}", read.body);
 }
+
+#[tokio::test]
+async fn a_rebuild_of_empty_topics_switches_to_empty_views() {
+    // A new deployment: nothing to apply, nothing to cache, still a switch.
+    let env = TestEnv::start().await;
+    let old = env.current_generation().await;
+    let log = replay(&env, &[]).await;
+    assert!(log.contains("readers switched") && log.contains(" events=0 "), "{log}");
+    let new = env.current_generation().await;
+    assert_ne!(new, old);
+    let views = env.view_snapshot(&new).await;
+    assert!(views.iter().all(|line| line.starts_with("redis feed:users")), "{views:#?}");
+}
