@@ -46,6 +46,12 @@ impl Positions {
         self.0.read().unwrap_or_else(PoisonError::into_inner).get(&(topic.to_owned(), partition))?.applied
     }
 
+    /// Where a consumer of this partition starts: the next offset to apply,
+    /// or offset 0 when nothing was applied.
+    pub fn start_offset(&self, topic: &str, partition: i32) -> Offset {
+        self.applied(topic, partition).map_or(Offset::Beginning, Offset::Offset)
+    }
+
     /// Records an applied position; positions never move back.
     pub fn set_applied(&self, topic: &str, partition: i32, next: i64) {
         self.with(|all| {
@@ -189,7 +195,7 @@ impl ConsumerContext for StartAtCheckpoints {
                 let assigned: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
                 for (topic, partition) in &assigned {
-                    let start = self.positions.applied(topic, *partition).map_or(Offset::Beginning, Offset::Offset);
+                    let start = self.positions.start_offset(topic, *partition);
                     if let Err(error) = tpl.set_partition_offset(topic, *partition, start) {
                         tracing::warn!(%error, topic, partition, "could not set a start offset");
                     }

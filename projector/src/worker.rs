@@ -119,6 +119,25 @@ fn checkpoints_past(messages: &[&BorrowedMessage<'_>]) -> BTreeMap<(String, i32)
     checkpoints
 }
 
+/// Waits between attempts: 100 ms, doubling up to 5 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(Duration::from_millis(100))
+    }
+
+    /// Sleeps, unless the worker is stopped first (then says why).
+    async fn wait(&mut self, stops: &mut Stops) -> Option<Ended> {
+        tokio::select! {
+            () = tokio::time::sleep(self.0) => {},
+            ended = stops.interrupted() => return Some(ended),
+        }
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        None
+    }
+}
+
 /// How applying one batch went.
 enum Outcome {
     Applied(Box<Plan>),
@@ -128,10 +147,10 @@ enum Outcome {
 }
 
 impl Worker {
-    /// Runs until stopped. A batch that fails while MongoDB is unreachable
-    /// is retried with backoff and never skipped: the views may lag, never
-    /// lose events. One that keeps failing while MongoDB answers is taken
-    /// apart, and only the record that fails alone is dead-lettered.
+    /// Runs until stopped. A batch that fails with a transient error
+    /// (outage, conflict) is retried with backoff and never skipped: the
+    /// views may lag, never lose events. One that keeps failing otherwise is
+    /// taken apart, and only the record that fails alone is dead-lettered.
     pub async fn run(self, mut stops: Stops) -> anyhow::Result<Ended> {
         let subscribed: Vec<String> = Topic::EVENT_TOPICS.iter().map(|t| self.topics.name(*t)).collect();
         match self.partitions {
@@ -141,9 +160,11 @@ impl Worker {
                 for topic in &subscribed {
                     let metadata = self.consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
                     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-                        let start =
-                            self.positions.applied(topic, partition.id()).map_or(Offset::Beginning, Offset::Offset);
-                        all.add_partition_offset(topic, partition.id(), start)?;
+                        all.add_partition_offset(
+                            topic,
+                            partition.id(),
+                            self.positions.start_offset(topic, partition.id()),
+                        )?;
                         self.positions.register(topic, partition.id());
                     }
                 }
@@ -203,9 +224,10 @@ impl Worker {
             }
         }
         let all: Vec<&BorrowedMessage<'_>> = messages.iter().collect();
-        let records: Vec<Record> = decoded.iter().map(|(_, r)| r.clone()).collect();
         // Dead-lettered records still move the checkpoint past themselves.
-        let events = match self.apply(&records, checkpoints_past(&all), stops).await? {
+        let checkpoints = checkpoints_past(&all);
+        let records: Vec<Record> = decoded.iter().map(|(_, r)| r.clone()).collect();
+        let events = match self.apply(&records, checkpoints.clone(), stops).await? {
             Outcome::Applied(plan) => plan.events,
             Outcome::Interrupted(ended) => return Ok(Some(ended)),
             Outcome::Poisoned(err) => {
@@ -223,14 +245,13 @@ impl Worker {
                     }
                 }
                 // Only the checkpoints now: the poison is dead-lettered.
-                let moved = Plan { checkpoints: checkpoints_past(&all), ..Plan::default() };
+                let moved = Plan { checkpoints: checkpoints.clone(), ..Plan::default() };
                 if let Some(ended) = self.apply_unbounded(&moved, stops).await {
                     return Ok(Some(ended));
                 }
                 events
             }
         };
-        let checkpoints = checkpoints_past(&all);
         self.commit_offsets(&checkpoints);
         for ((topic, partition), next) in &checkpoints {
             self.positions.set_applied(topic, *partition, *next);
@@ -259,8 +280,8 @@ impl Worker {
     ) -> anyhow::Result<Outcome> {
         let counted: Vec<uuid::Uuid> =
             records.iter().flat_map(|r| &r.commit).filter(|e| plan::counted(e)).map(|e| e.event_id).collect();
-        let mut backoff = Duration::from_millis(100);
-        let mut failures_while_reachable = 0;
+        let mut backoff = Backoff::new();
+        let mut rejections = 0;
         loop {
             let lookup = Instant::now();
             let result = match self.store.already_processed(&counted).await {
@@ -285,30 +306,26 @@ impl Worker {
             };
             metrics::counter!("projector_batch_failures_total").increment(1);
             if !err.is_transient() {
-                failures_while_reachable += 1;
-                if failures_while_reachable >= self.settings.apply_attempts {
+                rejections += 1;
+                if rejections >= self.settings.apply_attempts {
                     return Ok(Outcome::Poisoned(err));
                 }
             }
-            tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "applying a batch failed; retrying");
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {},
-                ended = stops.interrupted() => return Ok(Outcome::Interrupted(ended)),
+            tracing::warn!(error = %err, retry_in_ms = backoff.0.as_millis() as u64, "applying a batch failed; retrying");
+            if let Some(ended) = backoff.wait(stops).await {
+                return Ok(Outcome::Interrupted(ended));
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
     /// Applies a plan that cannot be poison (checkpoints only), until it lands.
     async fn apply_unbounded(&self, plan: &Plan, stops: &mut Stops) -> Option<Ended> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         while let Err(err) = self.store.apply(plan).await {
             tracing::warn!(error = %err, "moving the checkpoints failed; retrying");
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {},
-                ended = stops.interrupted() => return Some(ended),
+            if let Some(ended) = backoff.wait(stops).await {
+                return Some(ended);
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         None
     }

@@ -208,8 +208,9 @@ impl Generations {
     }
 }
 
-/// SCAN + UNLINK: never a blocking `KEYS` on a live server.
-async fn delete_keys_matching(redis: &mut redis::aio::ConnectionManager, pattern: &str) -> redis::RedisResult<u64> {
+/// Deletes the keys matching `pattern`, returning how many. SCAN + UNLINK:
+/// never a blocking `KEYS` on a live server.
+pub async fn delete_keys_matching(redis: &mut redis::aio::ConnectionManager, pattern: &str) -> redis::RedisResult<u64> {
     let mut cursor: u64 = 0;
     let mut removed = 0;
     loop {

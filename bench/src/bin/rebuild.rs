@@ -449,19 +449,13 @@ async fn main() -> anyhow::Result<()> {
     println!("replay log: {}", log_path.display());
 
     if !args.keep {
-        let mut redis = platform::redis_conn::connect(&args.redis_url)?;
-        let keys = views::keys::RedisKeys::new(format!("{run}:"));
-        let pointer = generations.pointer().await?;
-        if let Some(current) = pointer.map(|p| p.current) {
-            let _ = generations.drop_generation(&before, &mut redis, &keys).await;
-            client.database(&current.database(&run)).drop().await?;
-            let _ = redis::cmd("EVAL")
-                .arg("for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('UNLINK', k) end return 0")
-                .arg(0)
-                .arg(format!("{run}:*"))
-                .query_async::<i64>(&mut redis)
-                .await;
+        // The replay dropped the generation it replaced; this drops the one
+        // it built, every Redis key of the run, and the pointer's database.
+        if let Some(pointer) = generations.pointer().await? {
+            client.database(&pointer.current.database(&run)).drop().await?;
         }
+        let mut redis = platform::redis_conn::connect(&args.redis_url)?;
+        views::generation::delete_keys_matching(&mut redis, &format!("{run}:*")).await?;
         client.database(&run).drop().await?;
         // Not deleted: Tansu 0.6 answers DeleteTopics by losing its storage
         // task (every later request fails until a restart), measured.
