@@ -9,22 +9,59 @@ pub mod mongo;
 pub mod redis_conn;
 pub mod telemetry;
 
-/// Retries a start-up step for up to 60 s while a dependency comes up.
+/// Retries a step until it succeeds, waiting 0.5 s, doubling up to 5 s,
+/// with one log line per failed attempt. A dependency that is down is a
+/// reason to wait and report not-ready, never to exit: the process carries
+/// on by itself when the broker, MongoDB or Redis comes back.
 pub async fn with_retry<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut backoff = Backoff::new(std::time::Duration::from_millis(500), std::time::Duration::from_secs(5));
     loop {
         match attempt().await {
             Ok(v) => return Ok(v),
-            Err(err) if std::time::Instant::now() < deadline => {
-                tracing::warn!(error = %err, "{what} failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), retry_in_ms = backoff.next_delay().as_millis() as u64, "{what} failed; retrying");
+                backoff.wait().await;
             }
-            Err(err) => return Err(err.context(format!("{what} kept failing for 60 s"))),
         }
+    }
+}
+
+/// Exponential backoff: each wait doubles, up to a ceiling; `reset` after a
+/// success. One instance per thing retried, so each logs once per step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: std::time::Duration,
+    max: std::time::Duration,
+    next: std::time::Duration,
+}
+
+impl Backoff {
+    pub fn new(first: std::time::Duration, max: std::time::Duration) -> Self {
+        Self { first, max, next: first }
+    }
+
+    /// How long the next `wait` sleeps.
+    pub fn next_delay(&self) -> std::time::Duration {
+        self.next
+    }
+
+    /// The delay to use now; the next one doubles.
+    pub fn step(&mut self) -> std::time::Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.max);
+        now
+    }
+
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.step()).await;
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.first;
     }
 }
 
