@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use platform::config::{JwtArgs, KafkaArgs, LogArgs, RedisArgs, parse_duration};
+use platform::config::{JwtArgs, KafkaArgs, LogArgs, MongoArgs, RedisArgs, parse_duration};
 
 /// The write side of DevConnect: validates commands against the write model
 /// rebuilt from Kafka and appends their events.
@@ -14,6 +14,10 @@ pub struct Config {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// Where revocations are recorded (the base database's `revocations`,
+    /// outside every view generation), so a logout holds whatever Redis does.
+    #[command(flatten)]
+    pub mongo: MongoArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]

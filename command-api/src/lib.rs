@@ -36,6 +36,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })
     .await?;
     let redis = platform::redis_conn::connect(&config.redis.url)?;
+    let mongo = platform::mongo::connect(&config.mongo.uri, "devconnect-command-api").await?;
+    let revocations = views::revocation::collection(&mongo, &config.mongo.database);
     let redis_keys = RedisKeys::new(config.redis.prefix.clone());
     let limits = LoginLimits {
         per_account: config.login_max_failures_per_account,
@@ -47,6 +49,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         LoginThrottle::new(redis.clone(), redis_keys.clone(), limits),
         redis,
         redis_keys,
+        revocations,
         config.session_ttl,
     ));
 
@@ -75,7 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let mut every = tokio::time::interval(Duration::from_secs(600));
         loop {
             every.tick().await;
-            pruner.prune();
+            pruner.prune().await;
         }
     });
     server.await??;

@@ -143,6 +143,8 @@ pub struct CommandService {
     throttle: LoginThrottle,
     redis: ConnectionManager,
     keys: RedisKeys,
+    /// Durable revocation records, which the query API learns logouts from.
+    revocations: mongodb::Collection<views::revocation::RevocationDoc>,
     session_ttl: chrono::Duration,
     /// Signalled when an append failed: the model may now differ from the log.
     resync_needed: tokio::sync::Notify,
@@ -160,6 +162,7 @@ impl CommandService {
         throttle: LoginThrottle,
         redis: ConnectionManager,
         keys: RedisKeys,
+        revocations: mongodb::Collection<views::revocation::RevocationDoc>,
         session_ttl: std::time::Duration,
     ) -> Self {
         Self {
@@ -170,6 +173,7 @@ impl CommandService {
             throttle,
             redis,
             keys,
+            revocations,
             session_ttl: chrono::Duration::from_std(session_ttl).unwrap_or(chrono::Duration::hours(8)),
             resync_needed: tokio::sync::Notify::new(),
         }
@@ -233,8 +237,11 @@ impl CommandService {
         }
     }
 
-    pub fn prune(&self) {
+    pub async fn prune(&self) {
         self.write().prune(Utc::now());
+        if let Err(err) = views::revocation::prune(&self.revocations).await {
+            tracing::warn!(error = %err, "pruning expired revocation records failed; trying again later");
+        }
     }
 
     fn ensure_ready(&self) -> Result<(), CommandError> {
@@ -665,36 +672,70 @@ impl CommandService {
         Ok(Self::outcome(&envelopes, position))
     }
 
-    /// Writes revocations straight to Redis (`revoked:<session>`) so logout
-    /// takes effect on the query API at once (the one deliberate
-    /// write-through, DESIGN.md §1). Best effort: the projector writes the
-    /// same fact into the session view from the event moments later.
+    /// Records revocations where the query API learns them even if Redis
+    /// loses everything: a document per session in MongoDB's base database
+    /// (outside generations), then `revoked:<session>` in Redis for the
+    /// fastest path. Both before the command answers, so a logout holds on
+    /// both APIs at once (ARCHITECTURE.md, "Why a logout holds"). The event
+    /// is already durable: if MongoDB stays unreachable for the whole retry
+    /// budget the answer still goes out, the Redis key covers the gap, and
+    /// the projector writes the revocation into the session view.
     async fn write_through_revocations(&self, user_id: Uuid, envelopes: &[Envelope]) {
         let state = self.read().user(user_id).cloned();
         let Some(state) = state else { return };
-        let mut pipe = redis::pipe();
-        let mut revoked_any = false;
+        let now = Utc::now();
+        let mut records = Vec::new();
         for envelope in envelopes {
             let Event::User(UserEvent::SessionsRevoked(revoked)) = &envelope.event else { continue };
             for session_id in &revoked.session_ids {
                 let Some(session) = state.sessions.get(session_id) else { continue };
-                // Kept as long as the token could be presented, no longer.
-                let ttl_ms = (session.expires_at - Utc::now()).num_milliseconds().max(1);
-                pipe.cmd("SET")
-                    .arg(self.keys.revoked_session(&session_id.to_string()))
-                    .arg(1)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .ignore();
-                revoked_any = true;
+                records.push(views::revocation::RevocationDoc {
+                    session_id: session_id.to_string(),
+                    user_id: user_id.to_string(),
+                    expires_at: session.expires_at,
+                    recorded_at: now,
+                });
             }
         }
-        if !revoked_any {
+        if records.is_empty() {
             return;
         }
+        let (durable, cached) = tokio::join!(self.record_revocations(&records), self.cache_revocations(&records));
+        if !durable && !cached {
+            tracing::error!(%user_id, "no revocation record could be written; the query API learns it from the projector");
+        }
+    }
+
+    /// The durable record, retried for up to about two seconds.
+    async fn record_revocations(&self, records: &[views::revocation::RevocationDoc]) -> bool {
+        let mut backoff =
+            platform::Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_millis(800));
+        for attempt in 1..=4 {
+            match views::revocation::record(&self.revocations, records).await {
+                Ok(()) => return true,
+                Err(err) if attempt == 4 => {
+                    tracing::warn!(error = %err, "recording a revocation in MongoDB failed");
+                }
+                Err(_) => backoff.wait().await,
+            }
+        }
+        false
+    }
+
+    /// `revoked:<session>`, kept as long as the token could be presented.
+    async fn cache_revocations(&self, records: &[views::revocation::RevocationDoc]) -> bool {
+        let mut pipe = redis::pipe();
+        for record in records {
+            let ttl_ms = (record.expires_at - Utc::now()).num_milliseconds().max(1);
+            pipe.cmd("SET").arg(self.keys.revoked_session(&record.session_id)).arg(1).arg("PX").arg(ttl_ms).ignore();
+        }
         let mut redis = self.redis.clone();
-        if let Err(err) = pipe.query_async::<()>(&mut redis).await {
-            tracing::warn!(error = %err, %user_id, "revocation write-through failed; the projector will write it");
+        match pipe.query_async::<()>(&mut redis).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "revocation write-through to redis failed");
+                false
+            }
         }
     }
 }

@@ -18,6 +18,10 @@ pub struct Config {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// How often to read new revocation records: the longest a logout takes
+    /// to hold here when Redis has lost its `revoked:` keys.
+    #[arg(long, env = "DEVCONNECT_REVOCATION_POLL", default_value = "250ms", value_parser = parse_duration)]
+    pub revocation_poll: Duration,
     /// Longest a read carrying X-Consistency-Token waits for the views.
     #[arg(long, env = "DEVCONNECT_CONSISTENCY_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub consistency_wait: Duration,

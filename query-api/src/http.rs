@@ -24,6 +24,8 @@ use crate::reader::{Freshness, ReadError, ViewReader, ViewSource};
 #[derive(Clone)]
 pub struct AppState {
     pub views: ViewSource,
+    /// Revoked sessions, from the durable records the command API writes.
+    pub revocations: views::revocation::RevocationList,
     /// For the dedicated connection each open stream holds: a blocking
     /// XREAD would stall a shared multiplexed connection for everyone.
     pub stream_redis: redis::Client,
@@ -51,6 +53,8 @@ pub enum ApiError {
     Read(#[from] ReadError),
     #[error("the live stream is unavailable; retry shortly")]
     StreamUnavailable,
+    #[error("sessions cannot be checked yet; retry shortly")]
+    RevocationsUnknown,
 }
 
 impl IntoResponse for ApiError {
@@ -60,6 +64,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated => error_response(StatusCode::UNAUTHORIZED, "invalid_token", &message, None),
             ApiError::BadRequest { code, .. } => error_response(StatusCode::BAD_REQUEST, code, &message, None),
             ApiError::NotFound { code, .. } => error_response(StatusCode::NOT_FOUND, code, &message, None),
+            ApiError::RevocationsUnknown => {
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", &message, Some(1))
+            }
             ApiError::StreamUnavailable => {
                 error_response(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", &message, Some(1))
             }
@@ -83,8 +90,10 @@ impl IntoResponse for ApiError {
 ///
 /// Only the command API signs tokens, and only after the session's start
 /// is durably in Kafka; a session the views have not seen yet is therefore
-/// genuine and merely not projected. Revocation is what must be checked,
-/// and it is written through to Redis at once and projected to MongoDB.
+/// genuine and merely not projected. Revocation is what must be checked:
+/// the durable revocation records (held in memory, polled), Redis'
+/// `revoked:` keys and the session view each refuse on their own. Until
+/// the records were loaded once, nobody is let in (fail closed).
 #[derive(Debug, Clone)]
 pub struct Caller(pub Claims);
 
@@ -94,6 +103,13 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = platform::auth::token_from_headers(&parts.headers).ok_or(ApiError::Unauthenticated)?;
         let claims = state.jwt.verify(&token).map_err(|_| ApiError::Unauthenticated)?;
+        let session_id = claims.jti.to_string();
+        if !state.revocations.is_loaded() {
+            return Err(ApiError::RevocationsUnknown);
+        }
+        if state.revocations.is_revoked(&session_id) {
+            return Err(ApiError::Unauthenticated);
+        }
         match state.views.reader().session(&claims.jti.to_string()).await? {
             Some(session) if session.revoked || session.user_id != claims.sub.to_string() => {
                 Err(ApiError::Unauthenticated)
@@ -654,7 +670,8 @@ pub async fn stream(
 async fn readyz(State(state): State<AppState>) -> Response {
     let reader = state.views.reader();
     let (mongo, redis) = (reader.mongo_reachable().await, reader.redis_reachable().await);
-    platform::http::readiness_response(&[("mongo", mongo), ("redis", redis)])
+    let revocations = state.revocations.is_loaded();
+    platform::http::readiness_response(&[("mongo", mongo), ("redis", redis), ("revocations", revocations)])
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -26,10 +26,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(CurrentGeneration::follow(generations.clone(), config.mongo.generation_poll).await?)
     })
     .await?;
+    // Logouts are learnt from the durable revocation records, polled: a
+    // flushed or absent Redis cannot make a revoked token pass.
+    let revocations = views::revocation::RevocationList::default();
+    revocations.spawn_poller(views::revocation::collection(&mongo, &config.mongo.database), config.revocation_poll);
     let views = ViewSource::new(mongo, &config.mongo.database, redis, keys.clone(), current);
     views.reader();
     let stream_redis = redis::Client::open(config.redis.url.as_str())?;
-    let state = http::AppState { views, stream_redis, keys, jwt, metrics, consistency_wait: config.consistency_wait };
+    let state = http::AppState {
+        views,
+        revocations,
+        stream_redis,
+        keys,
+        jwt,
+        metrics,
+        consistency_wait: config.consistency_wait,
+    };
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     platform::http::serve(listener, http::router(state)).await

@@ -7,6 +7,7 @@ pub mod consistency;
 pub mod documents;
 pub mod generation;
 pub mod keys;
+pub mod revocation;
 
 pub use consistency::ConsistencyToken;
 pub use documents::{
@@ -47,6 +48,15 @@ pub mod collections {
     /// Applied position per topic partition, written in the same transaction
     /// as the view changes it covers.
     pub const CHECKPOINTS: &str = "checkpoints";
+    /// Cache keys whose refresh failed while Redis was unreachable, written
+    /// with (or right after) the views they cover; the projector deletes the
+    /// keys once Redis answers again, then these documents.
+    pub const STALE_CACHES: &str = "stale_caches";
+    /// In the base database, outside every generation: one document per
+    /// revoked session (`_id` the session id, `expiresAt`), written by the
+    /// command API before it answers a logout. The query API learns
+    /// revocations from here, so a logout holds whatever Redis does.
+    pub const REVOCATIONS: &str = "revocations";
 }
 
 /// Cache lifetimes (DOMAIN.md "Redis keys").
