@@ -60,6 +60,12 @@ pub struct Tuning {
     /// write conflicts are retried without limit: they are not poison.
     #[arg(long, env = "DEVCONNECT_PROJECTOR_APPLY_ATTEMPTS", default_value_t = 5, global = true)]
     pub apply_attempts: u32,
+    /// How long a partition of another group member may lag without moving
+    /// before this projector rejoins the group to take it over. Above the
+    /// consumer session timeout (10 s) plus a rebalance, so a live member's
+    /// pause or a normal rebalance never triggers it.
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_STALL_AFTER", default_value = "20s", value_parser = parse_duration, global = true)]
+    pub stall_after: Duration,
     /// Most records behind the topics' ends at which /readyz still says
     /// caught up.
     #[arg(long, env = "DEVCONNECT_PROJECTOR_READY_LAG", default_value_t = 100, global = true)]

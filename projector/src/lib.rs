@@ -2,6 +2,7 @@
 //! It never decides anything (ARCHITECTURE.md).
 
 pub mod config;
+pub mod leases;
 pub mod plan;
 pub mod positions;
 pub mod redrive;
@@ -9,7 +10,7 @@ pub mod replay;
 pub mod store;
 pub mod worker;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use views::generation::{CurrentGeneration, Generation, Generations};
 use views::keys::RedisKeys;
 
 use crate::config::{Config, Operation};
-use crate::positions::{Positions, StartAtCheckpoints};
+use crate::positions::{Positions, StallWatch, StartAtCheckpoints};
 use crate::store::ViewStore;
 use crate::worker::{Ended, Partitions, Stops, Worker, WorkerSettings};
 
@@ -38,6 +39,9 @@ pub struct Pipeline {
     pub redis: ConnectionManager,
     pub keys: RedisKeys,
     pub generations: Generations,
+    /// This process's transaction sessions, so a successor can abort
+    /// what it leaves open if it dies mid-batch.
+    pub leases: leases::SessionLeases,
 }
 
 impl Pipeline {
@@ -53,7 +57,8 @@ impl Pipeline {
         let redis = platform::redis_conn::connect(&config.redis.url)?;
         let keys = RedisKeys::new(config.redis.prefix.clone());
         let generations = Generations::new(mongo.clone(), &config.mongo.database);
-        Ok(Self { config, topics, mongo, redis, keys, generations })
+        let leases = leases::SessionLeases::new(&mongo, &config.mongo.database);
+        Ok(Self { config, topics, mongo, redis, keys, generations, leases })
     }
 
     pub fn event_topics(&self) -> Vec<String> {
@@ -67,6 +72,7 @@ impl Pipeline {
             &generation.database(&self.config.mongo.database),
             self.redis.clone(),
             generation.redis_keys(&self.keys),
+            self.leases.clone(),
         );
         platform::with_retry("creating indexes", || async { Ok(store.ensure_indexes().await?) }).await?;
         Ok(store)
@@ -120,6 +126,8 @@ impl Pipeline {
             positions,
             events_applied: Arc::new(AtomicU64::new(0)),
             partitions,
+            stalls: StallWatch::new(tuning.stall_after),
+            caches_degraded: AtomicBool::new(false),
         })
     }
 }
@@ -208,6 +216,7 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
     let metrics = platform::http::install_metrics()?;
     let listen = config.listen;
     let pipeline = Pipeline::connect(config).await?;
+    let _heartbeat = pipeline.leases.spawn_heartbeat();
     let current = platform::with_retry("reading the view generation", || async {
         Ok(CurrentGeneration::follow(pipeline.generations.clone(), pipeline.config.mongo.generation_poll).await?)
     })
@@ -228,11 +237,24 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
         platform::shutdown_signal().await;
         let _ = stop.send(true);
     });
+    // Nothing but a shutdown ends this loop: a worker that fails (the
+    // broker, MongoDB or Redis gone) is built afresh after a backoff, and
+    // its partitions start again at the store's checkpoints.
+    let mut failures = platform::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    // Rejoins that brought nothing (no event applied in between), and the
+    // group suffix: Tansu 0.6 can keep a group stuck on a dead leader that
+    // no leave or join clears (docs/self-healing.md, "Partition ownership"); after
+    // two fruitless rejoins this member moves to a group of its own. Safe:
+    // where a partition starts is the store's checkpoint, never the
+    // group's offsets, and applying is idempotent.
+    let mut fruitless_rejoins = 0;
+    let mut group_suffix = String::new();
     loop {
         let generation = current.get();
         let store = pipeline.store(&generation).await?;
-        let worker = pipeline.worker(&generation, store.clone(), true, "", Partitions::Group).await?;
-        let group = generation.consumer_group(&pipeline.config.group_id);
+        let worker = pipeline.worker(&generation, store.clone(), true, &group_suffix, Partitions::Group).await?;
+        let applied = Arc::clone(&worker.events_applied);
+        let group = format!("{}{group_suffix}", generation.consumer_group(&pipeline.config.group_id));
         let poller = positions::spawn_watermark_poller(
             &pipeline.config.kafka.brokers,
             pipeline.event_topics(),
@@ -250,11 +272,30 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
             Stops { shutdown: stopped.clone(), follow: Some(current.clone()), generation, when_caught_up: false };
         let ended = worker.run(stops).await;
         poller.abort();
-        match ended? {
-            Ended::GenerationChanged => {
+        match ended {
+            Ok(Ended::GenerationChanged) => {
                 tracing::info!(generation = %current.get(), "the view generation changed; moving to it");
             }
-            Ended::Shutdown | Ended::CaughtUp => break,
+            Ok(Ended::Rejoin) => {
+                fruitless_rejoins =
+                    if applied.load(std::sync::atomic::Ordering::Relaxed) == 0 { fruitless_rejoins + 1 } else { 1 };
+                if fruitless_rejoins > 2 {
+                    group_suffix = format!(".r{}", chrono::Utc::now().timestamp_millis());
+                    fruitless_rejoins = 0;
+                    tracing::warn!(%group_suffix, "rejoining did not help; moving to a consumer group of its own");
+                } else {
+                    tracing::info!("building the consumer afresh (leaving and joining the group)");
+                }
+            }
+            Ok(Ended::Shutdown | Ended::CaughtUp) => break,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), retry_in_ms = failures.next_delay().as_millis() as u64, "the projection stopped; starting it again");
+                let mut shutdown = stopped.clone();
+                tokio::select! {
+                    () = failures.wait() => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
         }
     }
     server.await??;

@@ -60,6 +60,14 @@ impl Positions {
         });
     }
 
+    /// Sets an applied position exactly, also backwards: the store's
+    /// checkpoint after it lost writes, or another member's progress.
+    pub fn rewind(&self, topic: &str, partition: i32, next: i64) {
+        self.with(|all| {
+            all.entry((topic.to_owned(), partition)).or_default().applied = Some(next);
+        });
+    }
+
     pub fn set_high(&self, topic: &str, partition: i32, high: i64) {
         self.set_highs([((topic.to_owned(), partition), high)]);
     }
@@ -126,6 +134,57 @@ impl Positions {
                 metrics::gauge!("projector_lag", &labels).set(lag as f64);
             }
         }
+    }
+}
+
+/// Notices partitions that lag while nobody advances them: not ours, behind
+/// the topic's end, and at the same checkpoint for longer than `stall_after`.
+/// On Tansu 0.6 a member killed outright can keep its partitions in the
+/// group forever (docs/self-healing.md, "Partition ownership"); on Apache Kafka the
+/// session timeout frees them, and this never fires.
+#[derive(Debug)]
+pub struct StallWatch {
+    stall_after: Duration,
+    seen: std::sync::Mutex<BTreeMap<(String, i32), LastMove>>,
+}
+
+/// A partition's applied position when last seen, and since when it has
+/// been there.
+type LastMove = (Option<i64>, std::time::Instant);
+
+impl StallWatch {
+    pub fn new(stall_after: Duration) -> Self {
+        Self { stall_after, seen: std::sync::Mutex::default() }
+    }
+
+    /// The partitions stalled at `now`, given every position and the
+    /// partitions this member owns.
+    pub fn observe(
+        &self,
+        positions: &BTreeMap<(String, i32), PartitionPosition>,
+        owned: &std::collections::BTreeSet<(String, i32)>,
+        now: std::time::Instant,
+    ) -> Vec<(String, i32)> {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut stalled = Vec::new();
+        for (partition, position) in positions {
+            let lagging = position.lag().is_some_and(|lag| lag > 0);
+            if owned.contains(partition) || !lagging {
+                seen.remove(partition);
+                continue;
+            }
+            let since = match seen.get(partition) {
+                Some((applied, since)) if *applied == position.applied => *since,
+                _ => {
+                    seen.insert(partition.clone(), (position.applied, now));
+                    now
+                }
+            };
+            if now.duration_since(since) >= self.stall_after {
+                stalled.push(partition.clone());
+            }
+        }
+        stalled
     }
 }
 
@@ -219,6 +278,32 @@ impl ConsumerContext for StartAtCheckpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_stalls_when_it_lags_unowned_and_unmoving() {
+        let watch = StallWatch::new(Duration::from_secs(10));
+        let start = std::time::Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let ours = ("t".to_owned(), 0);
+        let theirs = ("t".to_owned(), 1);
+        let idle = ("t".to_owned(), 2);
+        let owned: std::collections::BTreeSet<_> = [ours.clone()].into();
+        let mut positions = BTreeMap::new();
+        positions.insert(ours.clone(), PartitionPosition { applied: Some(1), high: Some(9) });
+        positions.insert(theirs.clone(), PartitionPosition { applied: Some(3), high: Some(9) });
+        positions.insert(idle.clone(), PartitionPosition { applied: Some(9), high: Some(9) });
+        assert!(watch.observe(&positions, &owned, at(0)).is_empty(), "given: nothing seen yet");
+        assert!(watch.observe(&positions, &owned, at(9)).is_empty(), "not yet for long enough");
+        assert_eq!(watch.observe(&positions, &owned, at(10)), vec![theirs.clone()], "lagging, unowned, unmoving");
+
+        positions.insert(theirs.clone(), PartitionPosition { applied: Some(4), high: Some(9) });
+        assert!(watch.observe(&positions, &owned, at(11)).is_empty(), "it moved: the clock starts again");
+        assert!(watch.observe(&positions, &owned, at(20)).is_empty());
+        assert_eq!(watch.observe(&positions, &owned, at(21)), vec![theirs.clone()]);
+
+        let now_ours: std::collections::BTreeSet<_> = [ours, theirs].into();
+        assert!(watch.observe(&positions, &now_ours, at(40)).is_empty(), "owned partitions never stall here");
+    }
 
     #[test]
     fn lag_is_high_watermark_minus_applied() {

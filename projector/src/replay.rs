@@ -22,6 +22,7 @@ use crate::worker::{Ended, Partitions, Stops};
 
 pub async fn run(pipeline: Pipeline, args: ReplayArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let _heartbeat = pipeline.leases.spawn_heartbeat();
     let generations = &pipeline.generations;
     let (generation, resumed) = if args.in_place {
         (generations.current_or_create().await?, false)
@@ -62,7 +63,7 @@ pub async fn run(pipeline: Pipeline, args: ReplayArgs) -> anyhow::Result<()> {
     let applied = events.load(Ordering::Relaxed);
     match ended? {
         Ended::CaughtUp => {}
-        Ended::Shutdown | Ended::GenerationChanged => {
+        Ended::Shutdown | Ended::GenerationChanged | Ended::Rejoin => {
             tracing::warn!(%generation, applied, "rebuild interrupted; run it again to resume where it stopped");
             return Ok(());
         }

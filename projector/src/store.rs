@@ -28,6 +28,20 @@ impl StoreError {
     /// timeouts, write conflicts (another writer, or the open transaction
     /// of a projector that was killed, which the server aborts after about
     /// a minute). Only other errors can mean a poison event.
+    /// A write conflict: another transaction holds the documents (possibly
+    /// one a dead projector left open).
+    pub fn is_conflict(&self) -> bool {
+        const WRITE_CONFLICT: i32 = 112;
+        match self {
+            StoreError::WriteErrors { codes, .. } => codes.contains(&WRITE_CONFLICT),
+            StoreError::Mongo(err) => {
+                matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
+                    || err.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+            }
+            StoreError::Redis(_) => false,
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
         const WRITE_CONFLICT: i32 = 112;
@@ -70,6 +84,7 @@ pub struct ViewStore {
     redis: ConnectionManager,
     keys: RedisKeys,
     mode: Mode,
+    leases: crate::leases::SessionLeases,
 }
 
 impl std::fmt::Debug for ViewStore {
@@ -79,9 +94,23 @@ impl std::fmt::Debug for ViewStore {
 }
 
 impl ViewStore {
-    pub fn new(client: Client, database: &str, redis: ConnectionManager, keys: RedisKeys) -> Self {
+    pub fn new(
+        client: Client,
+        database: &str,
+        redis: ConnectionManager,
+        keys: RedisKeys,
+        leases: crate::leases::SessionLeases,
+    ) -> Self {
         let db = client.database(database);
-        Self { client, db, redis, keys, mode: Mode::Live }
+        Self { client, db, redis, keys, mode: Mode::Live, leases }
+    }
+
+    /// Aborts transactions left open by projectors that died mid-batch
+    /// (`leases`), so their documents are not blocked for a minute.
+    pub async fn reap_orphaned_transactions(&self) {
+        if let Err(err) = self.leases.reap().await {
+            tracing::debug!(error = %err, "could not reap orphaned transactions yet");
+        }
     }
 
     /// A store for rebuilding: MongoDB only per batch, caches at the end.
@@ -233,24 +262,86 @@ impl ViewStore {
         }
     }
 
-    pub async fn apply(&self, plan: &Plan) -> Result<(), StoreError> {
+    /// Applies the MongoDB half of a plan in one transaction: the views,
+    /// the processed-id keys, the checkpoints, and `stale` (cache keys to
+    /// drop once Redis is back, while it is not). The caches are refreshed
+    /// separately (`refresh_caches`), so a Redis outage never stops the views.
+    pub async fn apply(&self, plan: &Plan, stale: &[String]) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        self.apply_mongo(plan).await?;
-        let mongo = started.elapsed();
-        if self.mode == Mode::Live {
-            self.refresh_caches(plan).await?;
-        }
-        metrics::histogram!("projector_mongo_seconds").record(mongo.as_secs_f64());
-        metrics::histogram!("projector_cache_seconds").record((started.elapsed() - mongo).as_secs_f64());
-        tracing::debug!(
-            mongo_ms = mongo.as_millis() as u64,
-            caches_ms = (started.elapsed() - mongo).as_millis() as u64,
-            "batch stored"
-        );
+        self.apply_mongo(plan, stale).await?;
+        metrics::histogram!("projector_mongo_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(mongo_ms = started.elapsed().as_millis() as u64, "batch stored");
         Ok(())
     }
 
-    async fn apply_mongo(&self, plan: &Plan) -> Result<(), StoreError> {
+    /// Whether this store refreshes caches per batch (not while rebuilding).
+    pub fn refreshes_caches(&self) -> bool {
+        self.mode == Mode::Live
+    }
+
+    /// Every cache key a plan's refresh writes (besides stream entries,
+    /// which are a delivery channel, not a cache).
+    pub fn cache_keys(&self, plan: &Plan) -> Vec<String> {
+        let users = plan.touched_users.iter().map(|id| self.keys.user(id));
+        let sessions = plan.touched_sessions.iter().map(|id| self.keys.session(id));
+        let presence = plan.touched_presence.iter().map(|id| self.keys.presence(id));
+        let conversations = plan.touched_conversations.keys().map(|pair| self.keys.conversation(pair));
+        users.chain(sessions).chain(presence).chain(conversations).collect()
+    }
+
+    /// Records cache keys that may now be stale (their refresh failed).
+    pub async fn record_stale(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let statements: Vec<Document> = keys.iter().map(Self::stale_statement).collect();
+        let reply = self.db.run_command(Self::update_command(collections::STALE_CACHES, &statements)).await?;
+        Self::check_write_errors(&reply)
+    }
+
+    fn stale_statement(key: &String) -> Document {
+        doc! { "q": { "_id": key }, "u": { "$set": { "_id": key } }, "upsert": true }
+    }
+
+    /// Whether cache keys wait to be dropped (a Redis outage, possibly
+    /// before a restart of this process).
+    pub async fn has_stale_caches(&self) -> Result<bool, StoreError> {
+        Ok(self.db.collection::<Document>(collections::STALE_CACHES).find_one(doc! {}).await?.is_some())
+    }
+
+    /// Once Redis answers: deletes every cache key recorded as stale (a
+    /// reader then refills it from MongoDB, versioned), puts every user
+    /// touched meanwhile into the feed directory, and forgets the records.
+    /// Returns how many keys it dropped.
+    pub async fn repair_caches(&self) -> Result<usize, StoreError> {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING").query_async::<String>(&mut redis).await?;
+        let stale: Vec<Document> =
+            self.db.collection::<Document>(collections::STALE_CACHES).find(doc! {}).await?.try_collect().await?;
+        let keys: Vec<String> = stale.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect();
+        let user_prefix = self.keys.user("");
+        let directory = self.keys.feed_directory();
+        for chunk in keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("UNLINK").arg(chunk).ignore();
+            for key in chunk {
+                if let Some(user_id) = key.strip_prefix(&user_prefix) {
+                    pipe.zadd(&directory, user_id, 0).ignore();
+                }
+            }
+            pipe.query_async::<()>(&mut redis).await?;
+        }
+        for chunk in keys.chunks(1000) {
+            let ids: Vec<mongodb::bson::Bson> = chunk.iter().map(|k| k.clone().into()).collect();
+            self.db
+                .collection::<Document>(collections::STALE_CACHES)
+                .delete_many(doc! { "_id": { "$in": ids } })
+                .await?;
+        }
+        Ok(keys.len())
+    }
+
+    async fn apply_mongo(&self, plan: &Plan, stale: &[String]) -> Result<(), StoreError> {
         let checkpoints: Vec<Document> = plan
             .checkpoints
             .iter()
@@ -266,7 +357,9 @@ impl ViewStore {
                 }
             })
             .collect();
+        let stale: Vec<Document> = stale.iter().map(Self::stale_statement).collect();
         let mut session = self.client.start_session().await?;
+        self.leases.note(session.id()).await?;
         session.start_transaction().await?;
         // Processed-id keys first: if another projector applied these events
         // meanwhile (a rebalance), the duplicate key aborts this transaction
@@ -302,6 +395,7 @@ impl ViewStore {
             (collections::NOTIFICATIONS, &plan.notifications),
             (collections::NOTIFICATION_COUNTERS, &plan.notification_counters),
             (collections::DAILY_STATS, &plan.daily_stats),
+            (collections::STALE_CACHES, &stale),
             (collections::CHECKPOINTS, &checkpoints),
         ];
         for (collection, planned) in batches {
@@ -373,7 +467,7 @@ impl ViewStore {
 
     /// Reads back what the batch touched and writes it to Redis with
     /// versioned sets, so a cache entry never goes back in time.
-    async fn refresh_caches(&self, plan: &Plan) -> Result<(), StoreError> {
+    pub async fn refresh_caches(&self, plan: &Plan) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         let mut writes = 0;
         if !plan.touched_users.is_empty() {

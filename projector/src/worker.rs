@@ -1,9 +1,9 @@
 //! The consume → plan → apply → commit loop, shared by continuous
 //! projection and rebuilds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use events::{Topic, TopicNames, decode_record};
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use views::generation::{CurrentGeneration, Generation};
 
 use crate::plan::{self, Plan, Record};
-use crate::positions::{Positions, StartAtCheckpoints};
+use crate::positions::{Positions, StallWatch, StartAtCheckpoints};
 use crate::store::{StoreError, ViewStore};
 
 #[derive(Debug, Clone)]
@@ -41,6 +41,10 @@ pub enum Ended {
     GenerationChanged,
     /// Every partition reached the end the topics had (a rebuild).
     CaughtUp,
+    /// The worker must be built afresh (a new consumer, which leaves the
+    /// group and joins again, and positions re-read from the store): some
+    /// partition lagged with nobody advancing it, or a seek failed.
+    Rejoin,
 }
 
 /// What ends a worker besides errors.
@@ -96,6 +100,12 @@ pub struct Worker {
     /// Events applied so far, for rates.
     pub events_applied: Arc<AtomicU64>,
     pub partitions: Partitions,
+    /// Lagging partitions of other members that stopped moving.
+    pub stalls: StallWatch,
+    /// Set while Redis refreshes fail: batches then record their cache keys
+    /// as stale in the same transaction, and the keys are dropped once
+    /// Redis answers again.
+    pub caches_degraded: AtomicBool,
 }
 
 /// Why a record could not be projected, for the dead-letter headers.
@@ -120,23 +130,30 @@ fn checkpoints_past(messages: &[&BorrowedMessage<'_>]) -> BTreeMap<(String, i32)
 }
 
 /// Waits between attempts: 100 ms, doubling up to 5 s.
-struct Backoff(Duration);
+struct Backoff(platform::Backoff);
 
 impl Backoff {
     fn new() -> Self {
-        Self(Duration::from_millis(100))
+        Self(platform::Backoff::new(Duration::from_millis(100), Duration::from_secs(5)))
+    }
+
+    fn next_ms(&self) -> u64 {
+        self.0.next_delay().as_millis() as u64
     }
 
     /// Sleeps, unless the worker is stopped first (then says why).
     async fn wait(&mut self, stops: &mut Stops) -> Option<Ended> {
         tokio::select! {
-            () = tokio::time::sleep(self.0) => {},
-            ended = stops.interrupted() => return Some(ended),
+            () = tokio::time::sleep(self.0.step()) => None,
+            ended = stops.interrupted() => Some(ended),
         }
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        None
     }
 }
+
+/// How often the worker re-reads the store's checkpoints while it runs
+/// (also while idle): to notice views the store lost, and partitions that
+/// nobody advances.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
 /// How applying one batch went.
 enum Outcome {
@@ -156,18 +173,18 @@ impl Worker {
         match self.partitions {
             Partitions::Group => self.consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?,
             Partitions::All => {
-                let mut all = TopicPartitionList::new();
-                for topic in &subscribed {
-                    let metadata = self.consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-                    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-                        all.add_partition_offset(
-                            topic,
-                            partition.id(),
-                            self.positions.start_offset(topic, partition.id()),
-                        )?;
-                        self.positions.register(topic, partition.id());
+                let mut backoff = Backoff::new();
+                let all = loop {
+                    match self.all_partitions(&subscribed) {
+                        Ok(all) => break all,
+                        Err(err) => {
+                            tracing::warn!(error = %err, retry_in_ms = backoff.next_ms(), "reading the topics' partitions failed; retrying");
+                            if let Some(ended) = backoff.wait(&mut stops).await {
+                                return Ok(ended);
+                            }
+                        }
                     }
-                }
+                };
                 tracing::info!(
                     partitions = all.count(),
                     "assigned every partition; each starts at its checkpoint, or offset 0 without one"
@@ -175,17 +192,47 @@ impl Worker {
                 self.consumer.assign(&all)?;
             }
         }
+        if self.store.refreshes_caches() && self.store.has_stale_caches().await.unwrap_or(true) {
+            // A Redis outage before a restart left keys to drop (or MongoDB
+            // cannot say yet): repair before trusting the caches.
+            self.caches_degraded.store(true, Ordering::Relaxed);
+        }
+        let mut consume_errors = Backoff::new();
+        let mut last_verified = Instant::now();
         loop {
+            if last_verified.elapsed() >= VERIFY_EVERY {
+                last_verified = Instant::now();
+                if let Some(ended) = self.verify().await {
+                    return Ok(ended);
+                }
+            }
             if stops.when_caught_up && self.positions.total_lag() == Some(0) {
                 return Ok(Ended::CaughtUp);
             }
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
                 ended = stops.interrupted() => return Ok(ended),
-                // A rebuild re-checks whether it has caught up.
-                () = tokio::time::sleep(Duration::from_millis(200)), if stops.when_caught_up => continue,
+                // Idle: wake up to verify the positions (and a rebuild to
+                // re-check whether it has caught up).
+                () = tokio::time::sleep(Duration::from_millis(200)) => continue,
             };
-            let mut messages = vec![first?];
+            let first = match first {
+                Ok(first) => {
+                    consume_errors = Backoff::new();
+                    first
+                }
+                Err(err) => {
+                    // The broker is gone or restarting: librdkafka reconnects
+                    // by itself; wait, and say so once per backoff step.
+                    tracing::warn!(error = %err, retry_in_ms = consume_errors.next_ms(), "consuming failed; waiting for the broker");
+                    metrics::counter!("projector_consume_errors_total").increment(1);
+                    if let Some(ended) = consume_errors.wait(&mut stops).await {
+                        return Ok(ended);
+                    }
+                    continue;
+                }
+            };
+            let mut messages = vec![first];
             // Quiet traffic: a lone record is applied after one short idle
             // gap. A backlog: records keep coming, and batches fill up.
             let deadline = Instant::now() + self.settings.max_batch_time;
@@ -204,6 +251,105 @@ impl Worker {
                 return Ok(ended);
             }
         }
+    }
+
+    /// Every partition of `topics`, each at its start offset.
+    fn all_partitions(&self, topics: &[String]) -> anyhow::Result<TopicPartitionList> {
+        let mut all = TopicPartitionList::new();
+        for topic in topics {
+            let metadata = self.consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                all.add_partition_offset(topic, partition.id(), self.positions.start_offset(topic, partition.id()))?;
+                self.positions.register(topic, partition.id());
+            }
+        }
+        Ok(all)
+    }
+
+    /// The partitions this worker consumes now.
+    fn owned(&self) -> BTreeSet<(String, i32)> {
+        match self.partitions {
+            Partitions::All => self.positions.snapshot().into_keys().collect(),
+            Partitions::Group => self
+                .consumer
+                .assignment()
+                .map(|list| list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Re-reads the store's checkpoints, which are the truth (written in
+    /// the same transaction as the views):
+    /// - a partition we own whose checkpoint is behind what we applied
+    ///   means the store lost writes (a MongoDB killed within its sync
+    ///   window, a replica-set rollback): seek back and apply them again;
+    /// - partitions of other members take the store's position, for lag,
+    ///   readiness, and to notice one that lags with nobody advancing it;
+    /// - while caches are degraded, try to repair them.
+    ///
+    /// Returns why the worker must stop, if it must.
+    async fn verify(&self) -> Option<Ended> {
+        self.store.reap_orphaned_transactions().await;
+        if self.caches_degraded.load(Ordering::Relaxed) {
+            match self.store.repair_caches().await {
+                Ok(dropped) => {
+                    self.caches_degraded.store(false, Ordering::Relaxed);
+                    tracing::info!(dropped, "redis answers again; dropped the cache keys written meanwhile");
+                }
+                Err(err) => tracing::debug!(error = %err, "caches not repaired yet"),
+            }
+        }
+        let checkpoints = match self.store.checkpoints().await {
+            Ok(checkpoints) => checkpoints,
+            Err(err) => {
+                tracing::debug!(error = %err, "reading the checkpoints failed; verifying later");
+                return None;
+            }
+        };
+        let stored: BTreeMap<(String, i32), i64> =
+            checkpoints.into_iter().map(|c| ((c.topic, c.partition), c.next_offset)).collect();
+        let owned = self.owned();
+        for (partition, position) in self.positions.snapshot() {
+            let in_store = stored.get(&partition).copied();
+            if !owned.contains(&partition) {
+                if let Some(next) = in_store {
+                    self.positions.rewind(&partition.0, partition.1, next);
+                }
+                continue;
+            }
+            let Some(applied) = position.applied else { continue };
+            if in_store.unwrap_or(0) >= applied {
+                continue;
+            }
+            let (topic, number) = (&partition.0, partition.1);
+            let restart_at = in_store.unwrap_or(0);
+            tracing::warn!(
+                topic,
+                partition = number,
+                applied,
+                in_store = restart_at,
+                "the view store lost applied batches; applying them again from the log"
+            );
+            metrics::counter!("projector_store_rewinds_total").increment(1);
+            self.positions.rewind(topic, number, restart_at);
+            if let Err(err) = self.consumer.seek(topic, number, Offset::Offset(restart_at), Duration::from_secs(5)) {
+                tracing::warn!(error = %err, topic, partition = number, "seeking back failed; rejoining");
+                return Some(Ended::Rejoin);
+            }
+        }
+        if self.partitions == Partitions::Group {
+            let unowned = self.stalls.observe(&self.positions.snapshot(), &owned, Instant::now());
+            metrics::gauge!("projector_unowned_partitions").set(unowned.len() as f64);
+            if !unowned.is_empty() {
+                tracing::warn!(
+                    ?unowned,
+                    "partitions lag and nobody advances them (a group member died without the group noticing); rejoining the group"
+                );
+                metrics::counter!("projector_rejoins_total").increment(1);
+                return Some(Ended::Rejoin);
+            }
+        }
+        None
     }
 
     async fn process(&self, messages: &[BorrowedMessage<'_>], stops: &mut Stops) -> anyhow::Result<Option<Ended>> {
@@ -296,7 +442,7 @@ impl Worker {
                         let held = plan.checkpoints.entry(partition.clone()).or_insert(0);
                         *held = (*held).max(*next);
                     }
-                    self.store.apply(&plan).await.map(|()| plan)
+                    self.store_plan(&plan).await.map(|()| plan)
                 }
                 Err(err) => Err(err),
             };
@@ -305,23 +451,57 @@ impl Worker {
                 Err(err) => err,
             };
             metrics::counter!("projector_batch_failures_total").increment(1);
+            if err.is_conflict() {
+                self.store.reap_orphaned_transactions().await;
+            }
             if !err.is_transient() {
                 rejections += 1;
                 if rejections >= self.settings.apply_attempts {
                     return Ok(Outcome::Poisoned(err));
                 }
             }
-            tracing::warn!(error = %err, retry_in_ms = backoff.0.as_millis() as u64, "applying a batch failed; retrying");
+            tracing::warn!(error = %err, retry_in_ms = backoff.next_ms(), "applying a batch failed; retrying");
             if let Some(ended) = backoff.wait(stops).await {
                 return Ok(Outcome::Interrupted(ended));
             }
         }
     }
 
+    /// Stores a plan: MongoDB first (the views, and while caches are
+    /// degraded the keys they leave stale, in one transaction), then the
+    /// caches. A failed cache refresh does not fail the batch: its keys are
+    /// recorded as stale and dropped once Redis is back, and the views go on.
+    async fn store_plan(&self, plan: &Plan) -> Result<(), StoreError> {
+        if !self.store.refreshes_caches() {
+            return self.store.apply(plan, &[]).await;
+        }
+        let degraded = self.caches_degraded.load(Ordering::Relaxed);
+        let keys = self.store.cache_keys(plan);
+        self.store.apply(plan, if degraded { &keys } else { &[] }).await?;
+        if degraded {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let refreshed = self.store.refresh_caches(plan).await;
+        metrics::histogram!("projector_cache_seconds").record(started.elapsed().as_secs_f64());
+        let Err(err) = refreshed else { return Ok(()) };
+        tracing::warn!(error = %err, "refreshing the caches failed; the views go on, and these keys are dropped once redis is back");
+        metrics::counter!("projector_cache_failures_total").increment(1);
+        self.caches_degraded.store(true, Ordering::Relaxed);
+        // The views already hold the batch: record its keys before anything
+        // else is applied (retrying while MongoDB is unreachable too).
+        let mut backoff = platform::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        while let Err(err) = self.store.record_stale(&keys).await {
+            tracing::warn!(error = %err, retry_in_ms = backoff.next_delay().as_millis() as u64, "recording stale cache keys failed; retrying");
+            backoff.wait().await;
+        }
+        Ok(())
+    }
+
     /// Applies a plan that cannot be poison (checkpoints only), until it lands.
     async fn apply_unbounded(&self, plan: &Plan, stops: &mut Stops) -> Option<Ended> {
         let mut backoff = Backoff::new();
-        while let Err(err) = self.store.apply(plan).await {
+        while let Err(err) = self.store_plan(plan).await {
             tracing::warn!(error = %err, "moving the checkpoints failed; retrying");
             if let Some(ended) = backoff.wait(stops).await {
                 return Some(ended);
@@ -350,6 +530,9 @@ impl Worker {
         }
     }
 
+    /// Appends a record to the dead-letter topic, retrying with backoff
+    /// while the broker is unreachable: a record is never skipped unless it
+    /// is safely in `dead-letters`.
     async fn dead_letter(&self, message: &BorrowedMessage<'_>, reason: &str) -> anyhow::Result<()> {
         tracing::error!(
             topic = message.topic(),
@@ -358,17 +541,23 @@ impl Worker {
             reason,
             "dead-lettering a record"
         );
-        metrics::counter!("projector_dead_letters_total").increment(1);
         let topic = self.topics.name(Topic::DeadLetters);
         let key = message.key().unwrap_or_default();
-        let record = FutureRecord::to(&topic)
-            .key(key)
-            .payload(message.payload().unwrap_or_default())
-            .headers(dead_letter_headers(message, reason));
-        self.dead_letters
-            .send(record, Duration::from_secs(30))
-            .await
-            .map_err(|(err, _)| anyhow::anyhow!("dead-lettering: {err}"))?;
+        let mut backoff = platform::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let record = FutureRecord::to(&topic)
+                .key(key)
+                .payload(message.payload().unwrap_or_default())
+                .headers(dead_letter_headers(message, reason));
+            match self.dead_letters.send(record, Duration::from_secs(30)).await {
+                Ok(_) => break,
+                Err((err, _)) => {
+                    tracing::warn!(error = %err, retry_in_ms = backoff.next_delay().as_millis() as u64, "dead-lettering failed; retrying");
+                    backoff.wait().await;
+                }
+            }
+        }
+        metrics::counter!("projector_dead_letters_total").increment(1);
         Ok(())
     }
 }
