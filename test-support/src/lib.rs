@@ -89,6 +89,17 @@ impl Proc {
         self.kill();
     }
 
+    /// SIGSTOP: the process holds its state and its sockets but answers
+    /// nothing, as a hung server does.
+    pub fn pause(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
@@ -96,6 +107,11 @@ impl Proc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = Command::new("kill").args([which, &pid.to_string()]).status().expect("kill");
+    assert!(status.success(), "kill {which} {pid} failed");
 }
 
 impl Drop for Proc {
@@ -153,7 +169,12 @@ impl TestEnv {
 
     /// Starts a fresh environment, with extra environment variables for the services.
     pub async fn start_with(extra_env: Vec<(&str, &str)>) -> Self {
-        let servers = Servers::from_env();
+        Self::start_on(Servers::from_env(), extra_env).await
+    }
+
+    /// Starts a fresh environment against `servers` (e.g. a private MongoDB
+    /// that the test kills), with extra environment variables.
+    pub async fn start_on(servers: Servers, extra_env: Vec<(&str, &str)>) -> Self {
         let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let dir = std::env::temp_dir().join("devconnect-tests").join(&id);
         std::fs::create_dir_all(&dir).expect("test dir");
@@ -294,6 +315,23 @@ impl TestEnv {
             p.kill();
         }
         self.start_command_api().await;
+    }
+
+    /// Stops Redis (SIGKILL); `start_redis` starts it again, empty, on the
+    /// same port.
+    pub fn stop_redis(&mut self) {
+        if let Some(mut p) = self.redis.take() {
+            p.kill();
+        }
+    }
+
+    /// Kills the projector (SIGKILL) and starts a new one at once, without
+    /// waiting for it: a crash and a supervisor's restart.
+    pub fn crash_and_restart_projector(&mut self) {
+        if let Some(mut p) = self.projector.take() {
+            p.crash();
+        }
+        self.spawn_projector();
     }
 
     pub fn stop_projector(&mut self) {
@@ -678,6 +716,50 @@ pub async fn start_private_broker(dir: &std::path::Path, port: u16) -> Proc {
         .expect("start tansu");
     wait_for_port(port).await;
     Proc { name: "broker".into(), child, log }
+}
+
+/// A private MongoDB-wire server (SecantusDB) with durable storage in
+/// `dir`, for tests that kill the database itself.
+pub async fn start_private_mongo(dir: &std::path::Path, port: u16) -> Proc {
+    let python = required_env("DEVCONNECT_TEST_SECANTUS_PYTHON");
+    let storage = dir.join("mongo");
+    std::fs::create_dir_all(&storage).expect("mongo dir");
+    let log = dir.join(format!("mongo-{port}.log"));
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+    let child = Command::new(python)
+        .args(["-m", "secantus", "--host", "127.0.0.1", "--port", &port.to_string(), "--log-level", "WARNING"])
+        .arg("--storage-path")
+        .arg(&storage)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("start secantus");
+    wait_for_port(port).await;
+    Proc { name: "mongodb".into(), child, log }
+}
+
+/// The connection string of a private MongoDB on `port`.
+pub fn mongo_uri(port: u16) -> String {
+    format!("mongodb://127.0.0.1:{port}/?retryWrites=false&directConnection=true")
+}
+
+/// Retries `check` every 200 ms until it returns `Some`, for at most
+/// `within`; panics with the last observation otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) => {
+                assert!(Instant::now() < deadline, "{what}: not within {within:?}; last seen: {last}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Asserts two view snapshots are equal, printing only the lines that differ.
