@@ -238,6 +238,9 @@ impl TestEnv {
             ("DEVCONNECT_PROJECTOR_GROUP", self.projector_group.clone()),
             // Switch-overs reach the services quickly.
             ("DEVCONNECT_VIEW_GENERATION_POLL", "200ms".to_owned()),
+            // Several environments share two cores under `./dev test`: a
+            // read-your-write may wait longer than a client would.
+            ("DEVCONNECT_CONSISTENCY_WAIT", "20s".to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ]
         .into_iter()

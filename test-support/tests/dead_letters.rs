@@ -61,7 +61,11 @@ async fn poison_records_are_dead_lettered_and_redriven_after_a_fix() {
     assert!(letters.iter().any(|(p, _)| p.starts_with(b"\x00 not json")));
     let ops = format!("http://127.0.0.1:{}/metrics", env.projector_port);
     let metrics = env.http.get(ops).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("projector_dead_letters_total 2"), "{metrics}");
+    let dead_lettered = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("projector_dead_letters_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(dead_lettered, Some(2.0), "{metrics}");
 
     // After a fix: a letter an older projector could not read (here made by
     // hand: a v1 registration) is now readable.

@@ -14,6 +14,12 @@ struct SseEvent {
     data: Value,
 }
 
+/// A Redis stream id (`<ms>-<seq>`) as a comparable pair.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or_else(|| panic!("not a stream id: {id}"));
+    (ms.parse().expect("ms"), seq.parse().expect("seq"))
+}
+
 /// Reads server-sent events off a live response.
 struct SseReader {
     response: reqwest::Response,
@@ -78,7 +84,8 @@ async fn the_stream_delivers_only_the_callers_events_and_resumes() {
     let (b, b_token) = env.user("b").await;
     let (_, c_token) = env.user("c").await;
     let accepted = env.connect(&a_token, &b, &b_token).await;
-    env.query("/v1/profile", &a_token, Some(&accepted.consistency())).await;
+    let projected = env.query("/v1/profile", &a_token, Some(&accepted.consistency())).await;
+    assert_eq!(projected.status, StatusCode::OK, "{:?}", projected.body);
 
     let mut a_stream = SseReader::open(&env, &a_token, None).await;
     let mut b_stream = SseReader::open(&env, &b_token, None).await;
@@ -107,16 +114,32 @@ async fn the_stream_delivers_only_the_callers_events_and_resumes() {
     // Resumption: what arrives while b is away is delivered on reconnect,
     // and nothing before the Last-Event-ID comes again.
     let resume_from = note.id.clone();
+    let seen_before = [got.id.clone(), note.id.clone()];
     drop(b_stream);
     let away = env
         .command(Method::POST, &format!("/v1/messages/{b}"), Some(&json!({"text": "while away"})), Some(&a_token))
         .await;
     let away_id = away.body["messageId"].clone();
-    env.query("/v1/profile", &b_token, Some(&away.consistency())).await;
+    let projected = env.query("/v1/profile", &b_token, Some(&away.consistency())).await;
+    assert_eq!(projected.status, StatusCode::OK, "{:?}", projected.body);
     let mut b_again = SseReader::open(&env, &b_token, Some(&resume_from)).await;
-    let first = b_again.next(Duration::from_secs(20)).await.expect("resumed");
-    assert_ne!(first.data["messageId"], message_id, "an event before Last-Event-ID came again: {first:?}");
-    b_again.expect("message", |d| d["messageId"] == away_id).await;
+    let mut resumed = Vec::new();
+    loop {
+        let event = b_again.next(Duration::from_secs(20)).await.expect("the message sent while away is resumed");
+        let done = event.kind == "message" && event.data["messageId"] == away_id;
+        resumed.push(event);
+        if done {
+            break;
+        }
+    }
+    // Every resumed event is newer than the one resumed from, and nothing
+    // delivered before comes again: a server that ignored Last-Event-ID
+    // and replayed the stream from its start fails here.
+    for event in &resumed {
+        assert!(stream_id(&event.id) > stream_id(&resume_from), "{} is not after {resume_from}: {resumed:?}", event.id);
+        assert!(!seen_before.contains(&event.id), "{} was delivered before: {resumed:?}", event.id);
+        assert_ne!(event.data["messageId"], message_id, "an event before Last-Event-ID came again: {event:?}");
+    }
 
     let bad = env
         .send(
