@@ -1,6 +1,7 @@
 //! Reads the views: Redis first, MongoDB second, refilling Redis on a miss
 //! with a versioned write (never older than what is cached).
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,51 @@ pub enum Freshness {
     Durable,
 }
 
+/// Remembers a Redis failure for a second: reads during an outage then go
+/// straight to MongoDB instead of each waiting for Redis to time out, and
+/// the outage is logged when it starts and when it ends, not per request.
+#[derive(Debug, Clone, Default)]
+struct CacheHealth {
+    skip_until_ms: Arc<AtomicI64>,
+    down: Arc<AtomicBool>,
+}
+
+const CACHE_RETRY_AFTER_MS: i64 = 1000;
+
+impl CacheHealth {
+    fn usable(&self) -> bool {
+        chrono::Utc::now().timestamp_millis() >= self.skip_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, err: &redis::RedisError) {
+        self.skip_until_ms.store(chrono::Utc::now().timestamp_millis() + CACHE_RETRY_AFTER_MS, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %err, "redis unavailable; reading MongoDB until it answers");
+        }
+        metrics::counter!("cache_failures_total").increment(1);
+    }
+
+    fn answered(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("redis answers again");
+        }
+    }
+
+    /// The result of a Redis call, with the failure remembered.
+    fn observe<T>(&self, result: redis::RedisResult<T>) -> Option<T> {
+        match result {
+            Ok(value) => {
+                self.answered();
+                Some(value)
+            }
+            Err(err) => {
+                self.failed(&err);
+                None
+            }
+        }
+    }
+}
+
 /// Hands out a reader for the view generation currently in use. A request
 /// takes one reader and keeps it, so all its reads come from one
 /// generation, and every generation readers are pointed at is complete.
@@ -45,6 +91,7 @@ pub struct ViewSource {
     base_keys: RedisKeys,
     current: CurrentGeneration,
     reader: Arc<RwLock<Option<ViewReader>>>,
+    cache: CacheHealth,
 }
 
 impl std::fmt::Debug for ViewSource {
@@ -62,7 +109,7 @@ impl ViewSource {
         current: CurrentGeneration,
     ) -> Self {
         let base_database = base_database.to_owned();
-        Self { client, base_database, redis, base_keys, current, reader: Arc::default() }
+        Self { client, base_database, redis, base_keys, current, reader: Arc::default(), cache: CacheHealth::default() }
     }
 
     /// The reader of the current generation.
@@ -79,6 +126,7 @@ impl ViewSource {
             redis: self.redis.clone(),
             keys: generation.redis_keys(&self.base_keys),
             generation,
+            cache: self.cache.clone(),
         };
         let mut held = self.reader.write().unwrap_or_else(PoisonError::into_inner);
         if held.as_ref().is_none_or(|r| r.generation != reader.generation) {
@@ -99,6 +147,7 @@ pub struct ViewReader {
     /// This generation's cache keys (and the deployment-wide ones).
     keys: RedisKeys,
     generation: Generation,
+    cache: CacheHealth,
 }
 
 impl std::fmt::Debug for ViewReader {
@@ -120,34 +169,39 @@ impl ViewReader {
     /// A cache hit, or `None` on a miss or when Redis is down (a cache
     /// outage degrades to MongoDB reads, it does not fail them).
     async fn cached<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        if !self.cache.usable() {
+            metrics::counter!("cache_reads_total", "result" => "skipped").increment(1);
+            return None;
+        }
         let mut redis = self.redis.clone();
-        match redis::cmd("GET").arg(key).query_async::<Option<String>>(&mut redis).await {
-            Ok(Some(json)) => {
+        let read = redis::cmd("GET").arg(key).query_async::<Option<String>>(&mut redis).await;
+        match self.cache.observe(read) {
+            Some(Some(json)) => {
                 let value = serde_json::from_str(&json).ok();
                 metrics::counter!("cache_reads_total", "result" => if value.is_some() { "hit" } else { "corrupt" })
                     .increment(1);
                 value
             }
-            Ok(None) => {
+            Some(None) => {
                 metrics::counter!("cache_reads_total", "result" => "miss").increment(1);
                 None
             }
-            Err(err) => {
+            None => {
                 metrics::counter!("cache_reads_total", "result" => "error").increment(1);
-                tracing::warn!(error = %err, "redis read failed; reading MongoDB");
                 None
             }
         }
     }
 
     async fn refill<T: Serialize>(&self, key: &str, version: u64, value: &T, ttl: Duration) {
+        if !self.cache.usable() {
+            return;
+        }
         let json = serde_json::to_string(value).unwrap_or_default();
         let mut pipe = redis::pipe();
         views::cache::pipe_set_if_newer(&mut pipe, key, version, &json, ttl);
         let mut redis = self.redis.clone();
-        if let Err(err) = pipe.query_async::<()>(&mut redis).await {
-            tracing::warn!(error = %err, key, "cache refill failed");
-        }
+        self.cache.observe(pipe.query_async::<()>(&mut redis).await);
     }
 
     pub async fn user(&self, user_id: &str, freshness: Freshness) -> Result<Option<UserDoc>, ReadError> {
@@ -169,15 +223,13 @@ impl ViewReader {
     pub async fn session(&self, session_id: &str) -> Result<Option<SessionDoc>, ReadError> {
         let key = self.keys.session(session_id);
         let mut redis = self.redis.clone();
-        let (revoked, cached): (Option<String>, Option<String>) = redis::cmd("MGET")
-            .arg(self.keys.revoked_session(session_id))
-            .arg(&key)
-            .query_async(&mut redis)
-            .await
-            .unwrap_or_else(|err| {
-                tracing::warn!(error = %err, "redis read failed; reading MongoDB");
-                (None, None)
-            });
+        let (revoked, cached): (Option<String>, Option<String>) = if self.cache.usable() {
+            let read =
+                redis::cmd("MGET").arg(self.keys.revoked_session(session_id)).arg(&key).query_async(&mut redis).await;
+            self.cache.observe(read).unwrap_or_default()
+        } else {
+            (None, None)
+        };
         let cached = cached.and_then(|json| serde_json::from_str::<SessionDoc>(&json).ok());
         if let Some(mut session) = cached {
             session.revoked |= revoked.is_some();
@@ -218,8 +270,11 @@ impl ViewReader {
         }
         let keys: Vec<String> = ids.iter().map(|id| self.keys.user(id)).collect();
         let mut redis = self.redis.clone();
-        let cached: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut redis).await.unwrap_or_else(|_| vec![None; ids.len()]);
+        let cached: Vec<Option<String>> = if self.cache.usable() {
+            self.cache.observe(redis::cmd("MGET").arg(&keys).query_async(&mut redis).await).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut by_id: std::collections::HashMap<String, UserDoc> = cached
             .into_iter()
             .flatten()
@@ -247,6 +302,10 @@ impl ViewReader {
         let relations = self.relations(viewer).await?;
         let mut excluded: std::collections::HashSet<String> = relations.related.into_iter().collect();
         excluded.insert(viewer.to_owned());
+        if !self.cache.usable() {
+            metrics::counter!("feed_reads_total", "path" => "mongo").increment(1);
+            return self.feed_from_mongo(excluded, page, limit).await;
+        }
         match self.feed_ids_from_directory(&excluded, page, limit).await {
             Ok(Some(ids)) => {
                 metrics::counter!("feed_reads_total", "path" => "directory").increment(1);
@@ -257,7 +316,7 @@ impl ViewReader {
                 self.feed_from_mongo(excluded, page, limit).await
             }
             Err(err) => {
-                tracing::warn!(error = %err, "feed directory unavailable; reading MongoDB");
+                self.cache.failed(&err);
                 metrics::counter!("feed_reads_total", "path" => "mongo").increment(1);
                 self.feed_from_mongo(excluded, page, limit).await
             }
