@@ -706,20 +706,30 @@ impl CommandService {
         }
     }
 
-    /// The durable record, retried for up to about two seconds.
+    /// The durable record, retried for up to two seconds in all (a MongoDB
+    /// that is down would otherwise hold each attempt for the driver's
+    /// server-selection timeout).
     async fn record_revocations(&self, records: &[views::revocation::RevocationDoc]) -> bool {
-        let mut backoff =
-            platform::Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_millis(800));
-        for attempt in 1..=4 {
-            match views::revocation::record(&self.revocations, records).await {
-                Ok(()) => return true,
-                Err(err) if attempt == 4 => {
-                    tracing::warn!(error = %err, "recording a revocation in MongoDB failed");
+        let attempts = async {
+            let mut backoff =
+                platform::Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_millis(500));
+            loop {
+                match views::revocation::record(&self.revocations, records).await {
+                    Ok(()) => return,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "recording a revocation in MongoDB failed; retrying");
+                        backoff.wait().await;
+                    }
                 }
-                Err(_) => backoff.wait().await,
             }
+        };
+        let recorded = tokio::time::timeout(std::time::Duration::from_secs(2), attempts).await.is_ok();
+        if !recorded {
+            tracing::warn!(
+                "recording a revocation in MongoDB failed for 2 s; the Redis key and the projector carry it"
+            );
         }
-        false
+        recorded
     }
 
     /// `revoked:<session>`, kept as long as the token could be presented.
