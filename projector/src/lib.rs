@@ -128,6 +128,7 @@ impl Pipeline {
             partitions,
             stalls: StallWatch::new(tuning.stall_after),
             caches_degraded: AtomicBool::new(false),
+            rewound: std::sync::Mutex::default(),
         })
     }
 }

@@ -2,6 +2,8 @@
 //! checkpoint (so the checkpoint never runs ahead of the views), then the
 //! Redis caches in one pipeline.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
@@ -21,6 +23,11 @@ pub enum StoreError {
     WriteErrors { codes: Vec<i32>, detail: String },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The views do not hold what precedes the batch: the store lost
+    /// applied batches (a crash within its sync window, a rollback). The
+    /// batch must not be applied, or its checkpoint would paper over them.
+    #[error("the view store is behind the batch: {gaps:?} (partition, stored next offset)")]
+    Gap { gaps: Vec<((String, i32), i64)> },
 }
 
 impl StoreError {
@@ -38,7 +45,7 @@ impl StoreError {
                 matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
                     || err.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
             }
-            StoreError::Redis(_) => false,
+            StoreError::Redis(_) | StoreError::Gap { .. } => false,
         }
     }
 
@@ -47,7 +54,7 @@ impl StoreError {
         const WRITE_CONFLICT: i32 = 112;
         const DUPLICATE_KEY: i32 = 11000;
         match self {
-            StoreError::Redis(_) => true,
+            StoreError::Redis(_) | StoreError::Gap { .. } => true,
             // A duplicate key means another projector (mid-rebalance) got
             // there first: the retry re-plans and skips what it applied.
             StoreError::WriteErrors { codes, .. } => codes.iter().any(|c| [WRITE_CONFLICT, DUPLICATE_KEY].contains(c)),
@@ -266,9 +273,19 @@ impl ViewStore {
     /// the processed-id keys, the checkpoints, and `stale` (cache keys to
     /// drop once Redis is back, while it is not). The caches are refreshed
     /// separately (`refresh_caches`), so a Redis outage never stops the views.
-    pub async fn apply(&self, plan: &Plan, stale: &[String]) -> Result<(), StoreError> {
+    ///
+    /// `starts` holds, per partition, the offset of the batch's first
+    /// record: the transaction checks that the stored checkpoint has reached
+    /// it (else `StoreError::Gap`), so a batch never lands on views that
+    /// lost what came before it. Empty: no check.
+    pub async fn apply(
+        &self,
+        plan: &Plan,
+        stale: &[String],
+        starts: &BTreeMap<(String, i32), i64>,
+    ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        self.apply_mongo(plan, stale).await?;
+        self.apply_mongo(plan, stale, starts).await?;
         metrics::histogram!("projector_mongo_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(mongo_ms = started.elapsed().as_millis() as u64, "batch stored");
         Ok(())
@@ -341,7 +358,12 @@ impl ViewStore {
         Ok(keys.len())
     }
 
-    async fn apply_mongo(&self, plan: &Plan, stale: &[String]) -> Result<(), StoreError> {
+    async fn apply_mongo(
+        &self,
+        plan: &Plan,
+        stale: &[String],
+        starts: &BTreeMap<(String, i32), i64>,
+    ) -> Result<(), StoreError> {
         let checkpoints: Vec<Document> = plan
             .checkpoints
             .iter()
@@ -361,6 +383,10 @@ impl ViewStore {
         let mut session = self.client.start_session().await?;
         self.leases.note(session.id()).await?;
         session.start_transaction().await?;
+        if let Err(err) = self.check_no_gap(starts, &mut session).await {
+            let _ = session.abort_transaction().await;
+            return Err(err);
+        }
         // Processed-id keys first: if another projector applied these events
         // meanwhile (a rebalance), the duplicate key aborts this transaction
         // and the retry finds them processed.
@@ -424,6 +450,39 @@ impl ViewStore {
         }
         session.commit_transaction().await?;
         Ok(())
+    }
+
+    /// Fails with `Gap` when a partition's stored checkpoint is below the
+    /// batch's first offset there. Read in the transaction, so it holds at
+    /// commit.
+    async fn check_no_gap(
+        &self,
+        starts: &BTreeMap<(String, i32), i64>,
+        session: &mut mongodb::ClientSession,
+    ) -> Result<(), StoreError> {
+        if starts.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<mongodb::bson::Bson> =
+            starts.keys().map(|(topic, partition)| CheckpointDoc::id_for(topic, *partition).into()).collect();
+        let mut found = self
+            .db
+            .collection::<CheckpointDoc>(collections::CHECKPOINTS)
+            .find(doc! { "_id": { "$in": ids } })
+            .session(&mut *session)
+            .await?;
+        let mut stored = BTreeMap::new();
+        while let Some(checkpoint) = found.next(&mut *session).await.transpose()? {
+            stored.insert((checkpoint.topic, checkpoint.partition), checkpoint.next_offset);
+        }
+        let gaps: Vec<((String, i32), i64)> = starts
+            .iter()
+            .filter_map(|(partition, start)| {
+                let at = stored.get(partition).copied().unwrap_or(0);
+                (at < *start).then(|| (partition.clone(), at))
+            })
+            .collect();
+        if gaps.is_empty() { Ok(()) } else { Err(StoreError::Gap { gaps }) }
     }
 
     /// Inserts the created documents that do not exist yet, in the

@@ -106,6 +106,11 @@ pub struct Worker {
     /// as stale in the same transaction, and the keys are dropped once
     /// Redis answers again.
     pub caches_degraded: AtomicBool,
+    /// Per partition, the stored position a gap last rewound to. The same
+    /// gap again means the records before the batch are no longer in the
+    /// log (retention): nothing can fill it, so the check is skipped there
+    /// until a batch lands.
+    pub rewound: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 /// Why a record could not be projected, for the dead-letter headers.
@@ -161,6 +166,23 @@ enum Outcome {
     /// Failed `apply_attempts` times with errors that are not transient.
     Poisoned(StoreError),
     Interrupted(Ended),
+    /// The store lost what precedes the batch (partition, stored position).
+    Gap(Vec<((String, i32), i64)>),
+}
+
+/// The one-by-one path checks no gaps, so it never sees one.
+fn unreachable_gap() {
+    tracing::error!("a gap reported without a gap check; the batch is re-read");
+}
+
+/// Offset of the first of `messages` per partition.
+fn starts_of(messages: &[&BorrowedMessage<'_>]) -> BTreeMap<(String, i32), i64> {
+    let mut starts = BTreeMap::new();
+    for message in messages {
+        let first = starts.entry((message.topic().to_owned(), message.partition())).or_insert(i64::MAX);
+        *first = (*first).min(message.offset());
+    }
+    starts
 }
 
 impl Worker {
@@ -372,18 +394,30 @@ impl Worker {
         let all: Vec<&BorrowedMessage<'_>> = messages.iter().collect();
         // Dead-lettered records still move the checkpoint past themselves.
         let checkpoints = checkpoints_past(&all);
+        let mut starts = starts_of(&all);
+        let unfillable: Vec<(String, i32)> = {
+            let rewound = self.rewound.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            starts.keys().filter(|p| rewound.get(*p) == Some(&i64::MIN)).cloned().collect()
+        };
+        for partition in &unfillable {
+            starts.remove(partition);
+        }
         let records: Vec<Record> = decoded.iter().map(|(_, r)| r.clone()).collect();
-        let events = match self.apply(&records, checkpoints.clone(), stops).await? {
+        let events = match self.apply(&records, checkpoints.clone(), &starts, stops).await? {
             Outcome::Applied(plan) => plan.events,
             Outcome::Interrupted(ended) => return Ok(Some(ended)),
+            Outcome::Gap(gaps) => return Ok(self.rewind_batch(&starts, &gaps)),
             Outcome::Poisoned(err) => {
                 tracing::warn!(error = %err, records = records.len(), "a batch keeps failing; applying its records one by one");
                 let mut events = 0;
                 for (message, record) in &decoded {
                     let single = std::slice::from_ref(record);
-                    match self.apply(single, checkpoints_past(&[message]), stops).await? {
+                    // No gap check one by one: a dead-lettered record before
+                    // this one has not moved the checkpoint yet.
+                    match self.apply(single, checkpoints_past(&[message]), &BTreeMap::new(), stops).await? {
                         Outcome::Applied(plan) => events += plan.events,
                         Outcome::Interrupted(ended) => return Ok(Some(ended)),
+                        Outcome::Gap(_) => unreachable_gap(),
                         Outcome::Poisoned(err) => {
                             let reason = format!("not applied after {} attempts: {err}", self.settings.apply_attempts);
                             self.dead_letter(message, &reason).await?;
@@ -399,6 +433,10 @@ impl Worker {
             }
         };
         self.commit_offsets(&checkpoints);
+        {
+            let mut rewound = self.rewound.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            rewound.retain(|partition, _| !checkpoints.contains_key(partition));
+        }
         for ((topic, partition), next) in &checkpoints {
             self.positions.set_applied(topic, *partition, *next);
         }
@@ -414,6 +452,40 @@ impl Worker {
         Ok(None)
     }
 
+    /// The store lost batches before this one: drop the batch, and seek
+    /// every partition in it back, to the stored checkpoint where there is
+    /// a gap and to the batch's own start elsewhere, so everything from
+    /// there is applied again, in order.
+    fn rewind_batch(&self, starts: &BTreeMap<(String, i32), i64>, gaps: &[((String, i32), i64)]) -> Option<Ended> {
+        tracing::warn!(?gaps, "the view store lost applied batches; applying them again from the log");
+        metrics::counter!("projector_store_rewinds_total").increment(1);
+        let mut rewound = self.rewound.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((topic, partition), start) in starts {
+            let mut at = *start;
+            if let Some((key, stored)) = gaps.iter().find(|(gap, _)| gap.0 == *topic && gap.1 == *partition) {
+                if rewound.get(key) == Some(stored) {
+                    tracing::error!(
+                        topic,
+                        partition,
+                        stored,
+                        start,
+                        "the records before this batch are no longer in the log; applying from here"
+                    );
+                    rewound.insert(key.clone(), i64::MIN);
+                } else {
+                    rewound.insert(key.clone(), *stored);
+                    at = (*stored).min(*start);
+                }
+            }
+            self.positions.rewind(topic, *partition, at);
+            if let Err(err) = self.consumer.seek(topic, *partition, Offset::Offset(at), Duration::from_secs(5)) {
+                tracing::warn!(error = %err, topic, partition, "seeking back failed; rejoining");
+                return Some(Ended::Rejoin);
+            }
+        }
+        None
+    }
+
     /// Plans and applies `records`, retrying. Each attempt re-reads the
     /// processed-id keys and plans afresh: an attempt may fail because
     /// another projector (mid-rebalance) applied some of these events
@@ -422,6 +494,7 @@ impl Worker {
         &self,
         records: &[Record],
         checkpoints: BTreeMap<(String, i32), i64>,
+        starts: &BTreeMap<(String, i32), i64>,
         stops: &mut Stops,
     ) -> anyhow::Result<Outcome> {
         let counted: Vec<uuid::Uuid> =
@@ -442,12 +515,13 @@ impl Worker {
                         let held = plan.checkpoints.entry(partition.clone()).or_insert(0);
                         *held = (*held).max(*next);
                     }
-                    self.store_plan(&plan).await.map(|()| plan)
+                    self.store_plan(&plan, starts).await.map(|()| plan)
                 }
                 Err(err) => Err(err),
             };
             let err = match result {
                 Ok(plan) => return Ok(Outcome::Applied(Box::new(plan))),
+                Err(StoreError::Gap { gaps }) => return Ok(Outcome::Gap(gaps)),
                 Err(err) => err,
             };
             metrics::counter!("projector_batch_failures_total").increment(1);
@@ -471,13 +545,13 @@ impl Worker {
     /// degraded the keys they leave stale, in one transaction), then the
     /// caches. A failed cache refresh does not fail the batch: its keys are
     /// recorded as stale and dropped once Redis is back, and the views go on.
-    async fn store_plan(&self, plan: &Plan) -> Result<(), StoreError> {
+    async fn store_plan(&self, plan: &Plan, starts: &BTreeMap<(String, i32), i64>) -> Result<(), StoreError> {
         if !self.store.refreshes_caches() {
-            return self.store.apply(plan, &[]).await;
+            return self.store.apply(plan, &[], starts).await;
         }
         let degraded = self.caches_degraded.load(Ordering::Relaxed);
         let keys = self.store.cache_keys(plan);
-        self.store.apply(plan, if degraded { &keys } else { &[] }).await?;
+        self.store.apply(plan, if degraded { &keys } else { &[] }, starts).await?;
         if degraded {
             return Ok(());
         }
@@ -501,7 +575,7 @@ impl Worker {
     /// Applies a plan that cannot be poison (checkpoints only), until it lands.
     async fn apply_unbounded(&self, plan: &Plan, stops: &mut Stops) -> Option<Ended> {
         let mut backoff = Backoff::new();
-        while let Err(err) = self.store_plan(plan).await {
+        while let Err(err) = self.store_plan(plan, &BTreeMap::new()).await {
             tracing::warn!(error = %err, "moving the checkpoints failed; retrying");
             if let Some(ended) = backoff.wait(stops).await {
                 return Some(ended);
