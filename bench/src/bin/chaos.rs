@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bench::Rng;
 use clap::Parser;
+use platform::config::parse_duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -46,7 +48,7 @@ struct Args {
     /// The dev script; `<dev> up` restarts what is not running.
     #[arg(long, default_value = "./dev")]
     dev: PathBuf,
-    /// The whole run, setup and final check included: 180s, 3m, 1m30s or plain seconds.
+    /// The whole run, setup and final check included: 180s, 3m or plain seconds.
     #[arg(long, default_value = "180s", value_parser = parse_duration)]
     duration: Duration,
     /// The parts to kill, comma-separated.
@@ -65,71 +67,6 @@ struct Args {
     /// How often each sender edits its profile.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     edit_interval: Duration,
-}
-
-/// "180s", "3m", "1m30s", "250ms" or plain seconds.
-fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let invalid = || format!("{raw:?} is not a duration (e.g. 180s, 3m, 1m30s, 500ms)");
-    if let Ok(secs) = raw.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    if raw.is_empty() {
-        return Err(invalid());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = raw;
-    while !rest.is_empty() {
-        let split = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        let (number, tail) = rest.split_at(split);
-        let split = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(split);
-        let n: f64 = number.parse().map_err(|_| invalid())?;
-        let scale = match unit.trim() {
-            "ms" => 0.001,
-            "s" | "sec" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(invalid()),
-        };
-        total += Duration::try_from_secs_f64(n * scale).map_err(|_| invalid())?;
-        rest = tail;
-    }
-    Ok(total)
-}
-
-/// xorshift64: the fault order and pauses, reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    /// A duration between `lo` and `hi` seconds, to the millisecond.
-    fn secs(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo * 1000 + self.next() % ((hi - lo) * 1000 + 1))
-    }
-
-    fn shuffled(&mut self, items: &[String]) -> Vec<String> {
-        let mut items = items.to_vec();
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-        items
-    }
 }
 
 /// The answer to a write retried until it is definitive.
@@ -1108,18 +1045,6 @@ async fn run(args: Arc<Args>) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_like_an_operator_writes_them() {
-        assert_eq!(parse_duration("180"), Ok(Duration::from_secs(180)));
-        assert_eq!(parse_duration("180s"), Ok(Duration::from_secs(180)));
-        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("3x").is_err());
-        assert!(parse_duration("m").is_err());
-    }
 
     #[test]
     fn the_order_covers_every_fault_once_and_repeats_with_the_seed() {

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use bench::Rng;
 use chrono::Utc;
 use clap::Parser;
 use events::connection::{ConnectionEvent, ConnectionRequested, ConnectionReviewed, RequestStatus, pair_key};
@@ -54,22 +55,6 @@ struct Args {
     /// Keep the run's database and Redis keys afterwards.
     #[arg(long)]
     keep: bool,
-}
-
-/// Small deterministic generator: a reproducible mix from run to run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 /// The state a realistic history needs: versions per aggregate, and what
@@ -120,7 +105,7 @@ fn envelope(aggregate: String, version: u64, actor: Option<Uuid>, event: Event) 
 impl History {
     fn new(users: usize) -> Self {
         Self {
-            rng: Rng(0x9e37_79b9_7f4a_7c15),
+            rng: Rng::new(0x9e37_79b9_7f4a_7c15),
             users: Vec::with_capacity(users),
             positions: HashMap::with_capacity(users),
             user_versions: Vec::with_capacity(users),
