@@ -38,10 +38,8 @@ impl EventLog {
         std::sync::Arc::clone(&self.producer.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    /// Replaces the producer with a new one (a new idempotent producer id).
-    /// After a failed append the old producer's sequence state is suspect,
-    /// and Tansu 0.6 crashes its storage when a producer from before a
-    /// broker restart produces again ("more or less than one row").
+    /// Replaces the producer with a new one, with fresh connections and
+    /// metadata, after a failed append.
     pub fn renew_producer(&self) -> anyhow::Result<()> {
         let fresh = platform::kafka::event_producer(&self.brokers, self.delivery_timeout)?;
         *self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(fresh);

@@ -20,14 +20,27 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     config
 }
 
-/// The event producer: idempotent (no duplicates on retry), `acks=all`, and
-/// a bounded delivery timeout so an unreachable broker becomes a 503 within
+/// The event producer: `acks=all`, no retries inside librdkafka, and a
+/// bounded delivery timeout so an unreachable broker becomes a 503 within
 /// seconds rather than a hung request. Create it once, at start: its first
 /// send takes ~0.5 s on Tansu (STACK.md).
+///
+/// Not librdkafka's idempotent producer: on Tansu 0.6 its producer-id
+/// bookkeeping crashes the broker's storage task after a broker restart
+/// (a produce whose epoch has no row panics "more or less than one row",
+/// and the epoch bump of KIP-360 reaches a `todo!()`), leaving a broker
+/// that answers every request with an error until it is restarted. Found
+/// by `./dev chaos`. Without retries nothing can be written twice: a send
+/// that fails or times out is an unknown outcome, which the command API
+/// already answers with 503 and settles by re-reading the log, and a
+/// client's retry with the same `Idempotency-Key` gets the first answer.
+/// Ordering within an aggregate holds because its commands take a lock
+/// and wait for their acknowledgement one at a time.
 pub fn event_producer(brokers: &str, delivery_timeout: Duration) -> anyhow::Result<FutureProducer> {
     let producer = client_config(brokers)
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", "false")
         .set("acks", "all")
+        .set("message.send.max.retries", "0")
         .set("linger.ms", "1")
         .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
         .create()?;
