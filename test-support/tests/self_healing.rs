@@ -85,6 +85,35 @@ async fn send_messages(command_url: String, token: String, to: String, count: us
     acknowledged
 }
 
+/// Each of `tokens` sends `to` an interested request, one every `gap`,
+/// retried with its Idempotency-Key while the outcome is unknown.
+async fn send_requests(command_url: String, tokens: Vec<String>, to: String, gap: Duration) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    for token in tokens {
+        let key = uuid::Uuid::new_v4().to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = http
+                .post(format!("{command_url}/v1/requests/send/interested/{to}"))
+                .bearer_auth(&token)
+                .header("idempotency-key", &key)
+                .send()
+                .await;
+            match reply {
+                Ok(reply) if reply.status() == StatusCode::CREATED => break,
+                Ok(reply) if reply.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                    panic!("request refused: {} {:?}", reply.status(), reply.text().await);
+                }
+                _ => {
+                    assert!(Instant::now() < deadline, "a request had no definitive answer within 60 s");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        tokio::time::sleep(gap).await;
+    }
+}
+
 /// Every message id of the conversation, newest first, paging through.
 async fn conversation(env: &TestEnv, token: &str, other: &str) -> Result<Vec<String>, String> {
     let mut ids = Vec::new();
@@ -112,9 +141,22 @@ async fn conversation(env: &TestEnv, token: &str, other: &str) -> Result<Vec<Str
 /// once, `b`'s unread count (one request, one per message), and today's
 /// counts. Then, once the projector has nothing left to apply, checks again:
 /// equal, not merely reached (nothing counted twice).
-async fn assert_converged(env: &TestEnv, cast: &Cast, messages: &[String], logins: u64, within: Duration) {
+/// Today's counts a test expects besides its messages.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    signups: u64,
+    logins: u64,
+    /// Connection requests to `b` (one from `a`, plus any others).
+    requests: u64,
+}
+
+/// The cast alone: two signups, three log-ins (one session logged out),
+/// one request.
+const CAST: Counts = Counts { signups: 2, logins: 3, requests: 1 };
+
+async fn assert_converged(env: &TestEnv, cast: &Cast, messages: &[String], counts: Counts, within: Duration) {
     let started = Instant::now();
-    let expected_unread = 1 + messages.len() as u64;
+    let expected_unread = counts.requests + messages.len() as u64;
     let check = || async {
         let mut seen = conversation(env, &cast.a_token, &cast.b).await?;
         seen.sort();
@@ -130,10 +172,10 @@ async fn assert_converged(env: &TestEnv, cast: &Cast, messages: &[String], login
         let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let stats = env.query(&format!("/v1/stats/daily?from={today}&to={today}"), &cast.a_token, None).await;
         let day = &stats.body["days"][0];
-        let counts = (&day["signups"], &day["logins"], &day["requestsSent"], &day["messagesSent"]);
-        let wanted = (&json!(2), &json!(logins), &json!(1), &json!(messages.len()));
-        if counts != wanted {
-            return Err(format!("daily stats {counts:?}, expected {wanted:?}"));
+        let seen = (&day["signups"], &day["logins"], &day["requestsSent"], &day["messagesSent"]);
+        let wanted = (&json!(counts.signups), &json!(counts.logins), &json!(counts.requests), &json!(messages.len()));
+        if seen != wanted {
+            return Err(format!("daily stats {seen:?}, expected {wanted:?}"));
         }
         Ok(())
     };
@@ -148,6 +190,10 @@ async fn assert_converged(env: &TestEnv, cast: &Cast, messages: &[String], login
 async fn projector_killed_three_times_under_load_converges_exactly() {
     let mut env = TestEnv::start().await;
     let cast = cast(&env).await;
+    let mut senders = Vec::new();
+    for i in 0..6 {
+        senders.push(env.user(&format!("sender{i}")).await.1);
+    }
     let workload = tokio::spawn(send_messages(
         env.command_url(""),
         cast.a_token.clone(),
@@ -155,6 +201,9 @@ async fn projector_killed_three_times_under_load_converges_exactly() {
         60,
         Duration::from_millis(100),
     ));
+    // Requests and their notifications in the same batches as the messages.
+    let requests =
+        tokio::spawn(send_requests(env.command_url(""), senders, cast.b.clone(), Duration::from_millis(900)));
     // Three crashes within ten seconds, each restarted at once, in the
     // middle of batches of messages.
     for _ in 0..3 {
@@ -163,10 +212,12 @@ async fn projector_killed_three_times_under_load_converges_exactly() {
     }
     let messages = workload.await.expect("workload");
     assert_eq!(messages.len(), 60, "the command API does not need the projector");
+    requests.await.expect("requests");
     assert_refused(&env, &cast.revoked, "after the crashes").await;
     // The dead members' partitions are taken over (after their sessions
     // expire and nobody advances them for DEVCONNECT_PROJECTOR_STALL_AFTER).
-    assert_converged(&env, &cast, &messages, 3, Duration::from_secs(60)).await;
+    let counts = Counts { signups: 8, logins: 9, requests: 7 };
+    assert_converged(&env, &cast, &messages, counts, Duration::from_secs(60)).await;
     let metrics = env
         .http
         .get(format!("http://127.0.0.1:{}/metrics", env.projector_port))
@@ -221,7 +272,7 @@ async fn mongodb_killed_right_after_a_batch_is_healed_from_the_log() {
         if read.status == StatusCode::OK && read.body["about"] == "after" { Ok(()) } else { Err(format!("{read:?}")) }
     })
     .await;
-    assert_converged(&env, &cast, &messages, 3, Duration::from_secs(60)).await;
+    assert_converged(&env, &cast, &messages, CAST, Duration::from_secs(60)).await;
     assert_refused(&env, &cast.revoked, "after MongoDB came back").await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -264,7 +315,7 @@ async fn the_projector_outlives_a_broker_crash_and_catches_up() {
     let broker = start_private_broker(&dir, port).await;
     let messages = workload.await.expect("workload");
     assert_eq!(messages.len(), 100, "every message ends acknowledged once the broker is back");
-    assert_converged(&env, &cast, &messages, 3, Duration::from_secs(60)).await;
+    assert_converged(&env, &cast, &messages, CAST, Duration::from_secs(60)).await;
     let projector = env.projector.as_mut().expect("projector");
     assert!(projector.exited().is_none(), "the projector exited:\n{}", projector.log_text());
     assert!(!broker.log_text().contains("panicked"), "the broker crashed inside:\n{}", broker.log_text());
@@ -299,7 +350,7 @@ async fn views_advance_while_redis_is_down_and_logout_holds() {
     env.start_redis().await;
     assert_refused(&env, &second, "redis back, empty").await;
     assert_refused(&env, &cast.revoked, "redis back, empty").await;
-    assert_converged(&env, &cast, &messages, 4, Duration::from_secs(60)).await;
+    assert_converged(&env, &cast, &messages, Counts { logins: 4, ..CAST }, Duration::from_secs(60)).await;
     let cached = env.query("/v1/profile", &cast.a_token, None).await;
     assert_eq!(cached.body["about"], "during");
 }
