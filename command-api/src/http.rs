@@ -338,16 +338,19 @@ pub struct PasswordChangeRequest {
 }
 
 #[utoipa::path(put, path = "/v1/profile/password", tag = "profile", request_body = PasswordChangeRequest, security(("bearer" = [])),
-    responses((status = 204, description = "Changed; every other session revoked"), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
+    responses((status = 204, description = "Changed; every other session revoked"), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+        (status = 429, description = "Too many wrong current passwords for this account (shared with log-in); see Retry-After", body = ErrorResponse)))]
 pub async fn change_password(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Caller(claims): Caller,
     correlation: CorrelationId,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PasswordChangeRequest>,
 ) -> Result<Response, ApiError> {
     let ctx = with_fingerprint(command_context(correlation, &headers)?, "password", &body);
-    let outcome = state.service.change_password(&claims, body.current_password, body.new_password, &ctx).await?;
+    let outcome =
+        state.service.change_password(&claims, body.current_password, body.new_password, peer.ip(), &ctx).await?;
     Ok(respond(&state, outcome))
 }
 

@@ -366,7 +366,9 @@ impl CommandService {
     ) -> Result<Outcome, CommandError> {
         self.ensure_ready()?;
         let email = email.trim().to_lowercase();
-        self.throttle.check(&email, client).await?;
+        // Counted before the hash is checked: parallel guesses cannot
+        // outrun the limit.
+        self.throttle.reserve(&email, client).await?;
         let (user_id, hash) = {
             let model = self.read();
             match model.user_by_email(&email) {
@@ -375,11 +377,10 @@ impl CommandService {
             }
         };
         let (Some(user_id), true) = (user_id, password::verify(password, hash).await) else {
-            self.throttle.record_failure(&email, client).await?;
             metrics::counter!("login_failures_total").increment(1);
             return Err(CommandError::InvalidCredentials);
         };
-        self.throttle.reset_account(&email).await?;
+        self.throttle.settle_success(&email, client).await?;
 
         let _held = self.locks.lock([format!("user:{user_id}")]).await;
         if let Some(outcome) = self.replay(user_id, ctx)? {
@@ -443,6 +444,7 @@ impl CommandService {
         claims: &Claims,
         current: String,
         new: String,
+        client: IpAddr,
         ctx: &CommandContext,
     ) -> Result<Outcome, CommandError> {
         self.ensure_ready()?;
@@ -452,14 +454,20 @@ impl CommandService {
             return Ok(outcome);
         }
         validation::password(&new)?;
-        let hash = self.state_of(claims.sub)?.password_hash;
-        if !password::verify(current, hash).await {
+        // The session first: a logged-out token learns nothing about the
+        // password. Then the guess counts against the account's limit,
+        // like a log-in, before the hash is checked.
+        let state = self.state_of(claims.sub)?;
+        Self::require_active_session(&state, claims)?;
+        self.throttle.reserve(&state.email, client).await?;
+        if !password::verify(current, state.password_hash).await {
             return Err(Rejection::invalid(
                 "current_password_incorrect",
                 "currentPassword is not the current password",
             )
             .into());
         }
+        self.throttle.settle_success(&state.email, client).await?;
         let new_hash = password::hash(new)
             .await
             .map_err(|e| CommandError::Unavailable { dependency: "hasher", detail: e.to_string() })?;

@@ -1,6 +1,8 @@
-//! Brute-force limits on log-in (DOMAIN.md): failed attempts counted per
-//! account and per client address in fixed windows in Redis. Technical state
-//! that may be lost (DESIGN.md §1).
+//! Brute-force limits on password checks (log-in and password change):
+//! attempts counted per account and per client address in fixed windows in
+//! Redis, reserved before the hash is checked and taken back on success.
+//! Technical state that may be lost (DESIGN.md §1); while Redis is down,
+//! password checks fail closed.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -49,42 +51,64 @@ impl LoginThrottle {
         self.keys.ratelimit(&format!("client:{client}"), "login")
     }
 
-    /// Refuses when either counter reached its limit, with the seconds left
-    /// in that window.
-    pub async fn check(&self, email: &str, client: IpAddr) -> Result<(), ThrottleError> {
-        let (account, client) = (self.account_key(email), self.client_key(client));
+    /// Counts an attempt before its verdict, atomically for both counters:
+    /// refused (and not counted) when either is already at its limit, with
+    /// the seconds left in that window. However many attempts arrive at
+    /// once, no more than the limit get a verdict per window. A failed
+    /// attempt leaves its count in place; `settle_success` takes it back.
+    pub async fn reserve(&self, email: &str, client: IpAddr) -> Result<(), ThrottleError> {
+        let window_secs = self.limits.window.as_secs().max(1);
         let mut redis = self.redis.clone();
-        let (a_count, a_ttl, c_count, c_ttl): (Option<u64>, i64, Option<u64>, i64) =
-            redis::pipe().get(&account).pttl(&account).get(&client).pttl(&client).query_async(&mut redis).await?;
-        let window_ms = self.limits.window.as_millis() as i64;
-        let over = |count: Option<u64>, limit: u64, ttl_ms: i64| {
-            (count.unwrap_or(0) >= limit).then_some(if ttl_ms > 0 { ttl_ms } else { window_ms })
-        };
-        let wait_ms = over(a_count, self.limits.per_account, a_ttl)
-            .into_iter()
-            .chain(over(c_count, self.limits.per_client, c_ttl))
-            .max();
-        match wait_ms {
-            Some(ms) => Err(ThrottleError::Limited { retry_after_secs: (ms as u64).div_ceil(1000).max(1) }),
-            None => Ok(()),
+        let wait_ms: i64 = redis::Script::new(RESERVE)
+            .key(self.account_key(email))
+            .key(self.client_key(client))
+            .arg(self.limits.per_account)
+            .arg(self.limits.per_client)
+            .arg(window_secs)
+            .invoke_async(&mut redis)
+            .await?;
+        if wait_ms > 0 {
+            return Err(ThrottleError::Limited { retry_after_secs: (wait_ms as u64).div_ceil(1000).max(1) });
         }
-    }
-
-    pub async fn record_failure(&self, email: &str, client: IpAddr) -> Result<(), ThrottleError> {
-        let window_secs = self.limits.window.as_secs().max(1) as i64;
-        let mut redis = self.redis.clone();
-        let mut pipe = redis::pipe();
-        for key in [self.account_key(email), self.client_key(client)] {
-            // NX: the window starts at the first failure and is not extended.
-            pipe.incr(&key, 1).ignore().cmd("EXPIRE").arg(&key).arg(window_secs).arg("NX").ignore();
-        }
-        pipe.query_async::<()>(&mut redis).await?;
         Ok(())
     }
 
-    pub async fn reset_account(&self, email: &str) -> Result<(), ThrottleError> {
+    /// The attempt succeeded: the account's failures start over, and the
+    /// client's reserved count is handed back.
+    pub async fn settle_success(&self, email: &str, client: IpAddr) -> Result<(), ThrottleError> {
         let mut redis = self.redis.clone();
-        redis::cmd("DEL").arg(self.account_key(email)).query_async::<()>(&mut redis).await?;
+        redis::Script::new(SETTLE_SUCCESS)
+            .key(self.account_key(email))
+            .key(self.client_key(client))
+            .invoke_async::<()>(&mut redis)
+            .await?;
         Ok(())
     }
 }
+
+/// KEYS: account, client; ARGV: account limit, client limit, window (s).
+/// Returns 0 when the attempt is counted, else the milliseconds until the
+/// fuller window ends.
+const RESERVE: &str = r"
+local limits = { tonumber(ARGV[1]), tonumber(ARGV[2]) }
+local wait = 0
+for i = 1, 2 do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= limits[i] then
+    local ttl = redis.call('PTTL', KEYS[i])
+    if ttl < 0 then ttl = tonumber(ARGV[3]) * 1000 end
+    if ttl > wait then wait = ttl end
+  end
+end
+if wait > 0 then return wait end
+for i = 1, 2 do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[3], 'NX')
+end
+return 0
+";
+
+/// KEYS: account, client.
+const SETTLE_SUCCESS: &str = r"
+redis.call('DEL', KEYS[1])
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
+";
