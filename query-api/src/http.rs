@@ -555,7 +555,23 @@ pub async fn daily_stats(
 
 /// How long one XREAD waits for new entries (a timeout just loops; the
 /// SSE keep-alive runs meanwhile).
-const STREAM_BLOCK: Duration = Duration::from_secs(10);
+/// How long one XREAD waits for entries: also the longest an open stream
+/// takes to notice that its session was revoked or expired.
+const STREAM_BLOCK: Duration = Duration::from_secs(2);
+
+/// What an open stream re-checks before each read and each event.
+struct LiveSession {
+    revocations: views::revocation::RevocationList,
+    session_id: String,
+    /// The token's `exp` (Unix seconds).
+    expires_at: i64,
+}
+
+impl LiveSession {
+    fn is_live(&self) -> bool {
+        chrono::Utc::now().timestamp() < self.expires_at && !self.revocations.is_revoked(&self.session_id)
+    }
+}
 
 /// Counts open streams in `/metrics`; dropped with the stream, however it ends.
 struct OpenStream;
@@ -630,12 +646,27 @@ pub async fn stream(
             last.into_iter().next().map_or_else(|| "0-0".to_owned(), |(id, _)| id)
         }
     };
+    // The stream ends within one XREAD block (plus one revocation poll) of
+    // its session being revoked, and when its token expires: it must not
+    // go on delivering private messages to a logged-out client.
+    let session = LiveSession {
+        revocations: state.revocations.clone(),
+        session_id: claims.jti.to_string(),
+        expires_at: claims.exp,
+    };
     let events = futures::stream::unfold(
-        (redis, key, start, std::collections::VecDeque::new(), OpenStream::new()),
-        |(mut redis, key, mut after, mut pending, open)| async move {
+        (redis, key, start, std::collections::VecDeque::new(), OpenStream::new(), session),
+        |(mut redis, key, mut after, mut pending, open, session)| async move {
             loop {
+                if !session.is_live() {
+                    tracing::info!("the stream's session was revoked or expired; closing the stream");
+                    return None;
+                }
                 if let Some(event) = pending.pop_front() {
-                    return Some((Ok::<Event, std::convert::Infallible>(event), (redis, key, after, pending, open)));
+                    return Some((
+                        Ok::<Event, std::convert::Infallible>(event),
+                        (redis, key, after, pending, open, session),
+                    ));
                 }
                 let reply: Result<Option<redis::streams::StreamReadReply>, _> = redis::cmd("XREAD")
                     .arg("BLOCK")

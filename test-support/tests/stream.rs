@@ -153,3 +153,77 @@ async fn the_stream_delivers_only_the_callers_events_and_resumes() {
     let anonymous = env.send(Method::GET, &env.query_url("/v1/stream"), None, &[]).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Reads until the stream ends; returns what it delivered meanwhile, or
+/// panics if it is still open after `within`.
+async fn until_closed(stream: &mut SseReader, within: Duration) -> Vec<SseEvent> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut delivered = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(!left.is_zero(), "the stream is still open after {within:?}; delivered {delivered:?}");
+        let chunk = tokio::time::timeout(left, stream.response.chunk()).await;
+        match chunk {
+            Ok(Ok(Some(bytes))) => {
+                stream.buffer.push_str(&String::from_utf8_lossy(&bytes));
+                while let Some(end) = stream.buffer.find("\n\n") {
+                    let frame: String = stream.buffer.drain(..end + 2).collect();
+                    if frame.contains("event:") {
+                        delivered.push(SseEvent { id: String::new(), kind: frame.clone(), data: Value::Null });
+                    }
+                }
+            }
+            Ok(Ok(None) | Err(_)) => return delivered,
+            Err(_) => panic!("the stream is still open after {within:?}; delivered {delivered:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_open_stream_ends_soon_after_its_session_is_revoked() {
+    let env = TestEnv::start().await;
+    let (_, a_token) = env.user("a").await;
+    let (b, b_token) = env.user("b").await;
+    let accepted = env.connect(&a_token, &b, &b_token).await;
+    let projected = env.query("/v1/profile", &a_token, Some(&accepted.consistency())).await;
+    assert_eq!(projected.status, StatusCode::OK);
+    let (second, _) = env.login(&env.email("b"), test_support::PASSWORD).await;
+    let mut stream = SseReader::open(&env, &second, None).await;
+
+    let logout = env.command(Method::POST, "/v1/auth/logout", None, Some(&second)).await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    let logged_out = tokio::time::Instant::now();
+    // A private message a second later must not reach the logged-out stream.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = env
+        .command(Method::POST, &format!("/v1/messages/{b}"), Some(&json!({"text": "private"})), Some(&a_token))
+        .await;
+    assert_eq!(sent.status, StatusCode::CREATED);
+    let delivered = until_closed(&mut stream, Duration::from_secs(8)).await;
+    assert!(logged_out.elapsed() < Duration::from_secs(5), "closed only after {:?}", logged_out.elapsed());
+    assert!(delivered.is_empty(), "delivered after the logout: {delivered:?}");
+    // The live session's stream is unaffected.
+    let mut live = SseReader::open(&env, &b_token, None).await;
+    let again = env
+        .command(Method::POST, &format!("/v1/messages/{b}"), Some(&json!({"text": "still here"})), Some(&a_token))
+        .await;
+    let id = again.body["messageId"].clone();
+    live.expect("message", |d| d["messageId"] == id).await;
+}
+
+#[tokio::test]
+async fn an_open_stream_ends_when_its_token_expires() {
+    let env = TestEnv::start_with(vec![("DEVCONNECT_SESSION_TTL", "6s")]).await;
+    let email = env.email("short");
+    env.signup(&email).await;
+    let (token, _) = env.login(&email, test_support::PASSWORD).await;
+    let opened = tokio::time::Instant::now();
+    let mut stream = SseReader::open(&env, &token, None).await;
+    until_closed(&mut stream, Duration::from_secs(15)).await;
+    let lasted = opened.elapsed();
+    assert!(lasted < Duration::from_secs(10), "the stream outlived its token by {lasted:?}");
+    // `exp` has whole seconds: past the second it names, the token is refused.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let expired = env.query("/v1/profile", &token, None).await;
+    assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
+}
