@@ -235,13 +235,15 @@ pub struct FeedPage {
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 pub struct FeedParams {
-    /// 1-based page number (default 1).
+    /// 1-based page number (default 1, at most 1 000 000).
     pub page: Option<String>,
     /// Profiles per page, 1-50 (default 10).
     pub limit: Option<String>,
 }
 
 const MAX_FEED_LIMIT: u64 = 50;
+/// 50 000 000 profiles deep at the largest limit.
+const MAX_FEED_PAGE: u64 = 1_000_000;
 
 fn positive(raw: Option<&str>, default: u64, code: &'static str, what: &str) -> Result<u64, ApiError> {
     match raw {
@@ -263,6 +265,14 @@ pub async fn feed(
 ) -> Result<Json<FeedPage>, ApiError> {
     let page = positive(params.page.as_deref(), 1, "page_invalid", "page")?;
     let limit = positive(params.limit.as_deref(), 10, "limit_invalid", "limit")?;
+    if page > MAX_FEED_PAGE {
+        // Far beyond any directory, and its offset would overflow the
+        // stores' skip: a client's mistake, not an outage.
+        return Err(ApiError::BadRequest {
+            code: "page_too_large",
+            message: format!("page must be at most {MAX_FEED_PAGE}"),
+        });
+    }
     if limit > MAX_FEED_LIMIT {
         return Err(ApiError::BadRequest {
             code: "limit_too_large",
