@@ -176,7 +176,7 @@ fn respond(state: &AppState, outcome: Outcome) -> Response {
     response
 }
 
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SignupRequest {
     #[schema(min_length = 2, max_length = 50)]
@@ -230,11 +230,46 @@ pub async fn signup(
     Ok(respond(&state, outcome))
 }
 
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoginRequest {
     pub email_id: String,
     pub password: String,
+}
+
+// The requests that carry a password print it redacted: a `Debug` in a log
+// line or a panic message must never leak one.
+const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for SignupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignupRequest")
+            .field("first_name", &self.first_name)
+            .field("last_name", &self.last_name)
+            .field("email_id", &self.email_id)
+            .field("password", &REDACTED)
+            .field("age", &self.age)
+            .field("gender", &self.gender)
+            .field("about", &self.about)
+            .field("skills", &self.skills)
+            .field("photo_url", &self.photo_url)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest").field("email_id", &self.email_id).field("password", &REDACTED).finish()
+    }
+}
+
+impl std::fmt::Debug for PasswordChangeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChangeRequest")
+            .field("current_password", &REDACTED)
+            .field("new_password", &REDACTED)
+            .finish()
+    }
 }
 
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
@@ -330,7 +365,7 @@ pub async fn update_profile(
     Ok(respond(&state, outcome))
 }
 
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PasswordChangeRequest {
     pub current_password: String,
@@ -556,4 +591,24 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state);
     platform::http::with_common_layers(api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_with_passwords_never_print_them() {
+        let login = LoginRequest { email_id: "ada@example.com".into(), password: "Sup3r$ecret".into() };
+        let change = PasswordChangeRequest { current_password: "Old$ecret1".into(), new_password: "N3w$ecret1".into() };
+        let signup: SignupRequest = serde_json::from_value(serde_json::json!({
+            "firstName": "Ada", "lastName": "Lovelace", "emailId": "ada@example.com", "password": "Sup3r$ecret"
+        }))
+        .expect("signup");
+        for printed in [format!("{login:?}"), format!("{change:?}"), format!("{signup:?}")] {
+            assert!(!printed.contains("ecret"), "{printed}");
+            assert!(printed.contains(REDACTED), "{printed}");
+        }
+        assert!(format!("{login:?}").contains("ada@example.com"), "the rest still prints");
+    }
 }
