@@ -38,6 +38,12 @@ pub struct Config {
     pub login_max_failures_per_client: u64,
     #[arg(long, env = "DEVCONNECT_LOGIN_FAILURE_WINDOW", default_value = "5m", value_parser = parse_duration)]
     pub login_failure_window: Duration,
+    /// Password checks (signup, log-in, password change) that may wait for
+    /// the hasher; past that they answer 503 hasher_busy with Retry-After.
+    /// A check takes ~20 ms of a core: 64 waiting is well under a second
+    /// on two cores.
+    #[arg(long, env = "DEVCONNECT_HASH_QUEUE", default_value_t = 64)]
+    pub hash_queue: usize,
     /// Mark the session cookie `Secure` (set behind HTTPS).
     #[arg(long, env = "DEVCONNECT_COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,

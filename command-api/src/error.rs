@@ -60,6 +60,7 @@ impl IntoResponse for ApiError {
                 return error_response(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", &message, Some(1));
             }
             CommandError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", Some(1)),
+            CommandError::HasherBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "hasher_busy", Some(1)),
         };
         error_response(status, code, &message, retry_after)
     }

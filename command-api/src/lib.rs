@@ -26,6 +26,7 @@ use crate::throttle::{LoginLimits, LoginThrottle};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = Arc::new(JwtKeys::new(&config.jwt.secret)?);
+    password::set_queue_limit(config.hash_queue);
     let metrics = platform::http::install_metrics()?;
     let topics = config.kafka.topics();
     let owned_topics: Vec<String> = Topic::EVENT_TOPICS.iter().map(|t| topics.name(*t)).collect();

@@ -11,28 +11,67 @@ fn permits() -> &'static tokio::sync::Semaphore {
     PERMITS.get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
 }
 
+/// How many password checks may wait for a permit before more are turned
+/// away with 503: a burst of signups must not queue log-ins for minutes.
+static QUEUE_LIMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64);
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the queue bound (`DEVCONNECT_HASH_QUEUE`), once at start.
+pub fn set_queue_limit(limit: usize) {
+    QUEUE_LIMIT.store(limit, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The hasher's queue is full: the caller should answer 503 with Retry-After.
+#[derive(Debug, thiserror::Error)]
+#[error("too many password checks are waiting; retry shortly")]
+pub struct HasherBusy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error(transparent)]
+    Busy(#[from] HasherBusy),
+    #[error("hashing: {0}")]
+    Failed(String),
+}
+
+/// A hashing permit, or `HasherBusy` when the queue is at its bound.
+async fn permit() -> Result<tokio::sync::SemaphorePermit<'static>, HasherBusy> {
+    use std::sync::atomic::Ordering;
+    let semaphore = permits();
+    if let Ok(permit) = semaphore.try_acquire() {
+        return Ok(permit);
+    }
+    if WAITING.fetch_add(1, Ordering::AcqRel) >= QUEUE_LIMIT.load(Ordering::Relaxed) {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+        metrics::counter!("hasher_busy_total").increment(1);
+        return Err(HasherBusy);
+    }
+    let permit = semaphore.acquire().await;
+    WAITING.fetch_sub(1, Ordering::AcqRel);
+    permit.map_err(|_| HasherBusy)
+}
+
 /// Parameters of OWASP's argon2id baseline (19 MiB, 2 passes, 1 lane).
 fn hasher() -> Argon2<'static> {
     let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-pub async fn hash(password: String) -> anyhow::Result<String> {
-    let _permit = permits().acquire().await?;
+pub async fn hash(password: String) -> Result<String, HashError> {
+    let _permit = permit().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
-        hasher()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| anyhow::anyhow!("hashing: {e}"))
+        hasher().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
     })
-    .await?
+    .await
+    .map_err(|e| HashError::Failed(e.to_string()))?
+    .map_err(HashError::Failed)
 }
 
 /// Verifies `password` against `hash`; with no hash (unknown account) it
 /// verifies against a fixed dummy, so both paths cost the same and the
 /// response time does not reveal whether an email is registered.
-pub async fn verify(password: String, hash: Option<String>) -> bool {
+pub async fn verify(password: String, hash: Option<String>) -> Result<bool, HasherBusy> {
     // A real hash made with the same parameters, so the dummy path does the
     // same work as the real one.
     static DUMMY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -40,14 +79,14 @@ pub async fn verify(password: String, hash: Option<String>) -> bool {
         hasher().hash_password(b"no such account", &salt).map(|h| h.to_string()).unwrap_or_default()
     });
     let known = hash.is_some();
-    let Ok(_permit) = permits().acquire().await else { return false };
-    tokio::task::spawn_blocking(move || {
+    let _permit = permit().await?;
+    let matches = tokio::task::spawn_blocking(move || {
         let hash = hash.unwrap_or_else(|| DUMMY.clone());
         PasswordHash::new(&hash).is_ok_and(|parsed| hasher().verify_password(password.as_bytes(), &parsed).is_ok())
     })
     .await
-    .unwrap_or(false)
-        && known
+    .unwrap_or(false);
+    Ok(matches && known)
 }
 
 #[cfg(test)]
@@ -60,8 +99,8 @@ mod tests {
         let h2 = hash("Str0ng!pass".into()).await.expect("hash");
         assert!(h1.starts_with("$argon2id$"));
         assert_ne!(h1, h2, "salted");
-        assert!(verify("Str0ng!pass".into(), Some(h1.clone())).await);
-        assert!(!verify("wrong".into(), Some(h1)).await);
-        assert!(!verify("Str0ng!pass".into(), None).await);
+        assert!(verify("Str0ng!pass".into(), Some(h1.clone())).await.expect("permit"));
+        assert!(!verify("wrong".into(), Some(h1)).await.expect("permit"));
+        assert!(!verify("Str0ng!pass".into(), None).await.expect("permit"));
     }
 }

@@ -115,6 +115,17 @@ pub enum CommandError {
     Unavailable { dependency: &'static str, detail: String },
     #[error("the write model is still being rebuilt from the log")]
     NotReady,
+    #[error(transparent)]
+    HasherBusy(#[from] password::HasherBusy),
+}
+
+impl From<password::HashError> for CommandError {
+    fn from(e: password::HashError) -> Self {
+        match e {
+            password::HashError::Busy(busy) => CommandError::HasherBusy(busy),
+            password::HashError::Failed(detail) => CommandError::Unavailable { dependency: "hasher", detail },
+        }
+    }
 }
 
 impl From<ThrottleError> for CommandError {
@@ -339,9 +350,7 @@ impl CommandService {
         validation::password(&input.password)?;
         let profile: Profile = validation::profile(&input.profile)?;
         // Hash before taking the lock: it is the slow part and needs no state.
-        let password_hash = password::hash(input.password)
-            .await
-            .map_err(|e| CommandError::Unavailable { dependency: "hasher", detail: e.to_string() })?;
+        let password_hash = password::hash(input.password).await?;
 
         let _held = self.locks.lock([format!("email:{email}")]).await;
         let owner = self.read().email_owner(&email);
@@ -376,7 +385,14 @@ impl CommandService {
                 None => (None, None),
             }
         };
-        let (Some(user_id), true) = (user_id, password::verify(password, hash).await) else {
+        let verdict = match password::verify(password, hash).await {
+            Ok(verdict) => verdict,
+            Err(busy) => {
+                self.throttle.release(&email, client).await?;
+                return Err(busy.into());
+            }
+        };
+        let (Some(user_id), true) = (user_id, verdict) else {
             metrics::counter!("login_failures_total").increment(1);
             return Err(CommandError::InvalidCredentials);
         };
@@ -460,7 +476,14 @@ impl CommandService {
         let state = self.state_of(claims.sub)?;
         Self::require_active_session(&state, claims)?;
         self.throttle.reserve(&state.email, client).await?;
-        if !password::verify(current, state.password_hash).await {
+        let verdict = match password::verify(current, state.password_hash).await {
+            Ok(verdict) => verdict,
+            Err(busy) => {
+                self.throttle.release(&state.email, client).await?;
+                return Err(busy.into());
+            }
+        };
+        if !verdict {
             return Err(Rejection::invalid(
                 "current_password_incorrect",
                 "currentPassword is not the current password",
@@ -468,9 +491,7 @@ impl CommandService {
             .into());
         }
         self.throttle.settle_success(&state.email, client).await?;
-        let new_hash = password::hash(new)
-            .await
-            .map_err(|e| CommandError::Unavailable { dependency: "hasher", detail: e.to_string() })?;
+        let new_hash = password::hash(new).await?;
         let (outcome, envelopes) = self
             .on_own_aggregate(claims, ctx, |_| UserCommand::ChangePassword {
                 new_password_hash: new_hash,

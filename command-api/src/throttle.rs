@@ -73,6 +73,17 @@ impl LoginThrottle {
         Ok(())
     }
 
+    /// The attempt got no verdict (the hasher was busy): hand its count back.
+    pub async fn release(&self, email: &str, client: IpAddr) -> Result<(), ThrottleError> {
+        let mut redis = self.redis.clone();
+        redis::Script::new(RELEASE)
+            .key(self.account_key(email))
+            .key(self.client_key(client))
+            .invoke_async::<()>(&mut redis)
+            .await?;
+        Ok(())
+    }
+
     /// The attempt succeeded: the account's failures start over, and the
     /// client's reserved count is handed back.
     pub async fn settle_success(&self, email: &str, client: IpAddr) -> Result<(), ThrottleError> {
@@ -85,6 +96,13 @@ impl LoginThrottle {
         Ok(())
     }
 }
+
+/// KEYS: account, client.
+const RELEASE: &str = r"
+for i = 1, 2 do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
+";
 
 /// KEYS: account, client; ARGV: account limit, client limit, window (s).
 /// Returns 0 when the attempt is counted, else the milliseconds until the

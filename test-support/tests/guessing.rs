@@ -91,3 +91,28 @@ async fn the_password_change_is_no_guessing_oracle() {
         .await;
     assert_eq!(login.status, StatusCode::TOO_MANY_REQUESTS, "one limit for both");
 }
+
+#[tokio::test]
+async fn a_signup_flood_is_turned_away_instead_of_queueing_log_ins() {
+    // Two checks may wait for the hasher; the rest are told to come back.
+    let env = TestEnv::start_with(vec![("DEVCONNECT_HASH_QUEUE", "2")]).await;
+    let email = env.email("regular");
+    env.signup(&email).await;
+    let flood: Vec<_> = (0..40)
+        .map(|i| (Method::POST, "/v1/auth/signup".to_owned(), TestEnv::signup_body(&env.email(&format!("f{i}"))), None))
+        .collect();
+    let replies = all_at_once(&env, flood).await;
+    let created = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    let busy: Vec<&Reply> = replies.iter().filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE).collect();
+    assert_eq!(created + busy.len(), 40, "only 201 or 503: {:?}", statuses(&replies));
+    assert!(!busy.is_empty() && created >= 2, "{:?}", statuses(&replies));
+    for reply in &busy {
+        assert_eq!(reply.code(), "hasher_busy");
+        assert_eq!(reply.header("retry-after").as_deref(), Some("1"));
+    }
+    // Nothing was half-done: a turned-away signup can simply be sent again.
+    let again = env.command(Method::POST, "/v1/auth/signup", Some(&TestEnv::signup_body(&env.email("f0"))), None).await;
+    assert!([StatusCode::CREATED, StatusCode::CONFLICT].contains(&again.status), "{again:?}");
+    // And log-ins go through once the burst is over.
+    env.login(&email, PASSWORD).await;
+}
