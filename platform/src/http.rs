@@ -16,6 +16,14 @@ use tracing::Instrument;
 
 /// Request bodies above this get 413 (API.md).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// The longest a request may take to produce its response: above the
+/// longest consistency wait a read may ask for. A live stream's response
+/// starts at once, so it is not cut by this.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest a client may take to send its body: a client trickling a
+/// body byte by byte must not hold a task for ever.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 #[derive(Debug, Serialize)]
@@ -174,13 +182,16 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error", None)
 }
 
-/// Adds the layers every API has: JSON fallbacks, the body limit, panic
-/// containment, correlation ids and metrics.
+/// Adds the layers every API has: JSON fallbacks, the body limit and the
+/// body and request timeouts, panic containment, correlation ids and
+/// metrics.
 pub fn with_common_layers(router: Router) -> Router {
     router
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(observe))
 }
