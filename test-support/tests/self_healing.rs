@@ -45,71 +45,53 @@ async fn assert_refused(env: &TestEnv, token: &str, when: &str) {
     );
 }
 
-/// Sends `count` messages from one user to another, one every `gap`, with
-/// a client of its own (so it runs while the test kills things); returns
-/// the ids acknowledged with 201. Each message carries an Idempotency-Key
-/// and is retried while the answer is a 503 or no answer at all (its
-/// outcome is unknown then: the append may have landed), for up to 60 s,
-/// so every message ends acknowledged or refused, never in between.
-async fn send_messages(command_url: String, token: String, to: String, count: usize, gap: Duration) -> Vec<String> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-    let mut acknowledged = Vec::new();
-    for i in 0..count {
-        let key = uuid::Uuid::new_v4().to_string();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let reply = http
-                .post(format!("{command_url}/v1/messages/{to}"))
-                .bearer_auth(&token)
-                .header("idempotency-key", &key)
-                .json(&json!({ "text": format!("message {i}") }))
-                .send()
-                .await;
-            match reply {
-                Ok(reply) if reply.status() == StatusCode::CREATED => {
-                    let body: Value = reply.json().await.expect("json");
-                    acknowledged.push(body["messageId"].as_str().expect("messageId").to_owned());
-                    break;
-                }
-                Ok(reply) if reply.status() != StatusCode::SERVICE_UNAVAILABLE => {
-                    panic!("message {i} refused: {} {:?}", reply.status(), reply.text().await);
-                }
-                _ => {
-                    assert!(Instant::now() < deadline, "message {i}: no definitive answer within 60 s");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+/// Posts one command with an Idempotency-Key, retried while the answer is
+/// a 503 or no answer at all (its outcome is unknown then: the append may
+/// have landed), for up to 60 s; returns the 201's body. Anything else
+/// fails the test.
+async fn post_until_definitive(http: &reqwest::Client, url: &str, token: &str, body: Option<&Value>) -> Value {
+    let key = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut request = http.post(url).bearer_auth(token).header("idempotency-key", &key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        match request.send().await {
+            Ok(reply) if reply.status() == StatusCode::CREATED => return reply.json().await.expect("json"),
+            Ok(reply) if reply.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                panic!("{url} refused: {} {:?}", reply.status(), reply.text().await);
+            }
+            _ => {
+                assert!(Instant::now() < deadline, "{url}: no definitive answer within 60 s");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// Sends `count` messages from one user to another, one every `gap`, with
+/// a client of its own (so it runs while the test kills things); returns
+/// their ids, every one acknowledged.
+async fn send_messages(command_url: String, token: String, to: String, count: usize, gap: Duration) -> Vec<String> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let url = format!("{command_url}/v1/messages/{to}");
+    let mut acknowledged = Vec::new();
+    for i in 0..count {
+        let body = json!({ "text": format!("message {i}") });
+        let sent = post_until_definitive(&http, &url, &token, Some(&body)).await;
+        acknowledged.push(sent["messageId"].as_str().expect("messageId").to_owned());
         tokio::time::sleep(gap).await;
     }
     acknowledged
 }
 
-/// Each of `tokens` sends `to` an interested request, one every `gap`,
-/// retried with its Idempotency-Key while the outcome is unknown.
+/// Each of `tokens` sends `to` an interested request, one every `gap`.
 async fn send_requests(command_url: String, tokens: Vec<String>, to: String, gap: Duration) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let url = format!("{command_url}/v1/requests/send/interested/{to}");
     for token in tokens {
-        let key = uuid::Uuid::new_v4().to_string();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let reply = http
-                .post(format!("{command_url}/v1/requests/send/interested/{to}"))
-                .bearer_auth(&token)
-                .header("idempotency-key", &key)
-                .send()
-                .await;
-            match reply {
-                Ok(reply) if reply.status() == StatusCode::CREATED => break,
-                Ok(reply) if reply.status() != StatusCode::SERVICE_UNAVAILABLE => {
-                    panic!("request refused: {} {:?}", reply.status(), reply.text().await);
-                }
-                _ => {
-                    assert!(Instant::now() < deadline, "a request had no definitive answer within 60 s");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
+        post_until_definitive(&http, &url, &token, None).await;
         tokio::time::sleep(gap).await;
     }
 }
