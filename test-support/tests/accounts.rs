@@ -69,6 +69,10 @@ async fn every_signup_rule_answers_400_with_its_code() {
     let env = TestEnv::start().await;
     let cases = [
         (json!({"firstName": "A"}), "first_name_length"),
+        // Zero-width characters only: nothing visible.
+        (json!({"firstName": "\u{200B}\u{200B}\u{200B}"}), "first_name_length"),
+        // A right-to-left override makes "nimda" display as "admin".
+        (json!({"lastName": "\u{202E}nimda"}), "last_name_invalid"),
         (json!({"lastName": "x".repeat(51)}), "last_name_length"),
         (json!({"emailId": "not-an-email"}), "email_invalid"),
         (json!({"password": "weakpassword"}), "password_weak"),

@@ -62,12 +62,37 @@ pub fn password(raw: &str) -> Result<(), Rejection> {
     }
 }
 
-fn name(field: &'static str, code: &'static str, raw: &str) -> Result<String, Rejection> {
+/// Characters that change the direction of the text around them: in a
+/// name they can make it display as something else, so a name may not
+/// hold any.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that show nothing: whitespace, zero-width joiners and
+/// spaces, soft hyphens and the like. Joiners are allowed inside a name
+/// (Persian and Indic names use them), but do not count as characters.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+}
+
+/// 2-50 characters, at least two of them visible; no control or
+/// direction-changing characters.
+fn name(field: &'static str, codes: (&'static str, &'static str), raw: &str) -> Result<String, Rejection> {
+    let (length_code, invalid_code) = codes;
     let trimmed = raw.trim();
-    if NAME_CHARS.contains(&trimmed.chars().count()) {
+    if trimmed.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+        return Err(Rejection::invalid(
+            invalid_code,
+            format!("{field} must not contain control or text-direction characters"),
+        ));
+    }
+    let visible = trimmed.chars().filter(|c| !is_invisible(*c)).count();
+    if visible >= *NAME_CHARS.start() && NAME_CHARS.contains(&trimmed.chars().count()) {
         Ok(trimmed.to_owned())
     } else {
-        Err(Rejection::invalid(code, format!("{field} must be 2-50 characters")))
+        Err(Rejection::invalid(length_code, format!("{field} must be 2-50 characters, at least 2 of them visible")))
     }
 }
 
@@ -134,8 +159,8 @@ fn photo_url(raw: Option<&str>) -> Result<Option<String>, Rejection> {
 /// Validates every profile field, reporting the first rule broken.
 pub fn profile(input: &ProfileInput) -> Result<Profile, Rejection> {
     Ok(Profile {
-        first_name: name("firstName", "first_name_length", &input.first_name)?,
-        last_name: name("lastName", "last_name_length", &input.last_name)?,
+        first_name: name("firstName", ("first_name_length", "first_name_invalid"), &input.first_name)?,
+        last_name: name("lastName", ("last_name_length", "last_name_invalid"), &input.last_name)?,
         age: age(input.age)?,
         gender: gender(input.gender.as_deref())?,
         about: about(input.about.as_deref())?,
@@ -192,6 +217,19 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(code_of(profile(&input)), expected, "input: {input:?}");
         }
+    }
+
+    #[test]
+    fn names_need_two_visible_characters_and_no_direction_tricks() {
+        let with = |first: &str| ProfileInput { first_name: first.into(), ..valid_input() };
+        for invisible in ["\u{200B}\u{200B}\u{200B}", "\u{200D}\u{FEFF}", "A\u{200B}"] {
+            assert_eq!(code_of(profile(&with(invisible))), "first_name_length", "{invisible:?}");
+        }
+        for tricky in ["\u{202E}nimda", "Ada\u{2066}", "A\u{0007}da"] {
+            assert_eq!(code_of(profile(&with(tricky))), "first_name_invalid", "{tricky:?}");
+        }
+        // A joiner inside a real name is fine (Persian uses ZWNJ).
+        assert!(profile(&with("\u{0645}\u{06CC}\u{200C}\u{0631}\u{0648}")).is_ok());
     }
 
     #[test]
