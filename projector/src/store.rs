@@ -30,29 +30,17 @@ pub enum StoreError {
     Gap { gaps: Vec<((String, i32), i64)> },
 }
 
+/// MongoDB server error codes the projector reacts to.
+const WRITE_CONFLICT: i32 = 112;
+const DUPLICATE_KEY: i32 = 11000;
+
 impl StoreError {
     /// Whether trying again later can succeed without any fix: outages,
     /// timeouts, write conflicts (another writer, or the open transaction
     /// of a projector that was killed, which the server aborts after about
     /// a minute). Only other errors can mean a poison event.
-    /// A write conflict: another transaction holds the documents (possibly
-    /// one a dead projector left open).
-    pub fn is_conflict(&self) -> bool {
-        const WRITE_CONFLICT: i32 = 112;
-        match self {
-            StoreError::WriteErrors { codes, .. } => codes.contains(&WRITE_CONFLICT),
-            StoreError::Mongo(err) => {
-                matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
-                    || err.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
-            }
-            StoreError::Redis(_) | StoreError::Gap { .. } => false,
-        }
-    }
-
     pub fn is_transient(&self) -> bool {
         use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
-        const WRITE_CONFLICT: i32 = 112;
-        const DUPLICATE_KEY: i32 = 11000;
         match self {
             StoreError::Redis(_) | StoreError::Gap { .. } => true,
             // A duplicate key means another projector (mid-rebalance) got
@@ -68,6 +56,19 @@ impl StoreError {
                 ErrorKind::Write(_) | ErrorKind::InvalidArgument { .. } | ErrorKind::BsonSerialization(_) => false,
                 _ => true,
             },
+        }
+    }
+
+    /// A write conflict: another transaction holds the documents (possibly
+    /// one a dead projector left open).
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            StoreError::WriteErrors { codes, .. } => codes.contains(&WRITE_CONFLICT),
+            StoreError::Mongo(err) => {
+                matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
+                    || err.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+            }
+            StoreError::Redis(_) | StoreError::Gap { .. } => false,
         }
     }
 }
