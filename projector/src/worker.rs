@@ -106,11 +106,19 @@ pub struct Worker {
     /// as stale in the same transaction, and the keys are dropped once
     /// Redis answers again.
     pub caches_degraded: AtomicBool,
-    /// Per partition, the stored position a gap last rewound to. The same
-    /// gap again means the records before the batch are no longer in the
-    /// log (retention): nothing can fill it, so the check is skipped there
-    /// until a batch lands.
-    pub rewound: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
+    /// Per partition, what the last gap there led to, until a batch lands.
+    pub rewound: std::sync::Mutex<BTreeMap<(String, i32), GapRewind>>,
+}
+
+/// What a gap on a partition led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapRewind {
+    /// Sought back to this stored position.
+    To(i64),
+    /// The same gap came again: the records before the batch are no longer
+    /// in the log (retention), so nothing can fill it and the gap check is
+    /// skipped on this partition.
+    Unfillable,
 }
 
 /// Why a record could not be projected, for the dead-letter headers.
@@ -353,10 +361,8 @@ impl Worker {
                 "the view store lost applied batches; applying them again from the log"
             );
             metrics::counter!("projector_store_rewinds_total").increment(1);
-            self.positions.rewind(topic, number, restart_at);
-            if let Err(err) = self.consumer.seek(topic, number, Offset::Offset(restart_at), Duration::from_secs(5)) {
-                tracing::warn!(error = %err, topic, partition = number, "seeking back failed; rejoining");
-                return Some(Ended::Rejoin);
+            if let Err(ended) = self.seek_back(topic, number, restart_at) {
+                return Some(ended);
             }
         }
         if self.partitions == Partitions::Group {
@@ -397,7 +403,7 @@ impl Worker {
         let mut starts = starts_of(&all);
         let unfillable: Vec<(String, i32)> = {
             let rewound = self.rewound.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            starts.keys().filter(|p| rewound.get(*p) == Some(&i64::MIN)).cloned().collect()
+            starts.keys().filter(|p| rewound.get(*p) == Some(&GapRewind::Unfillable)).cloned().collect()
         };
         for partition in &unfillable {
             starts.remove(partition);
@@ -463,7 +469,7 @@ impl Worker {
         for ((topic, partition), start) in starts {
             let mut at = *start;
             if let Some((key, stored)) = gaps.iter().find(|(gap, _)| gap.0 == *topic && gap.1 == *partition) {
-                if rewound.get(key) == Some(stored) {
+                if rewound.get(key) == Some(&GapRewind::To(*stored)) {
                     tracing::error!(
                         topic,
                         partition,
@@ -471,19 +477,27 @@ impl Worker {
                         start,
                         "the records before this batch are no longer in the log; applying from here"
                     );
-                    rewound.insert(key.clone(), i64::MIN);
+                    rewound.insert(key.clone(), GapRewind::Unfillable);
                 } else {
-                    rewound.insert(key.clone(), *stored);
+                    rewound.insert(key.clone(), GapRewind::To(*stored));
                     at = (*stored).min(*start);
                 }
             }
-            self.positions.rewind(topic, *partition, at);
-            if let Err(err) = self.consumer.seek(topic, *partition, Offset::Offset(at), Duration::from_secs(5)) {
-                tracing::warn!(error = %err, topic, partition, "seeking back failed; rejoining");
-                return Some(Ended::Rejoin);
+            if let Err(ended) = self.seek_back(topic, *partition, at) {
+                return Some(ended);
             }
         }
         None
+    }
+
+    /// Moves a partition this worker owns back to `next`, in its position
+    /// and its consumer; a failed seek means the worker must be rebuilt.
+    fn seek_back(&self, topic: &str, partition: i32, next: i64) -> Result<(), Ended> {
+        self.positions.rewind(topic, partition, next);
+        self.consumer.seek(topic, partition, Offset::Offset(next), Duration::from_secs(5)).map_err(|err| {
+            tracing::warn!(error = %err, topic, partition, "seeking back failed; rejoining");
+            Ended::Rejoin
+        })
     }
 
     /// Plans and applies `records`, retrying. Each attempt re-reads the
