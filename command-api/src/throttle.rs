@@ -1,8 +1,8 @@
 //! Brute-force limits on password checks (log-in and password change):
 //! attempts counted per account and per client address in fixed windows in
 //! Redis, reserved before the hash is checked and taken back on success.
-//! Technical state that may be lost (DESIGN.md §1); while Redis is down,
-//! password checks fail closed.
+//! Technical state that may be lost (ARCHITECTURE.md, "Known limits");
+//! while Redis is down, password checks fail closed.
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -703,42 +703,39 @@ impl TestEnv {
     }
 }
 
+/// Starts a server of our test stack listening on `port`, its stderr
+/// appended to `<dir>/<name>-<port>.log`, and waits until the port answers.
+async fn start_private_server(name: &str, dir: &std::path::Path, port: u16, command: &mut Command) -> Proc {
+    let log = dir.join(format!("{name}-{port}.log"));
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+    let child =
+        command.stdout(Stdio::null()).stderr(Stdio::from(file)).spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+    wait_for_port(port).await;
+    Proc { name: name.into(), child, log }
+}
+
 /// A private broker with durable storage in `dir`, for tests that stop and
 /// restart the broker itself (the shared one must stay up).
 pub async fn start_private_broker(dir: &std::path::Path, port: u16) -> Proc {
-    let tansu = required_env("DEVCONNECT_TEST_TANSU");
     let url = format!("tcp://127.0.0.1:{port}");
-    let log = dir.join(format!("broker-{port}.log"));
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
-    let child = Command::new(tansu)
+    let mut tansu = Command::new(required_env("DEVCONNECT_TEST_TANSU"));
+    tansu
         .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
-        .arg(format!("sqlite:///{}", dir.join("broker.db").display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("start tansu");
-    wait_for_port(port).await;
-    Proc { name: "broker".into(), child, log }
+        .arg(format!("sqlite:///{}", dir.join("broker.db").display()));
+    start_private_server("broker", dir, port, &mut tansu).await
 }
 
 /// A private MongoDB-wire server (SecantusDB) with durable storage in
 /// `dir`, for tests that kill the database itself.
 pub async fn start_private_mongo(dir: &std::path::Path, port: u16) -> Proc {
-    let python = required_env("DEVCONNECT_TEST_SECANTUS_PYTHON");
     let storage = dir.join("mongo");
     std::fs::create_dir_all(&storage).expect("mongo dir");
-    let log = dir.join(format!("mongo-{port}.log"));
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
-    let child = Command::new(python)
+    let mut secantus = Command::new(required_env("DEVCONNECT_TEST_SECANTUS_PYTHON"));
+    secantus
         .args(["-m", "secantus", "--host", "127.0.0.1", "--port", &port.to_string(), "--log-level", "WARNING"])
         .arg("--storage-path")
-        .arg(&storage)
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("start secantus");
-    wait_for_port(port).await;
-    Proc { name: "mongodb".into(), child, log }
+        .arg(&storage);
+    start_private_server("mongodb", dir, port, &mut secantus).await
 }
 
 /// The connection string of a private MongoDB on `port`.
