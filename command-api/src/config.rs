@@ -24,9 +24,18 @@ pub struct Config {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub log: LogArgs,
-    /// Lifetime of a session token.
-    #[arg(long, env = "DEVCONNECT_SESSION_TTL", default_value = "8h", value_parser = parse_duration)]
+    /// Lifetime of a session, from log-in to its fixed end: how long its
+    /// refresh tokens can buy new access tokens.
+    #[arg(long, env = "DEVCONNECT_SESSION_TTL", default_value = "7d", value_parser = parse_duration)]
     pub session_ttl: Duration,
+    /// Lifetime of an access token (never past its session's end). Short,
+    /// so a stolen one is worth little; clients refresh.
+    #[arg(long, env = "DEVCONNECT_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+    /// Active sessions per user; a log-in past it ends the oldest. Bounds
+    /// the write model and the revocation event of a password change.
+    #[arg(long, env = "DEVCONNECT_MAX_SESSIONS_PER_USER", default_value_t = 10)]
+    pub max_sessions_per_user: usize,
     /// How long an append may wait for the broker before the command gets 503.
     #[arg(long, env = "DEVCONNECT_KAFKA_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
@@ -47,4 +56,21 @@ pub struct Config {
     /// Mark the session cookie `Secure` (set behind HTTPS).
     #[arg(long, env = "DEVCONNECT_COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,
+}
+
+impl Config {
+    pub fn session_policy(&self) -> anyhow::Result<crate::service::SessionPolicy> {
+        let duration = |name: &str, d: Duration| {
+            chrono::Duration::from_std(d)
+                .ok()
+                .filter(|d| *d > chrono::Duration::zero())
+                .ok_or_else(|| anyhow::anyhow!("{name} must be positive and below 100 years"))
+        };
+        anyhow::ensure!(self.max_sessions_per_user >= 1, "DEVCONNECT_MAX_SESSIONS_PER_USER must be at least 1");
+        Ok(crate::service::SessionPolicy {
+            session_ttl: duration("DEVCONNECT_SESSION_TTL", self.session_ttl)?,
+            access_ttl: duration("DEVCONNECT_ACCESS_TOKEN_TTL", self.access_token_ttl)?,
+            max_active: self.max_sessions_per_user,
+        })
+    }
 }

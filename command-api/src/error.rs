@@ -14,6 +14,8 @@ pub enum ApiError {
     Body(BodyRejection),
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    #[error("this refresh token was already used; its session has ended, log in again")]
+    RefreshTokenReused,
 }
 
 impl From<BodyRejection> for ApiError {
@@ -34,6 +36,10 @@ impl IntoResponse for ApiError {
             ApiError::Body(rejection) => return rejection.into_response(),
             ApiError::BadRequest { code, message } => {
                 return error_response(StatusCode::BAD_REQUEST, code, &message, None);
+            }
+            ApiError::RefreshTokenReused => {
+                let message = self.to_string();
+                return error_response(StatusCode::UNAUTHORIZED, "refresh_token_reused", &message, None);
             }
             ApiError::Command(c) => c,
         };

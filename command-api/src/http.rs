@@ -10,7 +10,7 @@ use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use blake2::{Blake2s256, Digest};
 use metrics_exporter_prometheus::PrometheusHandle;
-use platform::auth::{Claims, JwtKeys, TOKEN_COOKIE};
+use platform::auth::{Claims, JwtKeys, RefreshClaims, TOKEN_COOKIE};
 use platform::http::{ApiJson, BearerAuth, CorrelationId, ErrorResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{OpenApi, ToSchema};
@@ -127,9 +127,46 @@ pub struct MembershipBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoginResponse {
+    /// The access token: minutes long; send it as `Authorization: Bearer`.
     pub token: String,
+    /// When the access token expires.
     pub expires_at: chrono::DateTime<chrono::Utc>,
     pub user_id: Uuid,
+    /// Spend once at `POST /v1/auth/refresh` for a new pair. Presenting it a
+    /// second time ends the session.
+    pub refresh_token: String,
+    /// When the session ends: no refresh after this.
+    pub refresh_expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The tokens of a log-in or a refresh, and the cookie that carries the
+/// access token for browsers.
+fn issue_tokens(
+    state: &AppState,
+    user_id: Uuid,
+    session_id: Uuid,
+    generation: u32,
+    issued_at: chrono::DateTime<chrono::Utc>,
+    session_expires_at: chrono::DateTime<chrono::Utc>,
+) -> Response {
+    let expires_at = state.service.session_policy().access_expires_at(issued_at, session_expires_at);
+    let token = state.keys.sign(&Claims::new(user_id, session_id, issued_at, expires_at));
+    let refresh_token = state.keys.sign_refresh(&RefreshClaims {
+        sub: user_id,
+        sid: session_id,
+        generation,
+        iat: issued_at.timestamp(),
+        exp: session_expires_at.timestamp(),
+    });
+    let max_age = (expires_at - chrono::Utc::now()).num_seconds().max(0);
+    let secure = if state.cookie_secure { "; Secure" } else { "" };
+    let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; Path=/; SameSite=Strict; Max-Age={max_age}{secure}");
+    let body = LoginResponse { token, expires_at, user_id, refresh_token, refresh_expires_at: session_expires_at };
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
 }
 
 /// Turns an outcome into the HTTP answer, with the consistency token.
@@ -150,18 +187,10 @@ fn respond(state: &AppState, outcome: Outcome) -> Response {
         Answer::Membership { tier } => {
             (StatusCode::OK, Json(MembershipBody { tier: tier.as_str().to_owned() })).into_response()
         }
-        Answer::LoggedIn { user_id, session_id, issued_at, expires_at } => {
-            let token = state.keys.sign(&Claims::new(user_id, session_id, issued_at, expires_at));
-            let max_age = (expires_at - chrono::Utc::now()).num_seconds().max(0);
-            let secure = if state.cookie_secure { "; Secure" } else { "" };
-            let cookie =
-                format!("{TOKEN_COOKIE}={token}; HttpOnly; Path=/; SameSite=Strict; Max-Age={max_age}{secure}");
-            let mut response = (StatusCode::OK, Json(LoginResponse { token, expires_at, user_id })).into_response();
-            if let Ok(value) = HeaderValue::from_str(&cookie) {
-                response.headers_mut().insert(header::SET_COOKIE, value);
-            }
-            response
+        Answer::LoggedIn { user_id, session_id, generation, issued_at, session_expires_at } => {
+            issue_tokens(state, user_id, session_id, generation, issued_at, session_expires_at)
         }
+        Answer::RefreshTokenReused => ApiError::RefreshTokenReused.into_response(),
     };
     let headers = response.headers_mut();
     if let Some(position) = outcome.position {
@@ -289,7 +318,40 @@ pub async fn login(
     Ok(respond(&state, outcome))
 }
 
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshRequest").field("refresh_token", &REDACTED).finish()
+    }
+}
+
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key: a retry returns the same pair instead of counting as reuse")),
+    responses(
+        (status = 200, description = "A new access token and refresh token of the same session; the one sent is spent", body = LoginResponse),
+        (status = 401, description = "`invalid_token`: not a refresh token of an active session; `refresh_token_reused`: it was already spent, and its session has now ended", body = ErrorResponse),
+        (status = 503, description = "Kafka unavailable; nothing written", body = ErrorResponse)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    correlation: CorrelationId,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    let claims = state.keys.verify_refresh(body.refresh_token.trim()).map_err(|_| CommandError::Unauthenticated)?;
+    // The token itself is in the fingerprint: only a retry with the same
+    // (spent) token and key gets the pair it bought.
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, "refresh", &body);
+    let outcome = state.service.refresh(&claims, &ctx).await?;
+    Ok(respond(&state, outcome))
+}
+
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, bound to this session")),
     responses((status = 204, description = "Session revoked on both APIs"), (status = 401, body = ErrorResponse)))]
 pub async fn logout(
     State(state): State<AppState>,
@@ -297,7 +359,9 @@ pub async fn logout(
     correlation: CorrelationId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let ctx = command_context(correlation, &headers)?;
+    // The session is what a logout acts on: the same key sent later by
+    // another session of the user is a different request, not a retry.
+    let ctx = with_fingerprint(command_context(correlation, &headers)?, "logout", &claims.jti);
     let outcome = state.service.logout(&claims, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -565,7 +629,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "DevConnect command API", description = "Writes. Every success carries X-Consistency-Token."),
-    paths(signup, login, logout, update_profile, change_password, send_request, review_request, change_membership, send_message, read_message, deliver_message, heartbeat, offline, read_notification),
+    paths(signup, login, refresh, logout, update_profile, change_password, send_request, review_request, change_membership, send_message, read_message, deliver_message, heartbeat, offline, read_notification),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -574,6 +638,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/auth/signup", post(signup))
         .route("/v1/auth/login", post(login))
+        .route("/v1/auth/refresh", post(refresh))
         .route("/v1/auth/logout", post(logout))
         .route("/v1/profile", patch(update_profile))
         .route("/v1/profile/password", put(change_password))

@@ -51,7 +51,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         redis,
         redis_keys,
         revocations,
-        config.session_ttl,
+        config.session_policy()?,
     ));
 
     let listener =

@@ -10,9 +10,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use chrono::{DateTime, Utc};
 use events::connection::{ConnectionEvent, RequestStatus, pair_key};
 use events::message::MessageEvent;
-use events::user::{Profile, Tier, UserEvent};
+use events::user::{Profile, RevocationReason, Tier, UserEvent};
 use events::{Envelope, Event, EventMetadata};
-use platform::auth::Claims;
+use platform::auth::{Claims, RefreshClaims};
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 use views::keys::RedisKeys;
@@ -39,13 +39,35 @@ pub struct CommandContext {
 /// What a successful command answers; rebuilt from the log for a retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    Registered { user_id: Uuid },
-    LoggedIn { user_id: Uuid, session_id: Uuid, issued_at: DateTime<Utc>, expires_at: DateTime<Utc> },
-    ProfileUpdated { user_id: Uuid },
-    RequestSent { request_id: Uuid },
-    RequestReviewed { request_id: Uuid },
-    MessageSent { message_id: Uuid },
-    Membership { tier: Tier },
+    Registered {
+        user_id: Uuid,
+    },
+    /// A log-in or a refresh: the session, which refresh token is now the
+    /// live one, when the pair was issued and when the session ends.
+    LoggedIn {
+        user_id: Uuid,
+        session_id: Uuid,
+        generation: u32,
+        issued_at: DateTime<Utc>,
+        session_expires_at: DateTime<Utc>,
+    },
+    /// A spent refresh token came back; its session has been ended.
+    RefreshTokenReused,
+    ProfileUpdated {
+        user_id: Uuid,
+    },
+    RequestSent {
+        request_id: Uuid,
+    },
+    RequestReviewed {
+        request_id: Uuid,
+    },
+    MessageSent {
+        message_id: Uuid,
+    },
+    Membership {
+        tier: Tier,
+    },
     NoContent,
 }
 
@@ -78,9 +100,22 @@ impl Answer {
                     return Answer::LoggedIn {
                         user_id,
                         session_id: s.session_id,
+                        generation: 0,
                         issued_at: envelope.occurred_at,
-                        expires_at: s.expires_at,
+                        session_expires_at: s.expires_at,
                     };
+                }
+                UserEvent::SessionRefreshed(r) => {
+                    return Answer::LoggedIn {
+                        user_id,
+                        session_id: r.session_id,
+                        generation: r.generation,
+                        issued_at: envelope.occurred_at,
+                        session_expires_at: r.expires_at,
+                    };
+                }
+                UserEvent::SessionsRevoked(r) if r.reason == RevocationReason::RefreshTokenReused => {
+                    return Answer::RefreshTokenReused;
                 }
                 _ => {}
             }
@@ -139,6 +174,24 @@ impl From<ThrottleError> for CommandError {
     }
 }
 
+/// How long sessions and their tokens live, and how many a user may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPolicy {
+    /// From log-in to the session's fixed end (the refresh token's life).
+    pub session_ttl: chrono::Duration,
+    /// An access token's life; at most the session's remainder.
+    pub access_ttl: chrono::Duration,
+    /// Active sessions per user; a log-in past it ends the oldest.
+    pub max_active: usize,
+}
+
+impl SessionPolicy {
+    /// When an access token issued at `issued_at` stops being accepted.
+    pub fn access_expires_at(&self, issued_at: DateTime<Utc>, session_ends: DateTime<Utc>) -> DateTime<Utc> {
+        (issued_at + self.access_ttl).min(session_ends)
+    }
+}
+
 #[derive(Debug)]
 pub struct SignupInput {
     pub email: String,
@@ -156,7 +209,7 @@ pub struct CommandService {
     keys: RedisKeys,
     /// Durable revocation records, which the query API learns logouts from.
     revocations: mongodb::Collection<views::revocation::RevocationDoc>,
-    session_ttl: chrono::Duration,
+    sessions: SessionPolicy,
     /// Signalled when an append failed: the model may now differ from the log.
     resync_needed: tokio::sync::Notify,
 }
@@ -174,7 +227,7 @@ impl CommandService {
         redis: ConnectionManager,
         keys: RedisKeys,
         revocations: mongodb::Collection<views::revocation::RevocationDoc>,
-        session_ttl: std::time::Duration,
+        sessions: SessionPolicy,
     ) -> Self {
         Self {
             model: RwLock::new(WriteModel::default()),
@@ -185,7 +238,7 @@ impl CommandService {
             redis,
             keys,
             revocations,
-            session_ttl: chrono::Duration::from_std(session_ttl).unwrap_or(chrono::Duration::hours(8)),
+            sessions,
             resync_needed: tokio::sync::Notify::new(),
         }
     }
@@ -403,11 +456,38 @@ impl CommandService {
             return Ok(outcome);
         }
         let (state, now) = (self.state_of(user_id)?, Utc::now());
-        let command = UserCommand::StartSession { session_id: Uuid::new_v4(), expires_at: now + self.session_ttl };
+        let command = UserCommand::StartSession {
+            session_id: Uuid::new_v4(),
+            expires_at: now + self.sessions.session_ttl,
+            max_active: self.sessions.max_active,
+        };
         let events = user::decide(&state, command, now)?;
         let (envelopes, position) =
             self.commit(&user_id.to_string(), state.version, user_id, user_events(events), ctx).await?;
+        self.write_through_revocations(user_id, &envelopes).await;
         Ok(Self::outcome(&envelopes, position))
+    }
+
+    /// Spends a refresh token (its signature already verified): a new pair
+    /// for the session, or, for a token already spent, the session's end.
+    pub async fn refresh(&self, claims: &RefreshClaims, ctx: &CommandContext) -> Result<Outcome, CommandError> {
+        self.ensure_ready()?;
+        let user_id = claims.sub;
+        let _held = self.locks.lock([format!("user:{user_id}")]).await;
+        if let Some(outcome) = self.replay(user_id, ctx)? {
+            return Ok(outcome);
+        }
+        let state = self.state_of(user_id)?;
+        let command = UserCommand::RefreshSession { session_id: claims.sid, generation: claims.generation };
+        let events = user::decide(&state, command, Utc::now())?;
+        let (envelopes, position) =
+            self.commit(&user_id.to_string(), state.version, user_id, user_events(events), ctx).await?;
+        self.write_through_revocations(user_id, &envelopes).await;
+        Ok(Self::outcome(&envelopes, position))
+    }
+
+    pub fn session_policy(&self) -> SessionPolicy {
+        self.sessions
     }
 
     fn state_of(&self, user_id: Uuid) -> Result<UserState, CommandError> {
@@ -721,7 +801,9 @@ impl CommandService {
                 records.push(views::revocation::RevocationDoc {
                     session_id: session_id.to_string(),
                     user_id: user_id.to_string(),
-                    expires_at: session.expires_at,
+                    // Only access tokens are checked against the record, and
+                    // the last one of the session was issued before now.
+                    expires_at: self.sessions.access_expires_at(now, session.expires_at),
                     recorded_at: now,
                 });
             }

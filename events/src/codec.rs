@@ -69,6 +69,7 @@ fn to_wire(env: &Envelope) -> WireEnvelope {
             UserEvent::CredentialsSet(p) => serde_json::to_value(p),
             UserEvent::ProfileUpdated(p) => serde_json::to_value(p),
             UserEvent::SessionStarted(p) => serde_json::to_value(p),
+            UserEvent::SessionRefreshed(p) => serde_json::to_value(p),
             UserEvent::SessionsRevoked(p) => serde_json::to_value(p),
             UserEvent::MembershipChanged(p) => serde_json::to_value(p),
         },
@@ -136,6 +137,7 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         UserEvent::CREDENTIALS_SET
         | UserEvent::PROFILE_UPDATED
         | UserEvent::SESSION_STARTED
+        | UserEvent::SESSION_REFRESHED
         | UserEvent::SESSIONS_REVOKED
         | UserEvent::MEMBERSHIP_CHANGED
         | ConnectionEvent::REQUESTED
@@ -162,6 +164,7 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         UserEvent::CREDENTIALS_SET => Event::User(UserEvent::CredentialsSet(parse(t, v, data)?)),
         UserEvent::PROFILE_UPDATED => Event::User(UserEvent::ProfileUpdated(parse(t, v, data)?)),
         UserEvent::SESSION_STARTED => Event::User(UserEvent::SessionStarted(parse(t, v, data)?)),
+        UserEvent::SESSION_REFRESHED => Event::User(UserEvent::SessionRefreshed(parse(t, v, data)?)),
         UserEvent::SESSIONS_REVOKED => Event::User(UserEvent::SessionsRevoked(parse(t, v, data)?)),
         UserEvent::MEMBERSHIP_CHANGED => Event::User(UserEvent::MembershipChanged(parse(t, v, data)?)),
         ConnectionEvent::REQUESTED => Event::Connection(ConnectionEvent::Requested(parse(t, v, data)?)),

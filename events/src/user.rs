@@ -85,11 +85,31 @@ pub struct SessionStarted {
     pub expires_at: DateTime<Utc>,
 }
 
+/// `user.session_refreshed` v1: the session's refresh token was spent and
+/// the one numbered `generation` issued in its place. Refresh tokens are
+/// signed, not stored: the event holds the number only, so the log carries
+/// no bearer secret, and a token numbered below the session's current one
+/// is a spent token presented again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRefreshed {
+    pub session_id: Uuid,
+    pub generation: u32,
+    /// The session's fixed end, repeated so the answer to a refresh is a
+    /// function of this event alone (an idempotent retry rebuilds it).
+    pub expires_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevocationReason {
     Logout,
     PasswordChanged,
+    /// A spent refresh token was presented again: someone holds a copy, so
+    /// the whole session ends (OAuth 2.0 Security BCP, refresh rotation).
+    RefreshTokenReused,
+    /// The user started more sessions than the cap; the oldest ended.
+    SessionLimit,
 }
 
 /// `user.sessions_revoked` v1.
@@ -133,6 +153,7 @@ pub enum UserEvent {
     CredentialsSet(CredentialsSet),
     ProfileUpdated(ProfileUpdated),
     SessionStarted(SessionStarted),
+    SessionRefreshed(SessionRefreshed),
     SessionsRevoked(SessionsRevoked),
     MembershipChanged(MembershipChanged),
 }
@@ -142,6 +163,7 @@ impl UserEvent {
     pub const CREDENTIALS_SET: &'static str = "user.credentials_set";
     pub const PROFILE_UPDATED: &'static str = "user.profile_updated";
     pub const SESSION_STARTED: &'static str = "user.session_started";
+    pub const SESSION_REFRESHED: &'static str = "user.session_refreshed";
     pub const SESSIONS_REVOKED: &'static str = "user.sessions_revoked";
     pub const MEMBERSHIP_CHANGED: &'static str = "user.membership_changed";
 
@@ -151,6 +173,7 @@ impl UserEvent {
             UserEvent::CredentialsSet(_) => Self::CREDENTIALS_SET,
             UserEvent::ProfileUpdated(_) => Self::PROFILE_UPDATED,
             UserEvent::SessionStarted(_) => Self::SESSION_STARTED,
+            UserEvent::SessionRefreshed(_) => Self::SESSION_REFRESHED,
             UserEvent::SessionsRevoked(_) => Self::SESSIONS_REVOKED,
             UserEvent::MembershipChanged(_) => Self::MEMBERSHIP_CHANGED,
         }

@@ -1,5 +1,12 @@
 //! Session tokens: HS256 JWTs with the algorithm pinned (DESIGN.md §5). The
 //! token id (`jti`) is the session id that revocation is checked against.
+//!
+//! A session has two kinds of token. The access token (minutes) is what
+//! every request presents. The refresh token lives as long as the session
+//! and buys a new pair once: it names the session and its generation, and
+//! the command API's write model knows which generation is current. Refresh
+//! tokens are signed with a key derived from the secret under another label,
+//! so neither kind of token passes for the other.
 
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
@@ -26,6 +33,21 @@ impl Claims {
     }
 }
 
+/// What a refresh token says. `sid`, not `jti`: an access-token check would
+/// refuse it even without the separate key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefreshClaims {
+    /// The user id.
+    pub sub: Uuid,
+    /// The session id.
+    pub sid: Uuid,
+    /// Which refresh of the session issued it (0 at log-in).
+    pub generation: u32,
+    pub iat: i64,
+    /// The session's end.
+    pub exp: i64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error(
@@ -43,6 +65,9 @@ pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    refresh_encoding: EncodingKey,
+    refresh_decoding: DecodingKey,
+    refresh_validation: Validation,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -58,15 +83,35 @@ impl JwtKeys {
         }
         // Pinned: a token whose header names any other algorithm (`none`,
         // RS256 with our secret as a "public key", ...) is rejected.
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub", "jti"]);
+        let pinned = |required: &[&str]| {
+            let mut validation = Validation::new(Algorithm::HS256);
+            validation.algorithms = vec![Algorithm::HS256];
+            validation.leeway = 0;
+            validation.set_required_spec_claims(required);
+            validation
+        };
+        // HMAC hashes a key of any length, so a labelled suffix is a sound
+        // way to derive an independent key from one configured secret.
+        let refresh_secret = format!("{secret}\u{0}devconnect-refresh-token");
         Ok(Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
+            validation: pinned(&["exp", "sub", "jti"]),
+            refresh_encoding: EncodingKey::from_secret(refresh_secret.as_bytes()),
+            refresh_decoding: DecodingKey::from_secret(refresh_secret.as_bytes()),
+            refresh_validation: pinned(&["exp", "sub", "sid"]),
         })
+    }
+
+    /// Signs a refresh token; deterministic like [`JwtKeys::sign`].
+    pub fn sign_refresh(&self, claims: &RefreshClaims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.refresh_encoding).unwrap_or_default()
+    }
+
+    pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, InvalidToken> {
+        jsonwebtoken::decode::<RefreshClaims>(token, &self.refresh_decoding, &self.refresh_validation)
+            .map(|data| data.claims)
+            .map_err(|_| InvalidToken)
     }
 
     /// Signs the claims. HS256 is deterministic: the same claims give the same
@@ -134,6 +179,25 @@ mod tests {
         // {"alg":"none","typ":"JWT"}
         let forged = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
         assert!(keys.verify(&forged).is_err());
+    }
+
+    #[test]
+    fn access_and_refresh_tokens_do_not_pass_for_each_other() {
+        let keys = JwtKeys::new(SECRET).expect("secret ok");
+        let now = Utc::now();
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let access = keys.sign(&Claims::new(user, session, now, now + chrono::Duration::minutes(15)));
+        let refresh = RefreshClaims {
+            sub: user,
+            sid: session,
+            generation: 3,
+            iat: now.timestamp(),
+            exp: (now + chrono::Duration::days(7)).timestamp(),
+        };
+        let refresh_token = keys.sign_refresh(&refresh);
+        assert_eq!(keys.verify_refresh(&refresh_token).expect("valid refresh token"), refresh);
+        assert!(keys.verify(&refresh_token).is_err(), "a refresh token is not an access token");
+        assert!(keys.verify_refresh(&access).is_err(), "an access token is not a refresh token");
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" | "" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("unknown duration unit in {s:?} (use ms, s, m, h)")),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => return Err(format!("unknown duration unit in {s:?} (use ms, s, m, h, d)")),
     };
     Ok(d)
 }
@@ -102,6 +103,7 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("8h"), Ok(Duration::from_secs(8 * 3600)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -318,7 +318,8 @@ fn apply_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
         }
         // The password hash is the command API's alone (DESIGN.md §5). The
         // event still advances the version, so later events stay ordered.
-        UserEvent::CredentialsSet(_) => {
+        // So does a refresh: the refresh number lives in the write model only.
+        UserEvent::CredentialsSet(_) | UserEvent::SessionRefreshed(_) => {
             plan.users.push(set_if_newer(user_id, version, Document::new()));
             // The cached copy carries the version too: it stays an exact
             // copy of the document, whatever order the events came in.

@@ -402,10 +402,22 @@ impl TestEnv {
 
     /// Logs in; returns the token and the consistency token.
     pub async fn login(&self, email: &str, password: &str) -> (String, String) {
-        let body = json!({ "emailId": email, "password": password });
-        let reply = self.command(Method::POST, "/v1/auth/login", Some(&body), None).await;
+        let reply = self.login_reply(email, password).await;
         assert_eq!(reply.status, StatusCode::OK, "login {email}: {:?}", reply.body);
         (reply.body["token"].as_str().expect("token").to_owned(), reply.consistency())
+    }
+
+    /// The whole answer to a log-in, whatever it is.
+    pub async fn login_reply(&self, email: &str, password: &str) -> Reply {
+        let body = json!({ "emailId": email, "password": password });
+        self.command(Method::POST, "/v1/auth/login", Some(&body), None).await
+    }
+
+    /// Spends a refresh token, with an `Idempotency-Key` if given.
+    pub async fn refresh(&self, refresh_token: &str, idempotency_key: Option<&str>) -> Reply {
+        let body = json!({ "refreshToken": refresh_token });
+        let headers: Vec<(&str, &str)> = idempotency_key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        self.send(Method::POST, &self.command_url("/v1/auth/refresh"), Some(&body), &headers).await
     }
 
     /// Signs up and logs in a user named `name`, and waits until the views

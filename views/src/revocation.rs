@@ -29,8 +29,8 @@ pub struct RevocationDoc {
     #[serde(rename = "_id")]
     pub session_id: String,
     pub user_id: String,
-    /// When the session would have expired: after that its token is refused
-    /// anyway, and the record can go.
+    /// When the session's last access token expires: after that every token
+    /// of the session is refused anyway, and the record can go.
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub expires_at: DateTime<Utc>,
     /// When it was recorded, for the pollers' "since".

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use events::user::{
-    CredentialsSet, MembershipChanged, Profile, ProfileUpdated, RevocationReason, SessionStarted, SessionsRevoked,
-    Tier, UserEvent, UserRegistered,
+    CredentialsSet, MembershipChanged, Profile, ProfileUpdated, RevocationReason, SessionRefreshed, SessionStarted,
+    SessionsRevoked, Tier, UserEvent, UserRegistered,
 };
 use uuid::Uuid;
 
@@ -14,8 +14,11 @@ use super::validation::{self, ProfileInput};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
+    pub started_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub revoked: bool,
+    /// The generation of the one refresh token that may still be spent.
+    pub refresh_generation: u32,
 }
 
 impl Session {
@@ -80,9 +83,19 @@ pub enum UserCommand {
         new_password_hash: String,
         keep_session: Uuid,
     },
+    /// A log-in. Past `max_active` active sessions the oldest end, so a
+    /// user's sessions (and a password change's revocation event, which
+    /// lists them) stay bounded.
     StartSession {
         session_id: Uuid,
         expires_at: DateTime<Utc>,
+        max_active: usize,
+    },
+    /// Spend the refresh token of `generation`; its signature has been
+    /// verified by the caller.
+    RefreshSession {
+        session_id: Uuid,
+        generation: u32,
     },
     EndSession {
         session_id: Uuid,
@@ -149,8 +162,38 @@ pub fn decide(state: &UserState, command: UserCommand, now: DateTime<Utc>) -> Re
             }
             Ok(events)
         }
-        UserCommand::StartSession { session_id, expires_at } => {
-            Ok(vec![UserEvent::SessionStarted(SessionStarted { session_id, expires_at })])
+        UserCommand::StartSession { session_id, expires_at, max_active } => {
+            let mut active: Vec<(&Uuid, &Session)> = state.sessions.iter().filter(|(_, s)| s.is_active(now)).collect();
+            active.sort_by_key(|(id, s)| (s.started_at, **id));
+            let excess = (active.len() + 1).saturating_sub(max_active.max(1));
+            let mut events = Vec::new();
+            if excess > 0 {
+                events.push(UserEvent::SessionsRevoked(SessionsRevoked {
+                    session_ids: active[..excess].iter().map(|(id, _)| **id).collect(),
+                    reason: RevocationReason::SessionLimit,
+                }));
+            }
+            events.push(UserEvent::SessionStarted(SessionStarted { session_id, expires_at }));
+            Ok(events)
+        }
+        UserCommand::RefreshSession { session_id, generation } => {
+            let session = state.sessions.get(&session_id).filter(|s| s.is_active(now));
+            match session {
+                Some(s) if generation == s.refresh_generation => {
+                    Ok(vec![UserEvent::SessionRefreshed(SessionRefreshed {
+                        session_id,
+                        generation: generation + 1,
+                        expires_at: s.expires_at,
+                    })])
+                }
+                // A spent token: whoever presents it (the thief or the
+                // victim, we cannot tell) ends the session for both.
+                Some(s) if generation < s.refresh_generation => Ok(vec![UserEvent::SessionsRevoked(SessionsRevoked {
+                    session_ids: vec![session_id],
+                    reason: RevocationReason::RefreshTokenReused,
+                })]),
+                _ => Err(Rejection::SessionNotActive),
+            }
         }
         UserCommand::EndSession { session_id } => match state.sessions.get(&session_id) {
             Some(s) if s.is_active(now) => Ok(vec![UserEvent::SessionsRevoked(SessionsRevoked {
@@ -195,7 +238,14 @@ pub fn apply(
             // map does not grow with every log-in; event time keeps replay
             // deterministic.
             state.sessions.retain(|_, old| old.expires_at > occurred_at);
-            state.sessions.insert(s.session_id, Session { expires_at: s.expires_at, revoked: false });
+            let session =
+                Session { started_at: occurred_at, expires_at: s.expires_at, revoked: false, refresh_generation: 0 };
+            state.sessions.insert(s.session_id, session);
+        }
+        UserEvent::SessionRefreshed(r) => {
+            if let Some(s) = state.sessions.get_mut(&r.session_id) {
+                s.refresh_generation = r.generation;
+            }
         }
         UserEvent::SessionsRevoked(r) => {
             for id in &r.session_ids {
@@ -227,14 +277,26 @@ mod tests {
         }
     }
 
-    /// Given these events, folded in order.
+    /// Given these events, folded in order, a millisecond apart.
     fn given(events: &[UserEvent]) -> UserState {
-        let now = Utc::now();
+        let start = Utc::now() - Duration::seconds(10);
         events
             .iter()
             .enumerate()
-            .fold(None, |s, (i, e)| apply(s, e, i as u64 + 1, now))
+            .fold(None, |s, (i, e)| apply(s, e, i as u64 + 1, start + Duration::milliseconds(i as i64)))
             .expect("the history starts with a registration")
+    }
+
+    /// When `command` is decided on the state `history` folds to, then its
+    /// events are folded in too: the events and the state after them.
+    fn when(history: &mut Vec<UserEvent>, command: UserCommand) -> Result<(Vec<UserEvent>, UserState), Rejection> {
+        let events = decide(&given(history), command, Utc::now())?;
+        history.extend(events.iter().cloned());
+        Ok((events, given(history)))
+    }
+
+    fn refresh(session_id: Uuid, generation: u32) -> UserCommand {
+        UserCommand::RefreshSession { session_id, generation }
     }
 
     fn registered(user_id: Uuid) -> Vec<UserEvent> {
@@ -341,6 +403,67 @@ mod tests {
         assert!(state.sessions[&mine].is_active(Utc::now()));
         assert!(state.sessions[&other].revoked);
         assert_eq!(state.password_hash.as_deref(), Some("$h2"));
+    }
+
+    #[test]
+    fn a_log_in_past_the_cap_ends_the_oldest_sessions() {
+        let sessions: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let mut history = registered(Uuid::new_v4());
+        history.extend(sessions.iter().map(|id| started(*id, 8)));
+        history.push(started(Uuid::new_v4(), -1)); // expired: does not count
+        let newest = Uuid::new_v4();
+        let expires_at = Utc::now() + Duration::hours(8);
+        let start = UserCommand::StartSession { session_id: newest, expires_at, max_active: 3 };
+        let (events, state) = when(&mut history, start).expect("a log-in is never refused");
+        let UserEvent::SessionsRevoked(r) = &events[0] else { panic!("expected SessionsRevoked first") };
+        assert_eq!(r.session_ids, sessions[..2].to_vec(), "the two oldest end");
+        assert_eq!(r.reason, RevocationReason::SessionLimit);
+        assert!(matches!(&events[1], UserEvent::SessionStarted(s) if s.session_id == newest));
+        assert!(state.sessions[&sessions[2]].is_active(Utc::now()));
+        let active = state.sessions.values().filter(|s| s.is_active(Utc::now())).count();
+        assert_eq!(active, 3);
+    }
+
+    #[test]
+    fn under_the_cap_a_log_in_ends_nothing() {
+        let mut history = registered(Uuid::new_v4());
+        history.push(started(Uuid::new_v4(), 8));
+        let start = UserCommand::StartSession { session_id: Uuid::new_v4(), expires_at: Utc::now(), max_active: 2 };
+        let (events, _) = when(&mut history, start).expect("logs in");
+        assert!(matches!(events.as_slice(), [UserEvent::SessionStarted(_)]));
+    }
+
+    #[test]
+    fn a_refresh_token_is_spent_once_and_its_reuse_ends_the_session() {
+        let session = Uuid::new_v4();
+        let mut history = registered(Uuid::new_v4());
+        history.push(started(session, 8));
+        let (events, state) = when(&mut history, refresh(session, 0)).expect("the first refresh rotates");
+        assert!(matches!(&events[0], UserEvent::SessionRefreshed(r) if r.generation == 1 && r.session_id == session));
+        assert_eq!(state.sessions[&session].refresh_generation, 1);
+        when(&mut history, refresh(session, 1)).expect("the new token works once");
+
+        let (events, state) = when(&mut history, refresh(session, 0)).expect("reuse is decided, not refused");
+        let UserEvent::SessionsRevoked(r) = &events[0] else { panic!("expected SessionsRevoked") };
+        assert_eq!((r.session_ids.as_slice(), r.reason), ([session].as_slice(), RevocationReason::RefreshTokenReused));
+        assert!(state.sessions[&session].revoked);
+        assert_eq!(
+            when(&mut history, refresh(session, 2)).err(),
+            Some(Rejection::SessionNotActive),
+            "the family is over"
+        );
+    }
+
+    #[test]
+    fn a_refresh_needs_an_active_session_and_a_token_it_issued() {
+        let (session, expired) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut history = registered(Uuid::new_v4());
+        history.extend([started(session, 8), started(expired, -1)]);
+        assert_eq!(when(&mut history, refresh(expired, 0)).err(), Some(Rejection::SessionNotActive));
+        assert_eq!(when(&mut history, refresh(Uuid::new_v4(), 0)).err(), Some(Rejection::SessionNotActive));
+        assert_eq!(when(&mut history, refresh(session, 5)).err(), Some(Rejection::SessionNotActive), "never issued");
+        when(&mut history, UserCommand::EndSession { session_id: session }).expect("logs out");
+        assert_eq!(when(&mut history, refresh(session, 0)).err(), Some(Rejection::SessionNotActive), "logged out");
     }
 
     #[test]
