@@ -1,7 +1,7 @@
 # Multi-stage build of the three DevConnect programs.
 #   docker build -t devconnect .
 FROM rust:1.95-bookworm AS build
-# rdkafka builds librdkafka with cmake and needs curl headers (STACK.md).
+# rdkafka builds librdkafka with cmake and needs curl headers (docs/stack.md).
 RUN apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

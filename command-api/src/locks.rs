@@ -1,4 +1,4 @@
-//! Serialises commands per aggregate and per invariant (DESIGN.md §2): a
+//! Serialises commands per aggregate and per invariant (docs/design.md §2): a
 //! command holds the locks of everything its decision reads until its events
 //! are appended and applied, so no other command decides on stale state.
 //!

@@ -1,6 +1,6 @@
 //! The write model: every user's state, the email index and the
 //! idempotency records, folded from the log with the domain's `apply`. It is
-//! rebuilt from Kafka at start (DESIGN.md §2) and updated only after the
+//! rebuilt from Kafka at start (docs/design.md §2) and updated only after the
 //! broker acknowledged an append.
 
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ pub struct Position {
 }
 
 /// A successful command as recorded in the log, kept to answer a retry that
-/// carries the same `Idempotency-Key` (DESIGN.md §6).
+/// carries the same `Idempotency-Key` (docs/design.md §6).
 #[derive(Debug, Clone)]
 pub struct IdempotentCommit {
     pub fingerprint: Option<String>,

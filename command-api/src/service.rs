@@ -1,7 +1,7 @@
 //! The command service: for each command, take the locks of what the
 //! decision reads, answer an idempotent retry from the log, run the pure
 //! `decide`, append the events, and only after the broker's acknowledgement
-//! apply them to the write model (DESIGN.md §2).
+//! apply them to the write model (docs/design.md §2).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -10,7 +10,7 @@ pub struct EventMetadata {
     pub actor: Option<Uuid>,
     /// Correlates the HTTP request, its log lines and its events.
     pub correlation_id: String,
-    /// The client's `Idempotency-Key`, when it sent one (DESIGN.md §6).
+    /// The client's `Idempotency-Key`, when it sent one (docs/design.md §6).
     pub idempotency_key: Option<String>,
     /// A digest of the request the key was first used with, so a reuse of
     /// the key for a different request can be told apart from a retry.

@@ -10,7 +10,7 @@
 //! One command produces one Kafka record holding all of its events (a
 //! *commit*). The broker writes a record atomically, so the events of one
 //! command land together or not at all without Kafka transactions, which the
-//! brokers we run do not implement (see `shared/STACK.md`).
+//! brokers we run do not implement (see `docs/stack.md`).
 
 pub mod codec;
 pub mod connection;

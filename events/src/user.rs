@@ -53,7 +53,7 @@ pub struct UserRegistered {
 
 /// `user.credentials_set` v1: the argon2id hash of the user's password.
 ///
-/// The only secret in the log (DESIGN.md §5). Only the command API's write
+/// The only secret in the log (docs/design.md §5). Only the command API's write
 /// model reads it; the projector skips it, and `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -120,7 +120,7 @@ pub struct SessionsRevoked {
     pub reason: RevocationReason,
 }
 
-/// Membership tiers (DOMAIN.md "Membership").
+/// Membership tiers (docs/domain.md "Membership").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {

@@ -1,4 +1,4 @@
-//! Session tokens: HS256 JWTs with the algorithm pinned (DESIGN.md §5). The
+//! Session tokens: HS256 JWTs with the algorithm pinned (docs/design.md §5). The
 //! token id (`jti`) is the session id that revocation is checked against.
 //!
 //! A session has two kinds of token. The access token (minutes) is what

@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use tracing::Instrument;
 
-/// Request bodies above this get 413 (API.md).
+/// Request bodies above this get 413 (docs/api.md).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
 /// The longest a request may take to produce its response: above the

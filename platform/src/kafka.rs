@@ -23,7 +23,7 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 /// The event producer: `acks=all`, no retries inside librdkafka, and a
 /// bounded delivery timeout so an unreachable broker becomes a 503 within
 /// seconds rather than a hung request. Create it once, at start: its first
-/// send takes ~0.5 s on Tansu (STACK.md).
+/// send takes ~0.5 s on Tansu (docs/stack.md).
 ///
 /// Not librdkafka's idempotent producer: on Tansu 0.6 its producer-id
 /// bookkeeping crashes the broker's storage task after a broker restart

@@ -1,7 +1,7 @@
 use mongodb::{Client, options::ClientOptions};
 
 /// Connects with `retryWrites` forced off: on SecantusDB the server keeps a
-/// record per retryable write and slows ~15x after ~10k writes (STACK.md).
+/// record per retryable write and slows ~15x after ~10k writes (docs/stack.md).
 /// The projector retries whole batches itself, idempotently.
 pub async fn connect(uri: &str, app_name: &str) -> anyhow::Result<Client> {
     let mut options = ClientOptions::parse(uri).await?;

@@ -27,7 +27,7 @@ pub struct Record {
 }
 
 /// A document an event creates: inserted when absent (an insert costs a
-/// fraction of a pipeline update on the servers we run, STACK.md), else
+/// fraction of a pipeline update on the servers we run, docs/stack.md), else
 /// the version-guarded statement `otherwise` runs, so a repeat stays a
 /// no-op. Used only for an aggregate's first event, which no other event
 /// of that document can precede (same partition, in order).
@@ -316,7 +316,7 @@ fn apply_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
             create(plan, collections::USERS, user_id, version, to_bson(&doc));
             plan.touched_users.insert(user_id.to_owned());
         }
-        // The password hash is the command API's alone (DESIGN.md §5). The
+        // The password hash is the command API's alone (docs/design.md §5). The
         // event still advances the version, so later events stay ordered.
         // So does a refresh: the refresh number lives in the write model only.
         UserEvent::CredentialsSet(_) | UserEvent::SessionRefreshed(_) => {

@@ -237,7 +237,7 @@ pub fn spawn_watermark_poller(
 /// Consumer context that starts every newly assigned partition at the
 /// position the view store says is applied, not at the group's committed
 /// offset. The checkpoint is written in the same transaction as the views
-/// (DESIGN.md §3), so it is the truth: after a crash the projector resumes
+/// (docs/design.md §3), so it is the truth: after a crash the projector resumes
 /// exactly there, and after MongoDB lost the views (no checkpoints) it
 /// starts from offset 0 and rebuilds them, whatever the group committed.
 #[derive(Debug, Clone, Default)]

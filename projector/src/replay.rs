@@ -1,6 +1,6 @@
 //! `projector replay`: rebuilds every view from offset 0 into a new
 //! generation while the current one serves, then switches readers over
-//! (DESIGN.md §8).
+//! (docs/design.md §8).
 //!
 //! Crash-safe by construction: the new generation's checkpoints are written
 //! with its views, so a rebuild killed at any point and run again resumes

@@ -255,7 +255,7 @@ impl ViewStore {
     }
 
     /// One `update` command with many statements: the fastest batched write
-    /// the servers we run offer (STACK.md), and it works on MongoDB 7.
+    /// the servers we run offer (docs/stack.md), and it works on MongoDB 7.
     fn update_command(collection: &str, statements: &[Document]) -> Document {
         doc! { "update": collection, "updates": statements.to_vec(), "ordered": true }
     }

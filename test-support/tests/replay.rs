@@ -1,4 +1,4 @@
-//! The views are derived (DESIGN.md §1, §8): rebuilding them from offset 0
+//! The views are derived (docs/design.md §1, §8): rebuilding them from offset 0
 //! (into a new generation, over themselves, after a total loss, or killed
 //! and resumed) gives the same views, and readers switch over without
 //! seeing a half-built one.

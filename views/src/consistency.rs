@@ -1,4 +1,4 @@
-//! `X-Consistency-Token` (DESIGN.md §4): where the last event of a write
+//! `X-Consistency-Token` (docs/design.md §4): where the last event of a write
 //! landed. Opaque to clients; versioned so the format can change.
 
 use base64::Engine;

@@ -1,4 +1,4 @@
-//! View generations (DESIGN.md §8). Every complete set of views lives in a
+//! View generations (docs/design.md §8). Every complete set of views lives in a
 //! generation of its own: a MongoDB database `<base>_<id>` and a Redis key
 //! namespace `<prefix><id>:`. One pointer document in the base database
 //! says which generation readers use. A rebuild fills a new generation

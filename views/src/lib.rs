@@ -1,4 +1,4 @@
-//! The read-model schema: the second contract (DESIGN.md §3). The projector
+//! The read-model schema: the second contract (docs/design.md §3). The projector
 //! writes it, the query API reads it, and the command API touches exactly one
 //! piece of it (the write-through of a session revocation).
 
@@ -59,7 +59,7 @@ pub mod collections {
     pub const REVOCATIONS: &str = "revocations";
 }
 
-/// Cache lifetimes (DOMAIN.md "Redis keys").
+/// Cache lifetimes (docs/domain.md "Redis keys").
 pub mod ttl {
     use std::time::Duration;
     pub const USER: Duration = Duration::from_secs(30 * 60);

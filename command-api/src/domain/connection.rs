@@ -1,4 +1,4 @@
-//! The connection aggregate: one per pair of users (DOMAIN.md "Connections").
+//! The connection aggregate: one per pair of users (docs/domain.md "Connections").
 
 use chrono::{DateTime, Duration, Utc};
 use events::connection::{ConnectionEvent, ConnectionRequested, ConnectionReviewed, RequestStatus};

@@ -1,5 +1,5 @@
 //! The conversation aggregate: private messages between two connected users
-//! (DOMAIN.md "Messages").
+//! (docs/domain.md "Messages").
 
 use chrono::{DateTime, Utc};
 use events::message::{MessageDelivered, MessageEvent, MessageRead, MessageSent};

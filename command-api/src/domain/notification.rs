@@ -1,4 +1,4 @@
-//! Marking a notification read (DOMAIN.md "Presence and notifications").
+//! Marking a notification read (docs/domain.md "Presence and notifications").
 
 use events::notification::{NotificationEvent, NotificationRead};
 use uuid::Uuid;

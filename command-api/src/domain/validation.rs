@@ -1,4 +1,4 @@
-//! Field rules of DOMAIN.md "Users and auth". Each failure names its rule in
+//! Field rules of docs/domain.md "Users and auth". Each failure names its rule in
 //! `code`, so clients can react without parsing messages.
 
 use events::user::{Gender, Profile};
