@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
-use views::ConsistencyToken;
+use views::{ConsistencyKey, ConsistencyToken};
 
 use crate::domain::user::ProfilePatch;
 use crate::domain::validation::ProfileInput;
@@ -31,6 +31,8 @@ pub struct AppState {
     pub keys: Arc<JwtKeys>,
     pub metrics: PrometheusHandle,
     pub cookie_secure: bool,
+    /// Signs `X-Consistency-Token`, so the query API can refuse forgeries.
+    pub consistency: ConsistencyKey,
 }
 
 impl FromRef<AppState> for Arc<CommandService> {
@@ -195,7 +197,7 @@ fn respond(state: &AppState, outcome: Outcome) -> Response {
     let headers = response.headers_mut();
     if let Some(position) = outcome.position {
         let token = ConsistencyToken { topic: position.topic, partition: position.partition, offset: position.offset };
-        if let Ok(value) = HeaderValue::from_str(&token.encode()) {
+        if let Ok(value) = HeaderValue::from_str(&token.encode(&state.consistency)) {
             headers.insert(ConsistencyToken::HEADER, value);
         }
     }

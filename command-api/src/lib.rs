@@ -56,7 +56,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let state = http::AppState { service: Arc::clone(&service), keys, metrics, cookie_secure: config.cookie_secure };
+    let state = http::AppState {
+        service: Arc::clone(&service),
+        keys,
+        metrics,
+        cookie_secure: config.cookie_secure,
+        consistency: views::ConsistencyKey::derive(&config.jwt.secret),
+    };
     let server = tokio::spawn(platform::http::serve(listener, http::router(state)));
 
     // Serve /healthz at once, but commands only once the model is caught up.

@@ -25,4 +25,12 @@ pub struct Config {
     /// Longest a read carrying X-Consistency-Token waits for the views.
     #[arg(long, env = "DEVCONNECT_CONSISTENCY_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub consistency_wait: Duration,
+    /// Live streams (`/v1/stream`) one user may hold open at once on this
+    /// process; past it 429 too_many_streams.
+    #[arg(long, env = "DEVCONNECT_STREAMS_PER_USER", default_value_t = 5)]
+    pub streams_per_user: usize,
+    /// Live streams this process holds open in all. They share one Redis
+    /// connection; each costs a task and a bounded buffer.
+    #[arg(long, env = "DEVCONNECT_STREAMS_TOTAL", default_value_t = 10_000)]
+    pub streams_total: usize,
 }

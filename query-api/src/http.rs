@@ -20,19 +20,21 @@ use uuid::Uuid;
 use views::{ConsistencyToken, UserDoc};
 
 use crate::reader::{Freshness, ReadError, ViewReader, ViewSource};
+use crate::streams::{OpenError, StreamHub, parse_stream_id};
 
 #[derive(Clone)]
 pub struct AppState {
     pub views: ViewSource,
     /// Revoked sessions, from the durable records the command API writes.
     pub revocations: views::revocation::RevocationList,
-    /// For the dedicated connection each open stream holds: a blocking
-    /// XREAD would stall a shared multiplexed connection for everyone.
-    pub stream_redis: redis::Client,
+    /// The open live streams, read from Redis by one task.
+    pub streams: StreamHub,
     pub keys: views::keys::RedisKeys,
     pub jwt: Arc<JwtKeys>,
     pub metrics: PrometheusHandle,
     pub consistency_wait: Duration,
+    /// Checks that a consistency token is one the command API signed.
+    pub consistency: views::ConsistencyKey,
 }
 
 impl FromRef<AppState> for ViewReader {
@@ -53,6 +55,8 @@ pub enum ApiError {
     Read(#[from] ReadError),
     #[error("the live stream is unavailable; retry shortly")]
     StreamUnavailable,
+    #[error("{0}; close one first")]
+    TooManyStreams(#[from] OpenError),
     #[error("sessions cannot be checked yet; retry shortly")]
     RevocationsUnknown,
 }
@@ -69,6 +73,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::StreamUnavailable => {
                 error_response(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", &message, Some(1))
+            }
+            ApiError::TooManyStreams(_) => {
+                error_response(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", &message, Some(5))
             }
             ApiError::Read(ReadError::ConsistencyTimeout(_)) => {
                 error_response(StatusCode::SERVICE_UNAVAILABLE, "consistency_timeout", &message, Some(1))
@@ -130,11 +137,12 @@ impl FromRequestParts<AppState> for Consistency {
         let Some(value) = parts.headers.get(ConsistencyToken::HEADER) else {
             return Ok(Consistency(Freshness::CacheFirst));
         };
-        let token =
-            value.to_str().ok().and_then(|v| ConsistencyToken::decode(v).ok()).ok_or_else(|| ApiError::BadRequest {
+        let token = value.to_str().ok().and_then(|v| ConsistencyToken::decode(v, &state.consistency).ok()).ok_or_else(
+            || ApiError::BadRequest {
                 code: "consistency_token_invalid",
                 message: "X-Consistency-Token is not a token this service issued".into(),
-            })?;
+            },
+        )?;
         state.views.reader().wait_for(&token, state.consistency_wait).await?;
         Ok(Consistency(Freshness::Durable))
     }
@@ -563,13 +571,11 @@ pub async fn daily_stats(
     Ok(Json(DailyStats { days }))
 }
 
-/// How long one XREAD waits for new entries (a timeout just loops; the
-/// SSE keep-alive runs meanwhile).
-/// How long one XREAD waits for entries: also the longest an open stream
-/// takes to notice that its session was revoked or expired.
-const STREAM_BLOCK: Duration = Duration::from_secs(2);
+/// How often an idle stream re-checks its session: with the revocation
+/// poll, the longest an open stream outlives a logout.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
-/// What an open stream re-checks before each read and each event.
+/// What an open stream re-checks before each event and while idle.
 struct LiveSession {
     revocations: views::revocation::RevocationList,
     session_id: String,
@@ -583,36 +589,12 @@ impl LiveSession {
     }
 }
 
-/// Counts open streams in `/metrics`; dropped with the stream, however it ends.
-struct OpenStream;
-
-impl OpenStream {
-    fn new() -> Self {
-        metrics::gauge!("streams_open").increment(1.0);
-        OpenStream
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        metrics::gauge!("streams_open").decrement(1.0);
-    }
-}
-
-/// An SSE stream id as Redis makes them: `<ms>-<seq>`.
-fn valid_stream_id(id: &str) -> bool {
-    id.split_once('-').is_some_and(|(ms, seq)| {
-        !ms.is_empty()
-            && !seq.is_empty()
-            && ms.bytes().all(|b| b.is_ascii_digit())
-            && seq.bytes().all(|b| b.is_ascii_digit())
-    })
-}
-
 #[utoipa::path(get, path = "/v1/stream", tag = "stream", security(("bearer" = [])),
     params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (while still in the cache)")),
-    responses((status = 200, description = "text/event-stream of the caller's notifications, messages and presence changes"),
-        (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+    responses((status = 200, description = "text/event-stream of the caller's notifications, messages and presence changes; it ends within seconds of the session ending or the access token expiring (reconnect with a fresh token and Last-Event-ID)"),
+        (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+        (status = 429, description = "`too_many_streams`: the user (or the server) has as many streams open as allowed", body = ErrorResponse),
+        (status = 503, body = ErrorResponse)))]
 pub async fn stream(
     State(state): State<AppState>,
     Caller(claims): Caller,
@@ -624,87 +606,48 @@ pub async fn stream(
     use axum::response::sse::{Event, KeepAlive, Sse};
     let resume = match headers.get("last-event-id").map(|v| v.to_str().unwrap_or_default().trim().to_owned()) {
         None => None,
-        Some(id) if valid_stream_id(&id) => Some(id),
-        Some(_) => {
-            return Err(ApiError::BadRequest {
-                code: "last_event_id_invalid",
-                message: "Last-Event-ID is not an id this stream sent".into(),
-            });
-        }
+        Some(id) => Some(parse_stream_id(&id).ok_or_else(|| ApiError::BadRequest {
+            code: "last_event_id_invalid",
+            message: "Last-Event-ID is not an id this stream sent".into(),
+        })?),
     };
-    let unavailable = |_| ApiError::StreamUnavailable;
-    // The response timeout must outlast XREAD's BLOCK (the default, 500 ms,
-    // would end every quiet stream within a second).
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(STREAM_BLOCK + Duration::from_secs(5)));
-    let mut redis =
-        state.stream_redis.get_multiplexed_async_connection_with_config(&config).await.map_err(unavailable)?;
     let key = state.keys.user_stream(&claims.sub.to_string());
-    // Without Last-Event-ID: from now on. "$" would miss entries added
-    // between two reads, so start from the current last entry's id.
-    let start = match resume {
-        Some(id) => id,
+    // Without Last-Event-ID: from now on, that is after the newest entry.
+    let after = match resume {
+        Some(after) => after,
         None => {
-            let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut redis)
-                .await
-                .map_err(unavailable)?;
-            last.into_iter().next().map_or_else(|| "0-0".to_owned(), |(id, _)| id)
+            let newest =
+                state.views.reader().newest_stream_entry(&key).await.map_err(|_| ApiError::StreamUnavailable)?;
+            parse_stream_id(&newest).unwrap_or((0, 0))
         }
     };
-    // The stream ends within one XREAD block (plus one revocation poll) of
-    // its session being revoked, and when its token expires: it must not
-    // go on delivering private messages to a logged-out client.
+    let subscription = state.streams.open(key, after)?;
+    // The stream ends within a liveness check (plus one revocation poll) of
+    // its session being revoked, and when its token expires: it must not go
+    // on delivering private messages to a logged-out client.
     let session = LiveSession {
         revocations: state.revocations.clone(),
         session_id: claims.jti.to_string(),
         expires_at: claims.exp,
     };
-    let events = futures::stream::unfold(
-        (redis, key, start, std::collections::VecDeque::new(), OpenStream::new(), session),
-        |(mut redis, key, mut after, mut pending, open, session)| async move {
-            loop {
-                if !session.is_live() {
-                    tracing::info!("the stream's session was revoked or expired; closing the stream");
-                    return None;
-                }
-                if let Some(event) = pending.pop_front() {
-                    return Some((
-                        Ok::<Event, std::convert::Infallible>(event),
-                        (redis, key, after, pending, open, session),
-                    ));
-                }
-                let reply: Result<Option<redis::streams::StreamReadReply>, _> = redis::cmd("XREAD")
-                    .arg("BLOCK")
-                    .arg(STREAM_BLOCK.as_millis() as u64)
-                    .arg("COUNT")
-                    .arg(100)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(&after)
-                    .query_async(&mut redis)
-                    .await;
-                let reply = match reply {
-                    Ok(reply) => reply,
-                    Err(err) => {
-                        // The client reconnects with Last-Event-ID and misses nothing still cached.
-                        tracing::warn!(error = %err, "stream read failed; closing the stream");
-                        return None;
-                    }
-                };
-                for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-                    let kind: String = entry.get("kind").unwrap_or_default();
-                    let data: String = entry.get("data").unwrap_or_default();
-                    after = entry.id.clone();
-                    pending.push_back(Event::default().id(entry.id).event(kind).data(data));
-                }
+    let events = futures::stream::unfold((subscription, session), |(mut subscription, session)| async move {
+        loop {
+            if !session.is_live() {
+                tracing::info!("the stream's session was revoked or expired; closing the stream");
+                return None;
             }
-        },
-    );
+            match tokio::time::timeout(LIVENESS_CHECK, subscription.entries.recv()).await {
+                Err(_idle) => continue,
+                // Dropped by the hub as too slow: the client resumes.
+                Ok(None) => return None,
+                Ok(Some(entry)) if session.is_live() => {
+                    let event = Event::default().id(entry.id).event(entry.kind).data(entry.data);
+                    return Some((Ok::<Event, std::convert::Infallible>(event), (subscription, session)));
+                }
+                Ok(Some(_)) => continue,
+            }
+        }
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod http;
 pub mod reader;
+pub mod streams;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use views::keys::RedisKeys;
 
 use crate::config::Config;
 use crate::reader::ViewSource;
+use crate::streams::{StreamHub, StreamLimits};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let jwt = Arc::new(JwtKeys::new(&config.jwt.secret)?);
@@ -32,15 +34,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     revocations.spawn_poller(views::revocation::collection(&mongo, &config.mongo.database), config.revocation_poll);
     let views = ViewSource::new(mongo, &config.mongo.database, redis, keys.clone(), current);
     views.reader();
-    let stream_redis = redis::Client::open(config.redis.url.as_str())?;
+    let streams = StreamHub::new(StreamLimits { per_user: config.streams_per_user, total: config.streams_total });
+    tokio::spawn(streams.clone().run(redis::Client::open(config.redis.url.as_str())?));
     let state = http::AppState {
         views,
         revocations,
-        stream_redis,
+        streams,
         keys,
         jwt,
         metrics,
         consistency_wait: config.consistency_wait,
+        consistency: views::ConsistencyKey::derive(&config.jwt.secret),
     };
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

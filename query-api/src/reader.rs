@@ -161,6 +161,14 @@ impl ViewReader {
         platform::mongo::ping(&self.client).await
     }
 
+    /// The id of the newest entry of a live-stream key ("0-0" when empty).
+    pub async fn newest_stream_entry(&self, key: &str) -> redis::RedisResult<String> {
+        let mut redis = self.redis.clone();
+        let newest: Vec<(String, Vec<(String, String)>)> =
+            redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut redis).await?;
+        Ok(newest.into_iter().next().map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+    }
+
     pub async fn redis_reachable(&self) -> bool {
         let mut redis = self.redis.clone();
         redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok()

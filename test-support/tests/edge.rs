@@ -43,3 +43,44 @@ async fn a_client_trickling_its_body_is_cut_off_with_a_client_error() {
         }
     }
 }
+
+/// A consistency token the command API did not sign (another topic,
+/// partition or offset, past the end of the log, or the old unsigned
+/// format) is a client's mistake: 400 at once, not a 5 s wait and a 503.
+#[tokio::test]
+async fn a_forged_consistency_token_is_refused_at_once() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    let env = TestEnv::start().await;
+    let (_, token) = env.user("ada").await;
+    let edit = serde_json::json!({"about": "x"});
+    let genuine = env.command(reqwest::Method::PATCH, "/v1/profile", Some(&edit), Some(&token)).await.consistency();
+    let ok = env.query("/v1/profile", &token, Some(&genuine)).await;
+    assert_eq!(ok.status, reqwest::StatusCode::OK, "{:?}", ok.body);
+
+    let signed = String::from_utf8(URL_SAFE_NO_PAD.decode(&genuine).expect("base64")).expect("utf-8");
+    let fields: Vec<&str> = signed.split('|').collect();
+    let [version, topic, partition, offset, tag] = fields[..] else { panic!("unexpected token layout: {signed}") };
+    let forge = |topic: &str, partition: &str, offset: &str| {
+        URL_SAFE_NO_PAD.encode(format!("{version}|{topic}|{partition}|{offset}|{tag}"))
+    };
+    let forgeries = [
+        ("an unknown topic", forge("no-such-topic", partition, offset)),
+        ("an unknown partition", forge(topic, "999", offset)),
+        ("an offset past the end of the log", forge(topic, partition, "999999999999")),
+        ("the unsigned v1 format", URL_SAFE_NO_PAD.encode(format!("v1|{topic}|{partition}|{offset}"))),
+        ("no tag", URL_SAFE_NO_PAD.encode(format!("{version}|{topic}|{partition}|{offset}"))),
+    ];
+    for (what, forged) in forgeries {
+        let started = Instant::now();
+        let reply = env.query("/v1/profile", &token, Some(&forged)).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (reqwest::StatusCode::BAD_REQUEST, "consistency_token_invalid"),
+            "{what}: {:?}",
+            reply.body
+        );
+        assert!(started.elapsed() < Duration::from_secs(1), "{what}: answered only after {:?}", started.elapsed());
+    }
+}

@@ -227,3 +227,61 @@ async fn an_open_stream_ends_when_its_token_expires() {
     let expired = env.query("/v1/profile", &token, None).await;
     assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Opens a stream and keeps the response, whatever its status.
+async fn open_raw(env: &TestEnv, token: &str) -> reqwest::Response {
+    env.http
+        .get(env.query_url("/v1/stream"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(600))
+        .send()
+        .await
+        .expect("the query API answers")
+}
+
+#[tokio::test]
+async fn forty_simultaneous_streams_of_one_user_open_only_up_to_the_cap() {
+    let env = TestEnv::start_with(vec![("DEVCONNECT_STREAMS_PER_USER", "5")]).await;
+    let (_, token) = env.user("greedy").await;
+    let replies = futures::future::join_all((0..40).map(|_| open_raw(&env, &token))).await;
+    let open: Vec<&reqwest::Response> = replies.iter().filter(|r| r.status() == StatusCode::OK).collect();
+    assert_eq!(open.len(), 5, "{:?}", replies.iter().map(reqwest::Response::status).collect::<Vec<_>>());
+    for refused in replies.iter().filter(|r| r.status() != StatusCode::OK) {
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.headers().get("retry-after").is_some(), "429 carries Retry-After");
+    }
+    let (_, other) = env.user("modest").await;
+    let theirs = open_raw(&env, &other).await;
+    assert_eq!(theirs.status(), StatusCode::OK, "the cap is per user");
+}
+
+#[tokio::test]
+async fn streams_are_capped_in_total_and_share_one_redis_connection() {
+    let env =
+        TestEnv::start_with(vec![("DEVCONNECT_STREAMS_PER_USER", "20"), ("DEVCONNECT_STREAMS_TOTAL", "20")]).await;
+    let (_, a_token) = env.user("a").await;
+    let (b, b_token) = env.user("b").await;
+    let accepted = env.connect(&a_token, &b, &b_token).await;
+    assert_eq!(env.query("/v1/profile", &a_token, Some(&accepted.consistency())).await.status, StatusCode::OK);
+    let mut redis = env.redis().await;
+    let clients = |list: String| list.lines().filter(|l| !l.trim().is_empty()).count();
+    let before = clients(redis::cmd("CLIENT").arg("LIST").query_async(&mut redis).await.expect("CLIENT LIST"));
+
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(SseReader::open(&env, &b_token, None).await);
+    }
+    let refused = open_raw(&env, &a_token).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS, "21st stream on a server capped at 20");
+    let after = clients(redis::cmd("CLIENT").arg("LIST").query_async(&mut redis).await.expect("CLIENT LIST"));
+    assert!(after <= before + 1, "20 streams opened {} Redis connections", after.saturating_sub(before));
+
+    // And every one of them gets the message.
+    let text = json!({"text": "to all"});
+    let sent = env.command(Method::POST, &format!("/v1/messages/{b}"), Some(&text), Some(&a_token)).await;
+    let id = sent.body["messageId"].clone();
+    assert!(!id.is_null());
+    for stream in &mut streams {
+        stream.expect("message", |d| d["messageId"] == id).await;
+    }
+}

@@ -9,7 +9,7 @@ pub mod generation;
 pub mod keys;
 pub mod revocation;
 
-pub use consistency::ConsistencyToken;
+pub use consistency::{ConsistencyKey, ConsistencyToken};
 pub use documents::{
     CheckpointDoc, ConnectionRequestDoc, ConversationCache, DailyStatsDoc, MessageDoc, NotificationCounterDoc,
     NotificationDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc,
