@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use platform::config::{JwtArgs, KafkaArgs, LogArgs, MongoArgs, RedisArgs, parse_duration};
+use platform::config::{HttpArgs, JwtArgs, KafkaArgs, LogArgs, MongoArgs, RateLimitArgs, RedisArgs, parse_duration};
 
 /// The write side of DevConnect: validates commands against the write model
 /// rebuilt from Kafka and appends their events.
@@ -22,6 +22,10 @@ pub struct Config {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub rate_limits: RateLimitArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     #[command(flatten)]
     pub log: LogArgs,
     /// Lifetime of a session, from log-in to its fixed end: how long its

@@ -33,6 +33,8 @@ pub struct AppState {
     pub cookie_secure: bool,
     /// Signs `X-Consistency-Token`, so the query API can refuse forgeries.
     pub consistency: ConsistencyKey,
+    pub rate_limit: platform::rate_limit::RateLimitState,
+    pub in_flight: platform::http::InFlight,
 }
 
 impl FromRef<AppState> for Arc<CommandService> {
@@ -637,6 +639,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 pub struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
+    let in_flight = state.in_flight.clone();
     let api = Router::new()
         .route("/v1/auth/signup", post(signup))
         .route("/v1/auth/login", post(login))
@@ -656,8 +659,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(state.rate_limit.clone(), platform::rate_limit::enforce))
         .with_state(state);
-    platform::http::with_common_layers(api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())))
+    let documented = api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+    platform::http::with_common_layers(documented, in_flight)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod http;
 pub mod locks;
 pub mod model;
 pub mod password;
+pub mod rate_groups;
 pub mod service;
 pub mod throttle;
 
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use events::Topic;
 use platform::auth::JwtKeys;
+use platform::rate_limit::{RateLimitState, RateLimiter, Rules};
 use views::keys::RedisKeys;
 
 use crate::config::Config;
@@ -26,6 +28,9 @@ use crate::throttle::{LoginLimits, LoginThrottle};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = Arc::new(JwtKeys::new(&config.jwt.secret)?);
+    // Checked before anything connects: a typo in a limit stops the start.
+    let rate_rules = Rules::parse(&rate_groups::GROUPS, &config.rate_limits.overrides)
+        .map_err(|e| anyhow::anyhow!("DEVCONNECT_RATE_LIMITS: {e}"))?;
     password::set_queue_limit(config.hash_queue);
     let metrics = platform::http::install_metrics()?;
     let topics = config.kafka.topics();
@@ -37,6 +42,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })
     .await?;
     let redis = platform::redis_conn::connect(&config.redis.url)?;
+    let rate_limit = RateLimitState {
+        limiter: Arc::new(RateLimiter::new(redis.clone(), config.redis.prefix.clone(), rate_rules)),
+        keys: Arc::clone(&keys),
+        group_of: rate_groups::group_of,
+    };
     let mongo = platform::mongo::connect(&config.mongo.uri, "devconnect-command-api").await?;
     let revocations = views::revocation::collection(&mongo, &config.mongo.database);
     let redis_keys = RedisKeys::new(config.redis.prefix.clone());
@@ -62,6 +72,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         cookie_secure: config.cookie_secure,
         consistency: views::ConsistencyKey::derive(&config.jwt.secret),
+        rate_limit,
+        in_flight: platform::http::InFlight::new(config.http.max_in_flight),
     };
     let server = tokio::spawn(platform::http::serve(listener, http::router(state)));
 

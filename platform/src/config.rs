@@ -27,10 +27,10 @@ impl KafkaArgs {
     }
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct MongoArgs {
-    /// MongoDB connection string.
-    #[arg(long = "mongo-uri", env = "DEVCONNECT_MONGO_URI")]
+    /// MongoDB connection string (may carry credentials: `--help` hides it).
+    #[arg(long = "mongo-uri", env = "DEVCONNECT_MONGO_URI", hide_env_values = true)]
     pub uri: String,
     /// Base name of the view databases: each view generation lives in
     /// `<name>_<generation>`, and `<name>` holds the generation pointer.
@@ -42,14 +42,57 @@ pub struct MongoArgs {
     pub generation_poll: Duration,
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL, e.g. redis://127.0.0.1:6379/0.
-    #[arg(long = "redis-url", env = "DEVCONNECT_REDIS_URL")]
+    /// Redis URL, e.g. redis://:password@127.0.0.1:6379/0 (`--help` hides it).
+    #[arg(long = "redis-url", env = "DEVCONNECT_REDIS_URL", hide_env_values = true)]
     pub url: String,
     /// Prepended to every Redis key.
     #[arg(long = "redis-prefix", env = "DEVCONNECT_REDIS_PREFIX", default_value = "")]
     pub prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Requests handled at once; past it new ones get 503 overloaded with
+    /// Retry-After rather than a queue that grows without bound.
+    #[arg(long = "max-in-flight", env = "DEVCONNECT_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RateLimitArgs {
+    /// Overrides of the request rate limits, `group=limit/window` comma-
+    /// separated, e.g. `messages=100/1m,signup=10/10m`. Unknown groups are
+    /// refused at start; `--help` of each service names its groups.
+    #[arg(long = "rate-limits", env = "DEVCONNECT_RATE_LIMITS", default_value = "")]
+    pub overrides: String,
+}
+
+impl std::fmt::Debug for MongoArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoArgs")
+            .field("uri", &without_credentials(&self.uri))
+            .field("database", &self.database)
+            .field("generation_poll", &self.generation_poll)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs").field("url", &without_credentials(&self.url)).field("prefix", &self.prefix).finish()
+    }
+}
+
+/// A connection URL with its `user:password@` part replaced, for logs.
+pub fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 #[derive(Clone, Args)]
@@ -97,6 +140,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_reach_a_log_line() {
+        assert_eq!(without_credentials("redis://:s3cret@redis:6379/"), "redis://<redacted>@redis:6379/");
+        assert_eq!(
+            without_credentials("mongodb://root:p%40ss@mongo:27017/?replicaSet=rs0&authSource=admin"),
+            "mongodb://<redacted>@mongo:27017/?replicaSet=rs0&authSource=admin"
+        );
+        assert_eq!(without_credentials("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(
+            without_credentials("mongodb://h/?x=a@b"),
+            "mongodb://h/?x=a@b",
+            "an @ after the host is not a login"
+        );
+        let args = RedisArgs { url: "redis://:s3cret@redis:6379/".into(), prefix: String::new() };
+        assert!(!format!("{args:?}").contains("s3cret"));
+    }
 
     #[test]
     fn durations_parse() {

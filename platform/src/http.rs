@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{FromRequest, MatchedPath, Request, rejection::JsonRejection};
+use axum::extract::{FromRequest, MatchedPath, Request, State, rejection::JsonRejection};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -182,16 +182,46 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error", None)
 }
 
+/// Requests being handled at once; past it, a new one is answered 503
+/// `overloaded` at once instead of queueing behind the others. A live
+/// stream counts only until its response starts.
+#[derive(Debug, Clone)]
+pub struct InFlight(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl InFlight {
+    pub fn new(max: usize) -> Self {
+        Self(std::sync::Arc::new(tokio::sync::Semaphore::new(max.max(1))))
+    }
+}
+
+/// Admits a request if there is room, and bounds the time to its response:
+/// both answers are the JSON error with `Retry-After`.
+async fn admit(State(in_flight): State<InFlight>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = in_flight.0.clone().try_acquire_owned() else {
+        metrics::counter!("http_requests_shed_total").increment(1);
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight", Some(1));
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            "the request took too long to answer; nothing was half-written, retry shortly",
+            Some(1),
+        ),
+    }
+}
+
 /// Adds the layers every API has: JSON fallbacks, the body limit and the
-/// body and request timeouts, panic containment, correlation ids and
-/// metrics.
-pub fn with_common_layers(router: Router) -> Router {
+/// body and request timeouts, the bound on requests in flight, panic
+/// containment, correlation ids and metrics.
+pub fn with_common_layers(router: Router, in_flight: InFlight) -> Router {
     router
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(axum::middleware::from_fn_with_state(in_flight, admit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(observe))
 }

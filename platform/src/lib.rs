@@ -6,6 +6,7 @@ pub mod config;
 pub mod http;
 pub mod kafka;
 pub mod mongo;
+pub mod rate_limit;
 pub mod redis_conn;
 pub mod telemetry;
 

@@ -231,7 +231,10 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
         .route("/metrics", get(metrics_report))
         .with_state(ops.clone());
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let server = tokio::spawn(platform::http::serve(listener, platform::http::with_common_layers(router)));
+    let server = tokio::spawn(platform::http::serve(
+        listener,
+        platform::http::with_common_layers(router, platform::http::InFlight::new(64)),
+    ));
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

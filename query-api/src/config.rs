@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use platform::config::{JwtArgs, LogArgs, MongoArgs, RedisArgs, parse_duration};
+use platform::config::{HttpArgs, JwtArgs, LogArgs, MongoArgs, RateLimitArgs, RedisArgs, parse_duration};
 
 /// The read side of DevConnect: serves the views, Redis first, MongoDB second.
 #[derive(Debug, Clone, Parser)]
@@ -16,6 +16,10 @@ pub struct Config {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub rate_limits: RateLimitArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     #[command(flatten)]
     pub log: LogArgs,
     /// How often to read new revocation records: the longest a logout takes

@@ -35,6 +35,8 @@ pub struct AppState {
     pub consistency_wait: Duration,
     /// Checks that a consistency token is one the command API signed.
     pub consistency: views::ConsistencyKey,
+    pub rate_limit: platform::rate_limit::RateLimitState,
+    pub in_flight: platform::http::InFlight,
 }
 
 impl FromRef<AppState> for ViewReader {
@@ -671,6 +673,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 pub struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
+    let in_flight = state.in_flight.clone();
     let api = Router::new()
         .route("/v1/profile", get(own_profile))
         .route("/v1/users/{user_id}", get(public_profile))
@@ -685,6 +688,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(platform::http::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(state.rate_limit.clone(), platform::rate_limit::enforce))
         .with_state(state);
-    platform::http::with_common_layers(api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())))
+    let documented = api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+    platform::http::with_common_layers(documented, in_flight)
 }

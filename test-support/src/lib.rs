@@ -223,8 +223,8 @@ impl TestEnv {
         wait_for_port(self.redis_port).await;
     }
 
-    /// The environment every service gets.
-    fn service_env(&self) -> Vec<(String, String)> {
+    /// The environment every service of this test environment gets.
+    pub fn service_env(&self) -> Vec<(String, String)> {
         let mut vars = vec![
             ("DEVCONNECT_KAFKA_BROKERS", self.servers.kafka.clone()),
             ("DEVCONNECT_TOPIC_PREFIX", format!("{}-", self.id)),

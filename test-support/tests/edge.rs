@@ -84,3 +84,32 @@ async fn a_forged_consistency_token_is_refused_at_once() {
         assert!(started.elapsed() < Duration::from_secs(1), "{what}: answered only after {:?}", started.elapsed());
     }
 }
+
+/// Past the bound on requests in flight, a request is answered at once with
+/// 503 `overloaded` and Retry-After instead of queueing; the rest are served.
+#[tokio::test]
+async fn requests_past_the_in_flight_bound_are_shed_with_retry_after() {
+    let env = TestEnv::start_with(vec![("DEVCONNECT_MAX_IN_FLIGHT", "4")]).await;
+    // Sign-ups hash a password: slow enough that forty overlap.
+    let replies = futures::future::join_all((0..40).map(|i| {
+        let (env, body) = (&env, TestEnv::signup_body(&env.email(&format!("crowd{i}"))));
+        async move { env.command(reqwest::Method::POST, "/v1/auth/signup", Some(&body), None).await }
+    }))
+    .await;
+    let (mut created, mut shed) = (0, 0);
+    for reply in &replies {
+        match reply.status.as_u16() {
+            201 => created += 1,
+            503 => {
+                assert_eq!(reply.code(), "overloaded", "{:?}", reply.body);
+                assert_eq!(reply.header("retry-after").as_deref(), Some("1"));
+                shed += 1;
+            }
+            other => panic!("neither served nor shed: {other} {:?}", reply.body),
+        }
+    }
+    assert!(created >= 4 && shed > 0, "{created} created, {shed} shed");
+    let later = TestEnv::signup_body(&env.email("later"));
+    let after = env.command(reqwest::Method::POST, "/v1/auth/signup", Some(&later), None).await;
+    assert_eq!(after.status, reqwest::StatusCode::CREATED, "the bound frees up as requests finish");
+}
