@@ -15,7 +15,7 @@ use events::presence::PresenceEvent;
 use events::user::{Profile, UserEvent};
 use events::{Envelope, Event};
 use mongodb::bson::{Bson, Document, doc};
-use views::{ConnectionRequestDoc, MessageDoc, PresenceDoc, SessionDoc, UserDoc, collections};
+use views::{ConnectionDoc, ConnectionRequestDoc, MessageDoc, PresenceDoc, SessionDoc, UserDoc, collections};
 
 /// One Kafka record, decoded.
 #[derive(Debug, Clone)]
@@ -30,7 +30,8 @@ pub struct Record {
 /// fraction of a pipeline update on the servers we run, docs/stack.md), else
 /// the version-guarded statement `otherwise` runs, so a repeat stays a
 /// no-op. Used only for an aggregate's first event, which no other event
-/// of that document can precede (same partition, in order).
+/// of that document can precede (same partition, in order), and for a
+/// document only one event writes (a connection, by its acceptance).
 #[derive(Debug, Clone)]
 pub struct Creation {
     pub id: String,
@@ -391,6 +392,19 @@ fn apply_connection_event(plan: &mut Plan, envelope: &Envelope, event: &Connecti
             if let (RequestStatus::Accepted, Some((a, b))) = (r.status, pair.split_once(':')) {
                 plan.relations.push(add_to_set(a, "connections", b));
                 plan.relations.push(add_to_set(b, "connections", a));
+                // Each side's ordered list: connected at the acceptance's
+                // time, the same in every rebuild.
+                for (user, other) in [(a, b), (b, a)] {
+                    let doc = ConnectionDoc {
+                        id: ConnectionDoc::id_for(user, other),
+                        user_id: user.to_owned(),
+                        other_user_id: other.to_owned(),
+                        request_id: r.request_id.to_string(),
+                        connected_at: envelope.occurred_at,
+                        version,
+                    };
+                    create(plan, collections::CONNECTIONS, &doc.id, version, to_bson(&doc));
+                }
             }
         }
     }
@@ -513,6 +527,76 @@ mod tests {
         let plan = plan(&[a, b], chrono::Duration::minutes(5), &Default::default());
         assert_eq!(plan.checkpoints.get(&("user-events".to_owned(), 1)), Some(&10));
         assert_eq!(plan.events, 4);
+    }
+
+    #[test]
+    fn an_acceptance_lists_the_connection_on_both_sides_at_its_time() {
+        let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let pair = events::connection::pair_key(alice, bob);
+        let request_id = Uuid::now_v7();
+        let connection = |version, event| {
+            let mut envelope = envelope(
+                bob,
+                version,
+                UserEvent::MembershipChanged(events::user::MembershipChanged { tier: events::user::Tier::Gold }),
+            );
+            envelope.aggregate_id = pair.clone();
+            envelope.event = Event::Connection(event);
+            envelope
+        };
+        let asked = connection(
+            1,
+            ConnectionEvent::Requested(events::connection::ConnectionRequested {
+                request_id,
+                from_user_id: alice,
+                to_user_id: bob,
+                status: RequestStatus::Interested,
+            }),
+        );
+        let review = |status| {
+            ConnectionEvent::Reviewed(events::connection::ConnectionReviewed {
+                request_id,
+                status,
+                reviewed_at: Utc::now(),
+            })
+        };
+        let accepted = connection(2, review(RequestStatus::Accepted));
+        let at = accepted.occurred_at;
+        let record = |offset, commit| Record { topic: "connection-events".into(), partition: 0, offset, commit };
+        let accepting = plan(
+            &[record(0, vec![asked.clone()]), record(1, vec![accepted])],
+            chrono::Duration::minutes(5),
+            &Default::default(),
+        );
+        let edges = &accepting.creations[collections::CONNECTIONS];
+        assert_eq!(edges.len(), 2, "{edges:?}");
+        let mut sides: Vec<(String, String)> = edges
+            .iter()
+            .map(|edge| {
+                let doc: ConnectionDoc = mongodb::bson::from_document(edge.document.clone()).expect("a connection");
+                assert_eq!(doc.id, edge.id);
+                assert_eq!(doc.id, format!("{}:{}", doc.user_id, doc.other_user_id));
+                (doc.user_id, doc.other_user_id)
+            })
+            .collect();
+        sides.sort();
+        let mut expected = vec![(alice.to_string(), bob.to_string()), (bob.to_string(), alice.to_string())];
+        expected.sort();
+        assert_eq!(sides, expected);
+        for edge in edges {
+            let doc: ConnectionDoc = mongodb::bson::from_document(edge.document.clone()).expect("a connection");
+            assert_eq!((doc.request_id, doc.connected_at, doc.version), (request_id.to_string(), at, 2));
+            let again = edge.otherwise.to_string();
+            assert!(again.contains("$cond") && again.contains("$literal"), "a repeat is version-guarded: {again}");
+        }
+        // A rejection connects nobody.
+        let rejected = connection(2, review(RequestStatus::Rejected));
+        let rejecting = plan(
+            &[record(0, vec![asked]), record(1, vec![rejected])],
+            chrono::Duration::minutes(5),
+            &Default::default(),
+        );
+        assert!(!rejecting.creations.contains_key(collections::CONNECTIONS));
     }
 
     #[test]

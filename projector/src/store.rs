@@ -412,11 +412,15 @@ impl ViewStore {
                 }
             }
         }
+        // Collections written by creations alone still run the fallbacks of
+        // documents that exist (a repeated batch).
+        let none = Vec::new();
         let batches = [
             (collections::USERS, &plan.users),
             (collections::SESSIONS, &plan.sessions),
             (collections::CONNECTION_REQUESTS, &plan.requests),
             (collections::RELATIONS, &plan.relations),
+            (collections::CONNECTIONS, &none),
             (collections::MESSAGES, &plan.messages),
             (collections::PRESENCE, &plan.presence),
             (collections::NOTIFICATIONS, &plan.notifications),
@@ -449,6 +453,7 @@ impl ViewStore {
                 }
             }
         }
+        debug_assert!(fallbacks.is_empty(), "creations in a collection missing from `batches`: {:?}", fallbacks.keys());
         session.commit_transaction().await?;
         Ok(())
     }
@@ -649,9 +654,16 @@ impl ViewStore {
     /// The indexes the query API's reads rely on. Idempotent.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         use mongodb::IndexModel;
+        // Each list's index is its filter then its order (views::documents).
         let requests = self.db.collection::<Document>(collections::CONNECTION_REQUESTS);
         requests
-            .create_index(IndexModel::builder().keys(doc! { "toUserId": 1, "status": 1, "createdAt": -1 }).build())
+            .create_index(
+                IndexModel::builder().keys(doc! { "toUserId": 1, "status": 1, "createdAt": -1, "_id": -1 }).build(),
+            )
+            .await?;
+        let connections = self.db.collection::<Document>(collections::CONNECTIONS);
+        connections
+            .create_index(IndexModel::builder().keys(doc! { "userId": 1, "connectedAt": -1, "requestId": -1 }).build())
             .await?;
         let notifications = self.db.collection::<Document>(collections::NOTIFICATIONS);
         notifications.create_index(IndexModel::builder().keys(doc! { "userId": 1, "_id": -1 }).build()).await?;

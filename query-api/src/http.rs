@@ -19,6 +19,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 use views::{ConsistencyToken, UserDoc};
 
+use crate::cursor::{Cursor, List};
 use crate::reader::{Freshness, ReadError, ViewReader, ViewSource};
 use crate::streams::{OpenError, StreamHub, parse_stream_id};
 
@@ -230,12 +231,6 @@ pub async fn public_profile(
     Ok(Json(PublicProfile::from(&user)))
 }
 
-/// `{items: [...]}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProfileList {
-    pub items: Vec<PublicProfile>,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FeedPage {
     pub items: Vec<PublicProfile>,
@@ -293,15 +288,103 @@ pub async fn feed(
     Ok(Json(FeedPage { items: users.iter().map(PublicProfile::from).collect(), page, limit }))
 }
 
-#[utoipa::path(get, path = "/v1/connections", tag = "connections", security(("bearer" = [])),
-    responses((status = 200, body = ProfileList), (status = 401, body = ErrorResponse)))]
+/// Paging of the lists ordered by cursor: connections, requests received.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Items per page, 1-100 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 50)]
+    pub limit: Option<String>,
+    /// The `nextBefore` of the previous page: items after it. Opaque;
+    /// omit it for the first page.
+    pub before: Option<String>,
+}
+
+const DEFAULT_LIST_LIMIT: u64 = 50;
+const MAX_LIST_LIMIT: u64 = 100;
+
+/// A checked `limit` and `before` of `list`.
+fn list_paging(params: &ListParams, list: List) -> Result<(usize, Option<Cursor>), ApiError> {
+    let limit = positive(params.limit.as_deref(), DEFAULT_LIST_LIMIT, "limit_invalid", "limit")?;
+    if limit > MAX_LIST_LIMIT {
+        return Err(ApiError::BadRequest {
+            code: "limit_too_large",
+            message: format!("limit must be at most {MAX_LIST_LIMIT}"),
+        });
+    }
+    let before = match params.before.as_deref() {
+        None => None,
+        Some(raw) => Some(Cursor::decode(raw.trim(), list).map_err(|_| ApiError::BadRequest {
+            code: "cursor_invalid",
+            message: "before must be a nextBefore this list returned".into(),
+        })?),
+    };
+    Ok((limit as usize, before))
+}
+
+/// A page out of at most `limit` + 1 documents, in order: the first
+/// `limit`, and the cursor of the last of them when there were more.
+fn page_of<T>(
+    mut found: Vec<T>,
+    limit: usize,
+    list: List,
+    position: impl Fn(&T) -> Cursor,
+) -> (Vec<T>, Option<String>) {
+    if found.len() <= limit {
+        return (found, None);
+    }
+    found.truncate(limit);
+    let next = found.last().map(|last| position(last).encode(list));
+    (found, next)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    #[serde(flatten)]
+    pub profile: PublicProfile,
+    /// When the request between the two was accepted.
+    pub connected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPage {
+    /// Newest connection first.
+    pub items: Vec<Connection>,
+    /// Pass as `before` for the next (older) page; null on the last page.
+    #[schema(required = true)]
+    pub next_before: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/connections", tag = "connections", security(("bearer" = [])), params(ListParams),
+    responses((status = 200, body = ConnectionPage),
+        (status = 400, description = "`limit_invalid`, `limit_too_large` or `cursor_invalid`", body = ErrorResponse),
+        (status = 401, body = ErrorResponse)))]
 pub async fn connections(
     State(reader): State<ViewReader>,
     Caller(claims): Caller,
     _consistency: Consistency,
-) -> Result<Json<ProfileList>, ApiError> {
-    let users = reader.connections(&claims.sub.to_string()).await?;
-    Ok(Json(ProfileList { items: users.iter().map(PublicProfile::from).collect() }))
+    Query(params): Query<ListParams>,
+) -> Result<Json<ConnectionPage>, ApiError> {
+    let (limit, before) = list_paging(&params, List::Connections)?;
+    let found = reader.connections(&claims.sub.to_string(), before.as_ref(), limit).await?;
+    let (connections, next_before) =
+        page_of(found, limit, List::Connections, |c| Cursor { at: c.connected_at, id: c.request_id.clone() });
+    let others: Vec<String> = connections.iter().map(|c| c.other_user_id.clone()).collect();
+    let profiles: std::collections::HashMap<String, UserDoc> =
+        reader.users_by_id(&others).await?.into_iter().map(|u| (u.user_id.clone(), u)).collect();
+    // A profile not projected yet is left out; the cursor still moves past it.
+    let items = connections
+        .into_iter()
+        .filter_map(|c| {
+            Some(Connection {
+                profile: PublicProfile::from(profiles.get(&c.other_user_id)?),
+                connected_at: c.connected_at,
+            })
+        })
+        .collect();
+    Ok(Json(ConnectionPage { items, next_before }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -313,18 +396,29 @@ pub struct ReceivedRequest {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ReceivedRequests {
+    /// Newest request first.
     pub items: Vec<ReceivedRequest>,
+    /// Pass as `before` for the next (older) page; null on the last page.
+    #[schema(required = true)]
+    pub next_before: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/requests/received", tag = "connections", security(("bearer" = [])),
-    responses((status = 200, body = ReceivedRequests), (status = 401, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/requests/received", tag = "connections", security(("bearer" = [])), params(ListParams),
+    responses((status = 200, body = ReceivedRequests),
+        (status = 400, description = "`limit_invalid`, `limit_too_large` or `cursor_invalid`", body = ErrorResponse),
+        (status = 401, body = ErrorResponse)))]
 pub async fn requests_received(
     State(reader): State<ViewReader>,
     Caller(claims): Caller,
     _consistency: Consistency,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<ReceivedRequests>, ApiError> {
-    let requests = reader.requests_received(&claims.sub.to_string()).await?;
+    let (limit, before) = list_paging(&params, List::RequestsReceived)?;
+    let found = reader.requests_received(&claims.sub.to_string(), before.as_ref(), limit).await?;
+    let (requests, next_before) =
+        page_of(found, limit, List::RequestsReceived, |r| Cursor { at: r.created_at, id: r.request_id.clone() });
     let senders: Vec<String> = requests.iter().map(|r| r.from_user_id.clone()).collect();
     let profiles: std::collections::HashMap<String, UserDoc> =
         reader.users_by_id(&senders).await?.into_iter().map(|u| (u.user_id.clone(), u)).collect();
@@ -335,7 +429,7 @@ pub async fn requests_received(
             Some(ReceivedRequest { request_id: r.request_id, from, created_at: r.created_at })
         })
         .collect();
-    Ok(Json(ReceivedRequests { items }))
+    Ok(Json(ReceivedRequests { items, next_before }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -692,4 +786,82 @@ pub fn router(state: AppState) -> Router {
         .with_state(state);
     let documented = api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
     platform::http::with_common_layers(documented, in_flight)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(limit: Option<&str>, before: Option<&str>) -> ListParams {
+        ListParams { limit: limit.map(str::to_owned), before: before.map(str::to_owned) }
+    }
+
+    fn code(result: Result<(usize, Option<Cursor>), ApiError>) -> &'static str {
+        match result {
+            Err(ApiError::BadRequest { code, .. }) => code,
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn list_paging_defaults_and_ranges() {
+        let (limit, before) = list_paging(&params(None, None), List::Connections).expect("defaults");
+        assert_eq!((limit, before), (50, None));
+        assert_eq!(list_paging(&params(Some("1"), None), List::Connections).expect("1").0, 1);
+        assert_eq!(list_paging(&params(Some("100"), None), List::Connections).expect("100").0, 100);
+        for (limit, expected) in [
+            ("0", "limit_invalid"),
+            ("-1", "limit_invalid"),
+            ("abc", "limit_invalid"),
+            ("", "limit_invalid"),
+            ("2.5", "limit_invalid"),
+            ("101", "limit_too_large"),
+            ("99999999999999999999999", "limit_invalid"),
+        ] {
+            assert_eq!(code(list_paging(&params(Some(limit), None), List::Connections)), expected, "{limit}");
+        }
+        let cursor = Cursor { at: Utc::now(), id: Uuid::now_v7().to_string() };
+        let own = cursor.encode(List::RequestsReceived);
+        let (_, before) = list_paging(&params(None, Some(&own)), List::RequestsReceived).expect("its own cursor");
+        assert_eq!(before, Some(cursor));
+        for before in ["garbage", "", &own] {
+            assert_eq!(code(list_paging(&params(None, Some(before)), List::Connections)), "cursor_invalid", "{before}");
+        }
+    }
+
+    #[test]
+    fn a_page_has_a_next_cursor_only_when_more_was_found() {
+        let at = Utc::now();
+        let position = |n: &i64| Cursor { at: at + chrono::Duration::nanoseconds(*n), id: Uuid::nil().to_string() };
+        let (items, next) = page_of(vec![5, 4, 3], 3, List::Connections, position);
+        assert_eq!((items, next), (vec![5, 4, 3], None), "exactly a full last page");
+        let (items, next) = page_of(vec![5, 4, 3, 2], 3, List::Connections, position);
+        assert_eq!(items, vec![5, 4, 3]);
+        let next = Cursor::decode(&next.expect("more"), List::Connections).expect("a cursor");
+        assert_eq!(next, position(&3), "the position of the page's last item");
+        assert_eq!(page_of(Vec::<i64>::new(), 3, List::Connections, position), (vec![], None));
+    }
+
+    #[test]
+    fn the_api_document_describes_list_paging() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+        for (path, schema) in [("/v1/connections", "ConnectionPage"), ("/v1/requests/received", "ReceivedRequests")] {
+            let get = &doc["paths"][path]["get"];
+            let params = get["parameters"].as_array().expect("parameters");
+            let limit = params.iter().find(|p| p["name"] == "limit").expect("limit");
+            assert_eq!(limit["in"], "query");
+            assert_eq!((&limit["schema"]["minimum"], &limit["schema"]["maximum"]), (&1.into(), &100.into()), "{limit}");
+            assert_eq!(limit["schema"]["default"], 50, "{limit}");
+            assert!(params.iter().any(|p| p["name"] == "before" && p["in"] == "query"), "{params:?}");
+            for status in ["200", "400", "401"] {
+                assert!(get["responses"].get(status).is_some(), "{path} {status}");
+            }
+            let page = &doc["components"]["schemas"][schema];
+            // Always present, null on the last page.
+            assert_eq!(page["properties"]["nextBefore"]["type"], serde_json::json!(["string", "null"]), "{page}");
+            assert!(page["required"].as_array().expect("required").contains(&"nextBefore".into()), "{page}");
+        }
+        let connection = doc["components"]["schemas"]["Connection"].to_string();
+        assert!(connection.contains("connectedAt") && connection.contains("PublicProfile"), "{connection}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The read side. It never reads Kafka (ARCHITECTURE.md).
 
 pub mod config;
+pub mod cursor;
 pub mod http;
 pub mod rate_groups;
 pub mod reader;

@@ -12,10 +12,13 @@ use mongodb::{Client, Database};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::cursor::Cursor;
+use views::documents::sortable_time;
 use views::generation::{CurrentGeneration, Generation};
 use views::keys::RedisKeys;
 use views::{
-    CheckpointDoc, ConnectionRequestDoc, ConsistencyToken, ConversationCache, DailyStatsDoc, MessageDoc,
+    CheckpointDoc, ConnectionDoc, ConnectionRequestDoc, ConsistencyToken, ConversationCache, DailyStatsDoc, MessageDoc,
     NotificationCounterDoc, NotificationDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc, collections,
 };
 
@@ -137,6 +140,14 @@ impl ViewSource {
         }
         reader
     }
+}
+
+/// The fields a newest-first list is ordered by: a time stored as
+/// `sortable_time`, then an id.
+#[derive(Debug, Clone, Copy)]
+struct Order {
+    time: &'static str,
+    id: &'static str,
 }
 
 #[derive(Clone)]
@@ -470,22 +481,69 @@ impl ViewReader {
         Ok(())
     }
 
-    pub async fn connections(&self, viewer: &str) -> Result<Vec<UserDoc>, ReadError> {
-        let relations = self.relations(viewer).await?;
-        self.users_by_id(&relations.connections).await
+    /// A page of the viewer's connections, newest first (`connectedAt`,
+    /// then `requestId`), after `before`: at most `limit` + 1, the extra
+    /// one saying that another page exists. Always from MongoDB: the order
+    /// is never cached, so no cache can serve a page in another order.
+    pub async fn connections(
+        &self,
+        viewer: &str,
+        before: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<ConnectionDoc>, ReadError> {
+        let order = Order { time: "connectedAt", id: "requestId" };
+        self.newest_first(collections::CONNECTIONS, doc! { "userId": viewer }, order, before, limit + 1).await
     }
 
-    /// Pending `interested` requests to the viewer, newest first.
-    pub async fn requests_received(&self, viewer: &str) -> Result<Vec<ConnectionRequestDoc>, ReadError> {
-        let requests = self
-            .db
-            .collection::<ConnectionRequestDoc>(collections::CONNECTION_REQUESTS)
-            .find(doc! { "toUserId": viewer, "status": "interested" })
-            .sort(doc! { "createdAt": -1 })
-            .await?
-            .try_collect()
-            .await?;
-        Ok(requests)
+    /// A page of the pending `interested` requests to the viewer, newest
+    /// first (`createdAt`, then the request id), after `before`: at most
+    /// `limit` + 1, as `connections`.
+    pub async fn requests_received(
+        &self,
+        viewer: &str,
+        before: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<ConnectionRequestDoc>, ReadError> {
+        let order = Order { time: "createdAt", id: "_id" };
+        let filter = doc! { "toUserId": viewer, "status": "interested" };
+        self.newest_first(collections::CONNECTION_REQUESTS, filter, order, before, limit + 1).await
+    }
+
+    /// The first `count` documents matching `filter` in `order`, newest
+    /// first, strictly after `before`. "After (t, id)" is "time < t, or
+    /// time = t and id < id": two queries (the same instant, then older),
+    /// each an index prefix plus one range, rather than an `$or` that
+    /// SecantusDB answers by scanning the collection. The first is almost
+    /// always empty, but the order must not skip what it finds.
+    async fn newest_first<T>(
+        &self,
+        collection: &str,
+        filter: Document,
+        order: Order,
+        before: Option<&Cursor>,
+        count: usize,
+    ) -> Result<Vec<T>, ReadError>
+    where
+        T: DeserializeOwned + Send + Sync,
+    {
+        let collection = self.db.collection::<T>(collection);
+        let sort = doc! { order.time: -1, order.id: -1 };
+        let mut found = Vec::new();
+        let mut older = filter.clone();
+        if let Some(cursor) = before {
+            let at = sortable_time::format(&cursor.at);
+            let mut same_instant = filter;
+            same_instant.insert(order.time, &at);
+            same_instant.insert(order.id, doc! { "$lt": &cursor.id });
+            found = collection.find(same_instant).sort(sort.clone()).limit(count as i64).await?.try_collect().await?;
+            older.insert(order.time, doc! { "$lt": at });
+        }
+        if found.len() < count {
+            let rest: Vec<T> =
+                collection.find(older).sort(sort).limit((count - found.len()) as i64).await?.try_collect().await?;
+            found.extend(rest);
+        }
+        Ok(found)
     }
 
     pub async fn presence(&self, user_id: &str, freshness: Freshness) -> Result<Option<PresenceDoc>, ReadError> {

@@ -169,6 +169,8 @@ async fn a_rebuild_switches_readers_to_identical_views_and_drops_the_old_ones() 
         ("sessions:", 5),
         ("connection_requests:", 3),
         ("relations:", 4),
+        // alice and bob, one for each side.
+        ("connections:", 2),
         ("messages:", 2),
         ("presence:", 2),
         ("notifications:", 3),

@@ -2,6 +2,32 @@ use chrono::{DateTime, Utc};
 use events::user::{Gender, Profile};
 use serde::{Deserialize, Serialize};
 
+/// A time that a list is ordered by, stored so that the strings sort as the
+/// times do: RFC 3339 in UTC with exactly nine fraction digits. (chrono's
+/// default drops trailing zero groups, so "…:56Z" would sort after
+/// "…:56.5Z", and "…:56.100Z" after "…:56.100200Z".) Reading accepts any
+/// RFC 3339 string, including documents written before this format.
+///
+/// Use it as `#[serde(with = "crate::documents::sortable_time")]`, and
+/// `format` for the value a query compares the field with.
+pub mod sortable_time {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// The stored form of `at`.
+    pub fn format(at: &DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    }
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format(at))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+        DateTime::<Utc>::deserialize(deserializer)
+    }
+}
+
 /// `users` collection and the `user:<id>` cache entry. Never holds a password
 /// or its hash. `version` is the user aggregate version of the last event
 /// applied: a write carrying an older version changes nothing.
@@ -68,6 +94,8 @@ impl CheckpointDoc {
 }
 
 /// `connection_requests` collection. `version` is the pair aggregate's.
+/// Requests received are listed newest first: by `createdAt`, then `_id`
+/// (index `toUserId, status, createdAt, _id`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionRequestDoc {
@@ -78,9 +106,38 @@ pub struct ConnectionRequestDoc {
     pub to_user_id: String,
     /// interested, ignored, accepted or rejected.
     pub status: String,
+    #[serde(with = "sortable_time")]
     pub created_at: DateTime<Utc>,
     pub reviewed_at: Option<DateTime<Utc>>,
     pub version: u64,
+}
+
+/// `connections` collection: one document per user and connection, so two
+/// per accepted request (one for each side). A user's connections are
+/// listed newest first: by `connectedAt`, then `requestId` (index `userId,
+/// connectedAt, requestId`). Only the acceptance writes it, and `version`
+/// is the pair aggregate's, so applying it again changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionDoc {
+    /// `<userId>:<otherUserId>`.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub user_id: String,
+    pub other_user_id: String,
+    /// The accepted request; it breaks ties between connections made at
+    /// the same instant.
+    pub request_id: String,
+    /// When the request was accepted (the acceptance event's time).
+    #[serde(with = "sortable_time")]
+    pub connected_at: DateTime<Utc>,
+    pub version: u64,
+}
+
+impl ConnectionDoc {
+    pub fn id_for(user_id: &str, other_user_id: &str) -> String {
+        format!("{user_id}:{other_user_id}")
+    }
 }
 
 /// `relations` collection. Both lists are sets (`$addToSet`), so applying
@@ -241,5 +298,42 @@ mod tests {
         let short = ConversationCache::new(vec![message(1, "a")]).merged(vec![message(2, "b")]);
         assert_eq!(short.items.iter().map(|m| m.version).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(short.version, 2);
+    }
+
+    #[test]
+    fn sortable_times_sort_as_the_times_do() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc);
+        // chrono's own strings for these sort out of time order.
+        let times = [
+            at("2025-03-01T10:00:56Z"),
+            at("2025-03-01T10:00:56.100Z"),
+            at("2025-03-01T10:00:56.100200Z"),
+            at("2025-03-01T10:00:56.100200300Z"),
+            at("2025-03-01T10:00:56.5Z"),
+            at("2025-03-01T10:00:57Z"),
+        ];
+        let stored: Vec<String> = times.iter().map(sortable_time::format).collect();
+        let mut sorted = stored.clone();
+        sorted.sort();
+        assert_eq!(sorted, stored);
+        assert_eq!(stored[0], "2025-03-01T10:00:56.000000000Z");
+        // What the projector stores is that string, and it reads back as the time.
+        let doc = ConnectionDoc {
+            id: ConnectionDoc::id_for("a", "b"),
+            user_id: "a".into(),
+            other_user_id: "b".into(),
+            request_id: "r".into(),
+            connected_at: times[1],
+            version: 3,
+        };
+        let bson = mongodb::bson::to_document(&doc).expect("bson");
+        assert_eq!(bson.get_str("connectedAt"), Ok("2025-03-01T10:00:56.100000000Z"));
+        assert_eq!(bson.get_str("_id"), Ok("a:b"));
+        assert_eq!(mongodb::bson::from_document::<ConnectionDoc>(bson).expect("read back"), doc);
+        // Documents written before (chrono's default) still read.
+        let old = serde_json::json!({"_id": "r", "pairKey": "a:b", "fromUserId": "a", "toUserId": "b",
+            "status": "interested", "createdAt": "2025-03-01T10:00:56.1Z", "reviewedAt": null, "version": 1});
+        let old: ConnectionRequestDoc = serde_json::from_value(old).expect("old request");
+        assert_eq!(old.created_at, times[1]);
     }
 }

@@ -11,8 +11,8 @@ pub mod revocation;
 
 pub use consistency::{ConsistencyKey, ConsistencyToken};
 pub use documents::{
-    CheckpointDoc, ConnectionRequestDoc, ConversationCache, DailyStatsDoc, MessageDoc, NotificationCounterDoc,
-    NotificationDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc,
+    CheckpointDoc, ConnectionDoc, ConnectionRequestDoc, ConversationCache, DailyStatsDoc, MessageDoc,
+    NotificationCounterDoc, NotificationDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc,
 };
 
 /// Entries kept per user stream: how far back a reconnecting client can
@@ -26,10 +26,17 @@ pub const CACHED_MESSAGES: usize = 50;
 pub mod collections {
     pub const USERS: &str = "users";
     pub const SESSIONS: &str = "sessions";
-    /// One document per connection request (index: toUserId + status).
+    /// One document per connection request (index: toUserId, status,
+    /// createdAt, _id: the requests received, newest first).
     pub const CONNECTION_REQUESTS: &str = "connection_requests";
+    /// One document per user and connection, `_id` `<userId>:<otherUserId>`
+    /// (index: userId, connectedAt, requestId: a user's connections, newest
+    /// first).
+    pub const CONNECTIONS: &str = "connections";
     /// Per user: everyone they have a request with, either direction
-    /// (`related`, what the feed excludes), and their accepted connections.
+    /// (`related`, what the feed excludes), and their accepted connections
+    /// as a set (`connections`, whom presence changes go to; the ordered
+    /// list is `CONNECTIONS`).
     pub const RELATIONS: &str = "relations";
     /// One document per message (index: pairKey + _id).
     pub const MESSAGES: &str = "messages";
