@@ -456,7 +456,8 @@ pub struct MessagePage {
 pub struct HistoryParams {
     /// A messageId: return messages older than it.
     pub before: Option<String>,
-    /// 1-50 (default 50).
+    /// Messages per page, 1-100 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<String>,
 }
 
@@ -479,9 +480,12 @@ pub async fn history(
             message: "before must be a messageId".into(),
         })?),
     };
-    let limit = positive(params.limit.as_deref(), 50, "limit_invalid", "limit")?;
-    if limit > 50 {
-        return Err(ApiError::BadRequest { code: "limit_too_large", message: "limit must be at most 50".into() });
+    let limit = positive(params.limit.as_deref(), DEFAULT_LIST_LIMIT, "limit_invalid", "limit")?;
+    if limit > MAX_LIST_LIMIT {
+        return Err(ApiError::BadRequest {
+            code: "limit_too_large",
+            message: format!("limit must be at most {MAX_LIST_LIMIT}"),
+        });
     }
     let pair = events::connection::pair_key(claims.sub, other);
     let before = before.map(|b| b.to_string());

@@ -90,11 +90,14 @@ async fn messages_between_connections_with_read_receipts() {
     assert_eq!(page.body["items"][1]["deliveredAt"], page.body["items"][1]["readAt"], "{:?}", page.body);
     assert!(page.body["items"][1]["readAt"].is_string());
 
-    for (query, code) in [("limit=51", "limit_too_large"), ("limit=0", "limit_invalid"), ("before=x", "before_invalid")]
+    for (query, code) in
+        [("limit=101", "limit_too_large"), ("limit=0", "limit_invalid"), ("before=x", "before_invalid")]
     {
         let reply = env.query(&format!("/v1/messages/{b}?{query}"), &a_token, None).await;
         assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, code), "{query}");
     }
+    let widest = env.query(&format!("/v1/messages/{b}?limit=100"), &a_token, None).await;
+    assert_eq!(widest.status, StatusCode::OK, "limit may be 100: {:?}", widest.body);
 }
 
 #[tokio::test]
