@@ -122,7 +122,7 @@ pub async fn rebuild_model(
         match decode_record(message.payload().unwrap_or_default()) {
             Ok(commit) => {
                 let position = Position { topic: topic.clone(), partition, offset };
-                model.write().unwrap_or_else(std::sync::PoisonError::into_inner).apply_commit(&commit, position);
+                model.write().unwrap_or_else(std::sync::PoisonError::into_inner).record(&commit, position);
                 applied += 1;
             }
             // A record we cannot read cannot be part of any decision; the

@@ -18,10 +18,11 @@ use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 use views::{ConsistencyKey, ConsistencyToken};
 
+use crate::domain::presence::PresenceCommand;
 use crate::domain::user::ProfilePatch;
 use crate::domain::validation::ProfileInput;
 use crate::error::ApiError;
-use crate::service::{Answer, CommandContext, CommandError, CommandService, Outcome, SignupInput};
+use crate::service::{Answer, CommandContext, CommandError, CommandOutcome, CommandService, SignupInput};
 use events::connection::RequestStatus;
 use events::user::Tier;
 
@@ -61,41 +62,83 @@ impl FromRequestParts<AppState> for Caller {
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-fn command_context(correlation: CorrelationId, headers: &HeaderMap) -> Result<CommandContext, ApiError> {
-    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(value) => {
-            let key = value.to_str().ok().map(str::trim).filter(|k| {
-                !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic())
-            });
-            let key = key.ok_or_else(|| ApiError::BadRequest {
-                code: "idempotency_key_invalid",
-                message: format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
-            })?;
-            Some(key.to_owned())
-        }
-    };
-    Ok(CommandContext { correlation_id: correlation.0, idempotency_key, fingerprint: None })
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()));
+    let key = key.ok_or_else(|| ApiError::BadRequest {
+        code: "idempotency_key_invalid",
+        message: format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+    })?;
+    Ok(Some(key.to_owned()))
 }
 
-/// A digest of what the request asks for, secrets left out: passwords must
-/// not be recoverable from the log by guessing against an unsalted digest.
-fn fingerprint(route: &str, body: &impl Serialize) -> String {
-    let mut value = serde_json::to_value(body).unwrap_or_default();
-    if let Some(object) = value.as_object_mut() {
+/// A digest of what the request asks for, secrets left out (a password must
+/// not be recoverable from the log by guessing against an unsalted digest):
+/// the method and path (route and parameters), the caller's session (the
+/// same key sent by another session is another request), and the body.
+fn fingerprint(parts: &Parts, session: Option<Uuid>, mut body: serde_json::Value) -> String {
+    if let Some(object) = body.as_object_mut() {
         for secret in ["password", "currentPassword", "newPassword"] {
             object.remove(secret);
         }
     }
-    let digest = Blake2s256::digest(format!("{route}\n{value}").as_bytes());
+    let session = session.map(|s| s.to_string()).unwrap_or_default();
+    let digest = Blake2s256::digest(format!("{} {}\n{session}\n{body}", parts.method, parts.uri.path()).as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn with_fingerprint(mut ctx: CommandContext, route: &str, body: &impl Serialize) -> CommandContext {
-    if ctx.idempotency_key.is_some() {
-        ctx.fingerprint = Some(fingerprint(route, body));
+/// The command's context from the request head; the fingerprint is set
+/// only when there is a key to tell retries by.
+fn command_context(parts: &Parts, state: &AppState, body: serde_json::Value) -> Result<CommandContext, ApiError> {
+    let correlation =
+        parts.extensions.get::<CorrelationId>().map_or_else(|| Uuid::new_v4().to_string(), |c| c.0.clone());
+    let idempotency_key = idempotency_key(&parts.headers)?;
+    let fingerprint = idempotency_key.is_some().then(|| {
+        let session = platform::auth::token_from_headers(&parts.headers)
+            .and_then(|token| state.keys.verify(&token).ok())
+            .map(|claims| claims.jti);
+        fingerprint(parts, session, body)
+    });
+    Ok(CommandContext { correlation_id: correlation, idempotency_key, fingerprint })
+}
+
+/// A write with a JSON body: the command's context (correlation id,
+/// `Idempotency-Key` and the fingerprint derived from the request, which no
+/// handler spells out) and the body.
+#[derive(Debug)]
+pub struct Write<T>(pub CommandContext, pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Write<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let head = Parts::clone(&parts);
+        let ApiJson(value) =
+            ApiJson::<serde_json::Value>::from_request(axum::extract::Request::from_parts(parts, body), state).await?;
+        // Parsed from the value the fingerprint reads, so both see one body.
+        let typed = serde_json::from_value(value.clone()).map_err(|e| ApiError::BadRequest {
+            code: "invalid_field_type",
+            message: format!("Failed to deserialize the JSON body into the target type: {e}"),
+        })?;
+        Ok(Write(command_context(&head, state, value)?, typed))
     }
-    ctx
+}
+
+/// A write without a body: the command's context alone.
+#[derive(Debug)]
+pub struct WriteNoBody(pub CommandContext);
+
+impl FromRequestParts<AppState> for WriteNoBody {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(WriteNoBody(command_context(parts, state, serde_json::Value::Null)?))
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -174,7 +217,7 @@ fn issue_tokens(
 }
 
 /// Turns an outcome into the HTTP answer, with the consistency token.
-fn respond(state: &AppState, outcome: Outcome) -> Response {
+fn respond(state: &AppState, outcome: CommandOutcome) -> Response {
     let mut response = match outcome.answer {
         Answer::Registered { user_id } => (StatusCode::CREATED, Json(UserIdResponse { user_id })).into_response(),
         Answer::ProfileUpdated { user_id } => (StatusCode::OK, Json(UserIdResponse { user_id })).into_response(),
@@ -203,7 +246,7 @@ fn respond(state: &AppState, outcome: Outcome) -> Response {
             headers.insert(ConsistencyToken::HEADER, value);
         }
     }
-    if outcome.replayed {
+    if outcome.retried {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
@@ -241,11 +284,8 @@ pub struct SignupRequest {
         (status = 503, description = "Kafka unavailable; nothing written", body = ErrorResponse)))]
 pub async fn signup(
     State(state): State<AppState>,
-    correlation: CorrelationId,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<SignupRequest>,
+    Write(ctx, body): Write<SignupRequest>,
 ) -> Result<Response, ApiError> {
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, "signup", &body);
     let input = SignupInput {
         email: body.email_id,
         password: body.password,
@@ -313,11 +353,8 @@ impl std::fmt::Debug for PasswordChangeRequest {
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    correlation: CorrelationId,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<LoginRequest>,
+    Write(ctx, body): Write<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, "login", &body);
     let outcome = state.service.login(&body.email_id, body.password, peer.ip(), &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -342,14 +379,11 @@ impl std::fmt::Debug for RefreshRequest {
         (status = 503, description = "Kafka unavailable; nothing written", body = ErrorResponse)))]
 pub async fn refresh(
     State(state): State<AppState>,
-    correlation: CorrelationId,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<RefreshRequest>,
+    Write(ctx, body): Write<RefreshRequest>,
 ) -> Result<Response, ApiError> {
     let claims = state.keys.verify_refresh(body.refresh_token.trim()).map_err(|_| CommandError::Unauthenticated)?;
     // The token itself is in the fingerprint: only a retry with the same
     // (spent) token and key gets the pair it bought.
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, "refresh", &body);
     let outcome = state.service.refresh(&claims, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -360,12 +394,8 @@ pub async fn refresh(
 pub async fn logout(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
+    WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
-    // The session is what a logout acts on: the same key sent later by
-    // another session of the user is a different request, not a retry.
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, "logout", &claims.jti);
     let outcome = state.service.logout(&claims, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -409,9 +439,7 @@ pub struct ProfilePatchRequest {
 pub async fn update_profile(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<ProfilePatchRequest>,
+    Write(ctx, body): Write<ProfilePatchRequest>,
 ) -> Result<Response, ApiError> {
     if body.email_id.is_some() || body.password.is_some() {
         return Err(ApiError::BadRequest {
@@ -419,7 +447,6 @@ pub async fn update_profile(
             message: "emailId cannot be changed, and the password changes through PUT /v1/profile/password".into(),
         });
     }
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, "profile", &body);
     let patch = ProfilePatch {
         first_name: body.first_name,
         last_name: body.last_name,
@@ -447,11 +474,8 @@ pub async fn change_password(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<PasswordChangeRequest>,
+    Write(ctx, body): Write<PasswordChangeRequest>,
 ) -> Result<Response, ApiError> {
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, "password", &body);
     let outcome =
         state.service.change_password(&claims, body.current_password, body.new_password, peer.ip(), &ctx).await?;
     Ok(respond(&state, outcome))
@@ -479,13 +503,11 @@ fn parse_status(raw: &str, allowed: &[RequestStatus]) -> Result<RequestStatus, A
 pub async fn send_request(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
     Path((status, to)): Path<(String, String)>,
+    WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
     let status = parse_status(&status, &[RequestStatus::Interested, RequestStatus::Ignored])?;
     let to = parse_uuid(&to, "user_id_invalid", "toUserId")?;
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, &format!("send/{}/{to}", status.as_str()), &());
     let outcome = state.service.send_request(&claims, to, status, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -498,14 +520,11 @@ pub async fn send_request(
 pub async fn review_request(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
     Path((status, request_id)): Path<(String, String)>,
+    WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
     let status = parse_status(&status, &[RequestStatus::Accepted, RequestStatus::Rejected])?;
     let request_id = parse_uuid(&request_id, "request_id_invalid", "requestId")?;
-    let route = format!("review/{}/{request_id}", status.as_str());
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, &route, &());
     let outcome = state.service.review_request(&claims, request_id, status, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -515,15 +534,12 @@ pub async fn review_request(
 pub async fn change_membership(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<MembershipBody>,
+    Write(ctx, body): Write<MembershipBody>,
 ) -> Result<Response, ApiError> {
     let tier =
         [Tier::Free, Tier::Silver, Tier::Gold].into_iter().find(|t| t.as_str() == body.tier).ok_or_else(|| {
             ApiError::BadRequest { code: "tier_invalid", message: "tier must be free, silver or gold".into() }
         })?;
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, "membership", &body);
     let outcome = state.service.change_membership(&claims, tier, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -535,13 +551,10 @@ pub async fn change_membership(
 pub async fn send_message(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
     Path(to): Path<String>,
-    ApiJson(body): ApiJson<MessageRequest>,
+    Write(ctx, body): Write<MessageRequest>,
 ) -> Result<Response, ApiError> {
     let to = parse_uuid(&to, "user_id_invalid", "toUserId")?;
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, &format!("message/{to}"), &body);
     let outcome = state.service.send_message(&claims, to, body.text, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -553,12 +566,10 @@ pub async fn send_message(
 pub async fn read_message(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
     Path(message_id): Path<String>,
+    WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
     let message_id = parse_uuid(&message_id, "message_id_invalid", "messageId")?;
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, &format!("read/{message_id}"), &());
     let outcome = state.service.read_message(&claims, message_id, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -568,11 +579,9 @@ pub async fn read_message(
 pub async fn heartbeat(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
+    WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, "heartbeat", &());
-    Ok(respond(&state, state.service.presence(&claims, true, &ctx).await?))
+    Ok(respond(&state, state.service.presence(&claims, PresenceCommand::Heartbeat, &ctx).await?))
 }
 
 #[utoipa::path(post, path = "/v1/presence/offline", tag = "presence", security(("bearer" = [])),
@@ -580,11 +589,9 @@ pub async fn heartbeat(
 pub async fn offline(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
+    WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, "offline", &());
-    Ok(respond(&state, state.service.presence(&claims, false, &ctx).await?))
+    Ok(respond(&state, state.service.presence(&claims, PresenceCommand::GoOffline, &ctx).await?))
 }
 
 #[utoipa::path(post, path = "/v1/notifications/{notificationId}/read", tag = "notifications", security(("bearer" = [])),
@@ -593,12 +600,10 @@ pub async fn offline(
 pub async fn read_notification(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
     let id = parse_uuid(&id, "notification_id_invalid", "notificationId")?;
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, &format!("notification/{id}"), &());
     Ok(respond(&state, state.service.read_notification(&claims, id, &ctx).await?))
 }
 
@@ -609,12 +614,10 @@ pub async fn read_notification(
 pub async fn deliver_message(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    correlation: CorrelationId,
-    headers: HeaderMap,
     Path(message_id): Path<String>,
+    WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
     let message_id = parse_uuid(&message_id, "message_id_invalid", "messageId")?;
-    let ctx = with_fingerprint(command_context(correlation, &headers)?, &format!("delivered/{message_id}"), &());
     let outcome = state.service.deliver_message(&claims, message_id, &ctx).await?;
     Ok(respond(&state, outcome))
 }

@@ -25,6 +25,41 @@ impl Default for KeyedLocks {
     }
 }
 
+/// What a command locks: each aggregate or invariant its decision reads.
+/// Typed, so two commands guarding the same thing always build the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockKey {
+    /// Who holds an email: sign-up.
+    Email(String),
+    /// A user aggregate: sessions, profile, credentials, membership.
+    User(uuid::Uuid),
+    /// The connection aggregate of a pair: one request per pair.
+    Pair(String),
+    /// A conversation: the order of its messages.
+    Conversation(String),
+    /// A user's presence aggregate.
+    Presence(uuid::Uuid),
+    /// A user's notification aggregate.
+    Notifications(uuid::Uuid),
+    /// Everything a user does that counts against them (the daily request
+    /// count) or is retried with an Idempotency-Key of theirs.
+    Actor(uuid::Uuid),
+}
+
+impl std::fmt::Display for LockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockKey::Email(email) => write!(f, "email:{email}"),
+            LockKey::User(id) => write!(f, "user:{id}"),
+            LockKey::Pair(pair) => write!(f, "pair:{pair}"),
+            LockKey::Conversation(pair) => write!(f, "conversation:{pair}"),
+            LockKey::Presence(id) => write!(f, "presence:{id}"),
+            LockKey::Notifications(id) => write!(f, "notifications:{id}"),
+            LockKey::Actor(id) => write!(f, "actor:{id}"),
+        }
+    }
+}
+
 /// Holds the locks until dropped.
 #[derive(Debug)]
 pub struct Held(#[allow(dead_code)] Vec<OwnedMutexGuard<()>>);
@@ -38,12 +73,8 @@ impl KeyedLocks {
 
     /// Locks all the keys. Stripes are taken in ascending order, each once,
     /// so two commands locking overlapping sets cannot deadlock.
-    pub async fn lock<I, K>(&self, keys: I) -> Held
-    where
-        I: IntoIterator<Item = K>,
-        K: AsRef<str>,
-    {
-        let mut indexes: Vec<usize> = keys.into_iter().map(|k| Self::stripe(k.as_ref())).collect();
+    pub async fn lock(&self, keys: impl IntoIterator<Item = LockKey>) -> Held {
+        let mut indexes: Vec<usize> = keys.into_iter().map(|k| Self::stripe(&k.to_string())).collect();
         indexes.sort_unstable();
         indexes.dedup();
         let mut guards = Vec::with_capacity(indexes.len());
@@ -78,7 +109,8 @@ mod tests {
         for i in 0..64 {
             let locks = Arc::clone(&locks);
             tasks.push(tokio::spawn(async move {
-                let keys = if i % 2 == 0 { ["a", "b"] } else { ["b", "a"] };
+                let (a, b) = (LockKey::Pair("a".into()), LockKey::Pair("b".into()));
+                let keys = if i % 2 == 0 { [a, b] } else { [b, a] };
                 let _held = locks.lock(keys).await;
                 tokio::task::yield_now().await;
             }));
@@ -90,10 +122,11 @@ mod tests {
     #[tokio::test]
     async fn the_same_key_is_exclusive() {
         let locks = KeyedLocks::default();
-        let held = locks.lock(["user:1"]).await;
-        let second = tokio::time::timeout(Duration::from_millis(50), locks.lock(["user:1"])).await;
+        let user = uuid::Uuid::new_v4();
+        let held = locks.lock([LockKey::User(user)]).await;
+        let second = tokio::time::timeout(Duration::from_millis(50), locks.lock([LockKey::User(user)])).await;
         assert!(second.is_err(), "second lock must wait");
         drop(held);
-        assert!(tokio::time::timeout(Duration::from_millis(500), locks.lock(["user:1"])).await.is_ok());
+        assert!(tokio::time::timeout(Duration::from_millis(500), locks.lock([LockKey::User(user)])).await.is_ok());
     }
 }

@@ -11,10 +11,12 @@ use events::message::MessageEvent;
 use events::{Envelope, Event};
 use uuid::Uuid;
 
-use crate::domain::connection::{self, ConnectionState};
-use crate::domain::message::MessageState;
-use crate::domain::notification::NotificationState;
-use crate::domain::user::{self, UserState};
+use crate::domain::connection::{Connection, ConnectionState};
+use crate::domain::message::{Message, MessageState};
+use crate::domain::notification::{Notification, NotificationState};
+use crate::domain::presence::Presence;
+use crate::domain::user::{User, UserState};
+use crate::domain::{Aggregate, Recorded};
 
 /// Where a record landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,69 +127,66 @@ impl WriteModel {
             .filter(|c| c.commit.first().is_some_and(|e| now - e.occurred_at < IDEMPOTENCY_WINDOW))
     }
 
-    /// Folds one record's events in. Commits are whole: a record is the unit.
-    pub fn apply_commit(&mut self, commit: &[Envelope], position: Position) {
+    /// Takes in one acknowledged record: each event folded into its
+    /// aggregate's state with that aggregate's `apply`, the indexes updated,
+    /// the commit remembered for retries. Commits are whole: a record is the
+    /// unit.
+    pub fn record(&mut self, commit: &[Envelope], position: Position) {
         for envelope in commit {
             if let Some((owner, _)) = events::notification::notified_by(envelope) {
                 self.notifications.insert(envelope.event_id, NotificationState { owner, read: false });
             }
+            let id = envelope.aggregate_id.as_str();
+            let (version, occurred_at) = (envelope.aggregate_version, envelope.occurred_at);
             match &envelope.event {
                 Event::User(event) => {
-                    let Ok(user_id) = envelope.aggregate_id.parse::<Uuid>() else {
-                        tracing::warn!(aggregate_id = %envelope.aggregate_id, "user event with a non-UUID aggregate id; skipped");
+                    let Ok(user_id) = id.parse::<Uuid>() else {
+                        tracing::warn!(aggregate_id = %id, "user event with a non-UUID aggregate id; skipped");
                         continue;
                     };
-                    let before = self.users.remove(&user_id);
-                    let after = user::apply(before, event, envelope.aggregate_version, envelope.occurred_at);
-                    if let Some(state) = after {
+                    let mut state = self.users.remove(&user_id);
+                    User::apply(&mut state, Recorded { event, aggregate_id: id, version, occurred_at });
+                    if let Some(state) = state {
                         self.emails.entry(state.email.clone()).or_insert(state.user_id);
                         self.users.insert(user_id, state);
                     }
                 }
                 Event::Connection(event) => {
                     if let ConnectionEvent::Requested(r) = event {
-                        self.requests.insert(r.request_id, envelope.aggregate_id.clone());
-                        *self.sent_per_day.entry((r.from_user_id, envelope.occurred_at.date_naive())).or_insert(0) += 1;
+                        self.requests.insert(r.request_id, id.to_owned());
+                        *self.sent_per_day.entry((r.from_user_id, occurred_at.date_naive())).or_insert(0) += 1;
                     }
-                    let before = self.connections.remove(&envelope.aggregate_id);
-                    if let Some(state) = connection::apply(before, event, envelope.aggregate_version) {
-                        self.connections.insert(envelope.aggregate_id.clone(), state);
+                    let mut state = self.connections.remove(id);
+                    Connection::apply(&mut state, Recorded { event, aggregate_id: id, version, occurred_at });
+                    if let Some(state) = state {
+                        self.connections.insert(id.to_owned(), state);
                     }
                 }
                 Event::Message(event) => {
-                    match event {
-                        MessageEvent::Sent(m) => {
-                            let state = MessageState {
-                                pair: envelope.aggregate_id.clone(),
-                                from: m.from_user_id,
-                                to: m.to_user_id,
-                                delivered: false,
-                                read: false,
-                            };
-                            self.messages.insert(m.message_id, state);
-                        }
-                        MessageEvent::Delivered(d) => {
-                            if let Some(m) = self.messages.get_mut(&d.message_id) {
-                                m.delivered = true;
-                            }
-                        }
-                        MessageEvent::Read(r) => {
-                            if let Some(m) = self.messages.get_mut(&r.message_id) {
-                                m.delivered = true;
-                                m.read = true;
-                            }
-                        }
+                    let message_id = match event {
+                        MessageEvent::Sent(m) => m.message_id,
+                        MessageEvent::Delivered(d) => d.message_id,
+                        MessageEvent::Read(r) => r.message_id,
+                    };
+                    let mut state = self.messages.remove(&message_id);
+                    Message::apply(&mut state, Recorded { event, aggregate_id: id, version, occurred_at });
+                    if let Some(state) = state {
+                        self.messages.insert(message_id, state);
                     }
-                    self.conversation_versions.insert(envelope.aggregate_id.clone(), envelope.aggregate_version);
+                    self.conversation_versions.insert(id.to_owned(), version);
                 }
-                Event::Presence(_) => {
-                    self.presence_versions.insert(envelope.aggregate_id.clone(), envelope.aggregate_version);
+                Event::Presence(event) => {
+                    Presence::apply(&mut (), Recorded { event, aggregate_id: id, version, occurred_at });
+                    self.presence_versions.insert(id.to_owned(), version);
                 }
-                Event::Notification(events::NotificationEvent::Read(r)) => {
-                    if let Some(n) = self.notifications.get_mut(&r.notification_id) {
-                        n.read = true;
+                Event::Notification(event) => {
+                    let events::NotificationEvent::Read(r) = event;
+                    let mut state = self.notifications.get(&r.notification_id).copied();
+                    Notification::apply(&mut state, Recorded { event, aggregate_id: id, version, occurred_at });
+                    if let Some(state) = state {
+                        self.notifications.insert(r.notification_id, state);
                     }
-                    self.notification_versions.insert(envelope.aggregate_id.clone(), envelope.aggregate_version);
+                    self.notification_versions.insert(id.to_owned(), version);
                 }
             }
         }

@@ -5,7 +5,38 @@ use events::connection::{ConnectionEvent, ConnectionRequested, ConnectionReviewe
 use events::user::Tier;
 use uuid::Uuid;
 
-use super::Rejection;
+use super::{Aggregate, Recorded, Rejection};
+
+/// The connection aggregate (keyed by the pair on `connection-events`).
+#[derive(Debug)]
+pub struct Connection;
+
+impl Aggregate for Connection {
+    /// `None` until a request is sent.
+    type State = Option<ConnectionState>;
+    type Command = ConnectionCommand;
+    type Facts = ConnectionFacts;
+    type Event = ConnectionEvent;
+
+    fn decide(
+        state: &Self::State,
+        command: ConnectionCommand,
+        facts: &ConnectionFacts,
+    ) -> Result<Vec<ConnectionEvent>, Rejection> {
+        match command {
+            ConnectionCommand::Send { request_id, from, to, status } => {
+                decide_send(state.as_ref(), facts, request_id, from, to, status)
+            }
+            ConnectionCommand::Review { reviewer, status } => {
+                decide_review(state.as_ref(), reviewer, status, facts.now)
+            }
+        }
+    }
+
+    fn apply(state: &mut Self::State, recorded: Recorded<'_, ConnectionEvent>) {
+        *state = apply_to(state.take(), recorded.event, recorded.version);
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionState {
@@ -32,29 +63,36 @@ pub fn seconds_to_utc_midnight(now: DateTime<Utc>) -> u64 {
 }
 
 /// What a send is decided on beyond the pair's own state: facts about the
-/// two users that the write model holds.
+/// two users that the write model holds. A review needs only the time.
 #[derive(Debug, Clone)]
-pub struct SendFacts {
+pub struct ConnectionFacts {
     pub recipient_exists: bool,
     pub sender_tier: Tier,
     pub sent_today: u32,
     pub now: DateTime<Utc>,
 }
 
+impl ConnectionFacts {
+    /// For a review, which reads nothing about the users.
+    pub fn at(now: DateTime<Utc>) -> Self {
+        Self { recipient_exists: true, sender_tier: Tier::Free, sent_today: 0, now }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum ConnectionCommand {
     Send { request_id: Uuid, from: Uuid, to: Uuid, status: RequestStatus },
-    Review { reviewer: Uuid, status: RequestStatus, now: DateTime<Utc> },
+    Review { reviewer: Uuid, status: RequestStatus },
 }
 
-pub fn decide_send(
+fn decide_send(
     existing: Option<&ConnectionState>,
-    facts: &SendFacts,
-    command: ConnectionCommand,
+    facts: &ConnectionFacts,
+    request_id: Uuid,
+    from: Uuid,
+    to: Uuid,
+    status: RequestStatus,
 ) -> Result<Vec<ConnectionEvent>, Rejection> {
-    let ConnectionCommand::Send { request_id, from, to, status } = command else {
-        return Err(Rejection::invalid("unsupported_command", "not a send"));
-    };
     if !matches!(status, RequestStatus::Interested | RequestStatus::Ignored) {
         return Err(Rejection::invalid("status_invalid", "a request is sent as interested or ignored"));
     }
@@ -80,13 +118,12 @@ pub fn decide_send(
     Ok(vec![ConnectionEvent::Requested(ConnectionRequested { request_id, from_user_id: from, to_user_id: to, status })])
 }
 
-pub fn decide_review(
+fn decide_review(
     state: Option<&ConnectionState>,
-    command: ConnectionCommand,
+    reviewer: Uuid,
+    status: RequestStatus,
+    now: DateTime<Utc>,
 ) -> Result<Vec<ConnectionEvent>, Rejection> {
-    let ConnectionCommand::Review { reviewer, status, now } = command else {
-        return Err(Rejection::invalid("unsupported_command", "not a review"));
-    };
     if !matches!(status, RequestStatus::Accepted | RequestStatus::Rejected) {
         return Err(Rejection::invalid("status_invalid", "a request is reviewed as accepted or rejected"));
     }
@@ -107,7 +144,7 @@ pub fn decide_review(
     Ok(vec![ConnectionEvent::Reviewed(ConnectionReviewed { request_id: state.request_id, status, reviewed_at: now })])
 }
 
-pub fn apply(state: Option<ConnectionState>, event: &ConnectionEvent, version: u64) -> Option<ConnectionState> {
+fn apply_to(state: Option<ConnectionState>, event: &ConnectionEvent, version: u64) -> Option<ConnectionState> {
     match (state, event) {
         (None, ConnectionEvent::Requested(r)) => Some(ConnectionState {
             request_id: r.request_id,
@@ -128,96 +165,83 @@ pub fn apply(state: Option<ConnectionState>, event: &ConnectionEvent, version: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::spec::given;
 
-    fn facts() -> SendFacts {
-        SendFacts { recipient_exists: true, sender_tier: Tier::Free, sent_today: 0, now: Utc::now() }
+    fn facts() -> ConnectionFacts {
+        ConnectionFacts { recipient_exists: true, sender_tier: Tier::Free, sent_today: 0, now: Utc::now() }
     }
 
     fn send(from: Uuid, to: Uuid, status: RequestStatus) -> ConnectionCommand {
         ConnectionCommand::Send { request_id: Uuid::new_v4(), from, to, status }
     }
 
-    /// Given a sent request, folded.
-    fn given_request(from: Uuid, to: Uuid, status: RequestStatus) -> ConnectionState {
-        let events = decide_send(None, &facts(), send(from, to, status)).expect("sends");
-        apply(None, &events[0], 1).expect("state")
+    fn review(reviewer: Uuid, status: RequestStatus) -> ConnectionCommand {
+        ConnectionCommand::Review { reviewer, status }
     }
 
-    fn code(result: Result<Vec<ConnectionEvent>, Rejection>) -> &'static str {
-        match result {
-            Err(
-                Rejection::Invalid { code, .. }
-                | Rejection::Conflict { code, .. }
-                | Rejection::NotFound { code, .. }
-                | Rejection::Forbidden { code, .. }
-                | Rejection::LimitReached { code, .. },
-            ) => code,
-            other => panic!("expected a rejection, got {other:?}"),
-        }
+    /// The events of a sent request.
+    fn requested(from: Uuid, to: Uuid, status: RequestStatus) -> Vec<ConnectionEvent> {
+        given::<Connection>([]).when(send(from, to, status), &facts()).events().to_vec()
     }
 
     #[test]
     fn a_send_records_who_sent_what_to_whom() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let state = given_request(a, b, RequestStatus::Interested);
+        let state = given::<Connection>(requested(a, b, RequestStatus::Interested)).state().expect("state");
         assert_eq!((state.from, state.to, state.status, state.version), (a, b, RequestStatus::Interested, 1));
     }
 
     #[test]
     fn sends_are_refused_by_rule() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        assert_eq!(code(decide_send(None, &facts(), send(a, a, RequestStatus::Interested))), "cannot_request_self");
-        assert_eq!(code(decide_send(None, &facts(), send(a, b, RequestStatus::Accepted))), "status_invalid");
-        let nobody = SendFacts { recipient_exists: false, ..facts() };
-        assert_eq!(code(decide_send(None, &nobody, send(a, b, RequestStatus::Interested))), "user_not_found");
+        let mut nothing_yet = given::<Connection>([]);
+        assert_eq!(nothing_yet.when(send(a, a, RequestStatus::Interested), &facts()).code(), "cannot_request_self");
+        assert_eq!(nothing_yet.when(send(a, b, RequestStatus::Accepted), &facts()).code(), "status_invalid");
+        let nobody = ConnectionFacts { recipient_exists: false, ..facts() };
+        assert_eq!(nothing_yet.when(send(a, b, RequestStatus::Interested), &nobody).code(), "user_not_found");
     }
 
     #[test]
     fn a_second_request_in_either_direction_is_a_conflict() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let existing = given_request(a, b, RequestStatus::Ignored);
-        assert_eq!(
-            code(decide_send(Some(&existing), &facts(), send(a, b, RequestStatus::Interested))),
-            "request_exists"
-        );
-        assert_eq!(
-            code(decide_send(Some(&existing), &facts(), send(b, a, RequestStatus::Interested))),
-            "request_exists"
-        );
+        let mut pair = given::<Connection>(requested(a, b, RequestStatus::Ignored));
+        assert_eq!(pair.when(send(a, b, RequestStatus::Interested), &facts()).code(), "request_exists");
+        assert_eq!(pair.when(send(b, a, RequestStatus::Interested), &facts()).code(), "request_exists");
     }
 
     #[test]
     fn the_daily_limit_follows_the_tier() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let at = |tier, sent_today| SendFacts { sender_tier: tier, sent_today, ..facts() };
-        assert!(decide_send(None, &at(Tier::Free, 9), send(a, b, RequestStatus::Interested)).is_ok());
-        let tenth = decide_send(None, &at(Tier::Free, 10), send(a, b, RequestStatus::Interested));
+        let at = |tier, sent_today| ConnectionFacts { sender_tier: tier, sent_today, ..facts() };
+        let mut nothing_yet = given::<Connection>([]);
+        let sends = |facts: ConnectionFacts| {
+            let then = given::<Connection>([]).when(send(a, b, RequestStatus::Interested), &facts);
+            then.decided
+        };
+        assert!(sends(at(Tier::Free, 9)).is_ok());
+        let tenth = sends(at(Tier::Free, 10));
         assert!(
             matches!(&tenth, Err(Rejection::LimitReached { retry_after_secs, .. }) if (1..=86_400).contains(retry_after_secs))
         );
-        assert!(decide_send(None, &at(Tier::Silver, 99), send(a, b, RequestStatus::Interested)).is_ok());
-        assert_eq!(
-            code(decide_send(None, &at(Tier::Silver, 100), send(a, b, RequestStatus::Interested))),
-            "daily_limit_reached"
-        );
-        assert!(decide_send(None, &at(Tier::Gold, 100_000), send(a, b, RequestStatus::Interested)).is_ok());
+        assert!(sends(at(Tier::Silver, 99)).is_ok());
+        let hundredth = nothing_yet.when(send(a, b, RequestStatus::Interested), &at(Tier::Silver, 100));
+        assert_eq!(hundredth.code(), "daily_limit_reached");
+        assert!(sends(at(Tier::Gold, 100_000)).is_ok());
     }
 
     #[test]
     fn only_the_recipient_reviews_only_a_pending_interested_request() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let now = Utc::now();
-        let review = |reviewer, status| ConnectionCommand::Review { reviewer, status, now };
-        let pending = given_request(a, b, RequestStatus::Interested);
-        assert_eq!(code(decide_review(Some(&pending), review(a, RequestStatus::Accepted))), "not_request_recipient");
-        assert_eq!(code(decide_review(Some(&pending), review(b, RequestStatus::Ignored))), "status_invalid");
-        assert_eq!(code(decide_review(None, review(b, RequestStatus::Accepted))), "request_not_found");
-        let events = decide_review(Some(&pending), review(b, RequestStatus::Accepted)).expect("accepts");
-        let accepted = apply(Some(pending), &events[0], 2).expect("state");
-        assert_eq!(accepted.status, RequestStatus::Accepted);
-        assert_eq!(code(decide_review(Some(&accepted), review(b, RequestStatus::Rejected))), "request_not_pending");
-        let ignored = given_request(a, b, RequestStatus::Ignored);
-        assert_eq!(code(decide_review(Some(&ignored), review(b, RequestStatus::Accepted))), "request_not_pending");
+        let mut pending = given::<Connection>(requested(a, b, RequestStatus::Interested));
+        assert_eq!(pending.when(review(a, RequestStatus::Accepted), &facts()).code(), "not_request_recipient");
+        assert_eq!(pending.when(review(b, RequestStatus::Ignored), &facts()).code(), "status_invalid");
+        let missing = given::<Connection>([]).when(review(b, RequestStatus::Accepted), &facts());
+        assert_eq!(missing.code(), "request_not_found");
+        let accepted = pending.when(review(b, RequestStatus::Accepted), &facts());
+        assert_eq!(accepted.state.as_ref().map(|s| s.status), Some(RequestStatus::Accepted));
+        assert_eq!(pending.when(review(b, RequestStatus::Rejected), &facts()).code(), "request_not_pending");
+        let mut ignored = given::<Connection>(requested(a, b, RequestStatus::Ignored));
+        assert_eq!(ignored.when(review(b, RequestStatus::Accepted), &facts()).code(), "request_not_pending");
     }
 
     #[test]

@@ -5,7 +5,67 @@ use chrono::{DateTime, Utc};
 use events::message::{MessageDelivered, MessageEvent, MessageRead, MessageSent};
 use uuid::Uuid;
 
-use super::Rejection;
+use super::{Aggregate, Recorded, Rejection};
+
+/// One message of a conversation. Its events are appended under the
+/// conversation (the pair) on `message-events`; the state is per message.
+#[derive(Debug)]
+pub struct Message;
+
+#[derive(Debug, Clone)]
+pub enum MessageCommand {
+    Send { message_id: Uuid, from: Uuid, to: Uuid, text: String },
+    MarkDelivered { message_id: Uuid, by: Uuid },
+    MarkRead { message_id: Uuid, by: Uuid },
+}
+
+impl Aggregate for Message {
+    /// `None` until sent.
+    type State = Option<MessageState>;
+    type Command = MessageCommand;
+    type Facts = MessageFacts;
+    type Event = MessageEvent;
+
+    fn decide(
+        state: &Self::State,
+        command: MessageCommand,
+        facts: &MessageFacts,
+    ) -> Result<Vec<MessageEvent>, Rejection> {
+        match command {
+            MessageCommand::Send { message_id, from, to, text } => decide_send(facts, message_id, from, to, text),
+            MessageCommand::MarkDelivered { message_id, by } => {
+                decide_delivered(state.as_ref(), message_id, by, facts.now)
+            }
+            MessageCommand::MarkRead { message_id, by } => decide_read(state.as_ref(), message_id, by, facts.now),
+        }
+    }
+
+    fn apply(state: &mut Self::State, recorded: Recorded<'_, MessageEvent>) {
+        match recorded.event {
+            MessageEvent::Sent(m) => {
+                *state = Some(MessageState {
+                    pair: recorded.aggregate_id.to_owned(),
+                    from: m.from_user_id,
+                    to: m.to_user_id,
+                    delivered: false,
+                    read: false,
+                });
+            }
+            MessageEvent::Delivered(_) => {
+                if let Some(m) = state {
+                    m.delivered = true;
+                }
+            }
+            // Reading implies delivery.
+            MessageEvent::Read(_) => {
+                if let Some(m) = state {
+                    m.delivered = true;
+                    m.read = true;
+                }
+            }
+        }
+    }
+}
 
 const TEXT_MAX_CHARS: usize = 2000;
 
@@ -19,16 +79,24 @@ pub struct MessageState {
     pub read: bool,
 }
 
-/// Facts about the two users that a send is decided on.
+/// Facts about the two users that a send is decided on, and the time.
 #[derive(Debug, Clone, Copy)]
-pub struct SendFacts {
+pub struct MessageFacts {
     pub recipient_exists: bool,
     /// An accepted connection between the two.
     pub connected: bool,
+    pub now: DateTime<Utc>,
 }
 
-pub fn decide_send(
-    facts: SendFacts,
+impl MessageFacts {
+    /// For marking a message, which reads nothing about the users.
+    pub fn at(now: DateTime<Utc>) -> Self {
+        Self { recipient_exists: true, connected: true, now }
+    }
+}
+
+fn decide_send(
+    facts: &MessageFacts,
     message_id: Uuid,
     from: Uuid,
     to: Uuid,
@@ -57,7 +125,7 @@ pub fn decide_send(
 
 /// Marks a message delivered to the recipient: sent → delivered → read.
 /// Again, or after it was read (which implies delivery), changes nothing.
-pub fn decide_delivered(
+fn decide_delivered(
     message: Option<&MessageState>,
     message_id: Uuid,
     recipient: Uuid,
@@ -78,7 +146,7 @@ pub fn decide_delivered(
 }
 
 /// Marks a message read. Reading it again changes nothing (no event).
-pub fn decide_read(
+fn decide_read(
     message: Option<&MessageState>,
     message_id: Uuid,
     reader: Uuid,
@@ -100,59 +168,69 @@ pub fn decide_read(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn delivery_is_marked_once_by_the_recipient_and_read_implies_it() {
-        let (a, b, id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let sent = MessageState { pair: "p".into(), from: a, to: b, delivered: false, read: false };
-        assert!(matches!(decide_delivered(Some(&sent), id, a, Utc::now()), Err(Rejection::Forbidden { .. })));
-        assert!(matches!(decide_delivered(None, id, b, Utc::now()), Err(Rejection::NotFound { .. })));
-        assert_eq!(decide_delivered(Some(&sent), id, b, Utc::now()).expect("delivers").len(), 1);
-        let delivered = MessageState { delivered: true, ..sent.clone() };
-        assert!(decide_delivered(Some(&delivered), id, b, Utc::now()).expect("no-op").is_empty());
-        let read = MessageState { read: true, ..sent };
-        assert!(decide_delivered(Some(&read), id, b, Utc::now()).expect("no-op").is_empty());
+    use super::*;
+    use crate::domain::spec::given;
+    use events::message::MessageSent;
+
+    fn connected() -> MessageFacts {
+        MessageFacts::at(Utc::now())
     }
 
-    use super::*;
+    fn send(from: Uuid, to: Uuid, text: &str) -> MessageCommand {
+        MessageCommand::Send { message_id: Uuid::new_v4(), from, to, text: text.to_owned() }
+    }
 
-    const CONNECTED: SendFacts = SendFacts { recipient_exists: true, connected: true };
-
-    fn code(result: Result<Vec<MessageEvent>, Rejection>) -> &'static str {
-        match result {
-            Err(
-                Rejection::Invalid { code, .. } | Rejection::NotFound { code, .. } | Rejection::Forbidden { code, .. },
-            ) => code,
-            other => panic!("expected a rejection, got {other:?}"),
-        }
+    fn sent(id: Uuid, from: Uuid, to: Uuid) -> MessageEvent {
+        MessageEvent::Sent(MessageSent { message_id: id, from_user_id: from, to_user_id: to, text: "hi".into() })
     }
 
     #[test]
     fn text_is_one_to_two_thousand_characters() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        assert!(decide_send(CONNECTED, Uuid::new_v4(), a, b, "x".into()).is_ok());
-        assert!(decide_send(CONNECTED, Uuid::new_v4(), a, b, "é".repeat(2000)).is_ok());
-        assert_eq!(code(decide_send(CONNECTED, Uuid::new_v4(), a, b, "  ".into())), "text_empty");
-        assert_eq!(code(decide_send(CONNECTED, Uuid::new_v4(), a, b, "x".repeat(2001))), "text_too_long");
+        let mut nothing = given::<Message>([]);
+        assert!(nothing.when(send(a, b, "x"), &connected()).decided.is_ok());
+        assert!(nothing.when(send(a, b, &"é".repeat(2000)), &connected()).decided.is_ok());
+        assert_eq!(nothing.when(send(a, b, "  "), &connected()).code(), "text_empty");
+        assert_eq!(nothing.when(send(a, b, &"x".repeat(2001)), &connected()).code(), "text_too_long");
     }
 
     #[test]
     fn only_between_connected_users() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let strangers = SendFacts { recipient_exists: true, connected: false };
-        assert_eq!(code(decide_send(strangers, Uuid::new_v4(), a, b, "hi".into())), "not_connected");
-        let nobody = SendFacts { recipient_exists: false, connected: false };
-        assert_eq!(code(decide_send(nobody, Uuid::new_v4(), a, b, "hi".into())), "user_not_found");
-        assert_eq!(code(decide_send(CONNECTED, Uuid::new_v4(), a, a, "hi".into())), "cannot_message_self");
+        let mut nothing = given::<Message>([]);
+        let strangers = MessageFacts { connected: false, ..connected() };
+        assert_eq!(nothing.when(send(a, b, "hi"), &strangers).code(), "not_connected");
+        let nobody = MessageFacts { recipient_exists: false, connected: false, ..connected() };
+        assert_eq!(nothing.when(send(a, b, "hi"), &nobody).code(), "user_not_found");
+        assert_eq!(nothing.when(send(a, a, "hi"), &connected()).code(), "cannot_message_self");
+    }
+
+    #[test]
+    fn delivery_is_marked_once_by_the_recipient_and_read_implies_it() {
+        let (a, b, id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let deliver = |by| MessageCommand::MarkDelivered { message_id: id, by };
+        let mut message = given::<Message>([sent(id, a, b)]);
+        assert_eq!(message.when(deliver(a), &connected()).code(), "not_message_recipient");
+        assert_eq!(given::<Message>([]).when(deliver(b), &connected()).code(), "message_not_found");
+        let delivered = message.when(deliver(b), &connected());
+        assert_eq!(delivered.events().len(), 1);
+        assert!(delivered.state.as_ref().is_some_and(|m| m.delivered && !m.read));
+        assert!(message.when(deliver(b), &connected()).events().is_empty(), "again: nothing");
+        let mut read = given::<Message>([sent(id, a, b)]);
+        read.when(MessageCommand::MarkRead { message_id: id, by: b }, &connected()).events();
+        assert!(read.when(deliver(b), &connected()).events().is_empty(), "read implies delivered");
     }
 
     #[test]
     fn only_the_recipient_marks_read_and_only_once() {
         let (a, b, id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let unread = MessageState { pair: "p".into(), from: a, to: b, delivered: false, read: false };
-        assert_eq!(code(decide_read(Some(&unread), id, a, Utc::now())), "not_message_recipient");
-        assert_eq!(code(decide_read(None, id, b, Utc::now())), "message_not_found");
-        assert_eq!(decide_read(Some(&unread), id, b, Utc::now()).expect("reads").len(), 1);
-        let read = MessageState { read: true, ..unread };
-        assert!(decide_read(Some(&read), id, b, Utc::now()).expect("no-op").is_empty());
+        let read = |by| MessageCommand::MarkRead { message_id: id, by };
+        let mut message = given::<Message>([sent(id, a, b)]);
+        assert_eq!(message.when(read(a), &connected()).code(), "not_message_recipient");
+        assert_eq!(given::<Message>([]).when(read(b), &connected()).code(), "message_not_found");
+        let first = message.when(read(b), &connected());
+        assert_eq!(first.events().len(), 1);
+        assert!(first.state.as_ref().is_some_and(|m| m.delivered && m.read && m.pair == "aggregate"));
+        assert!(message.when(read(b), &connected()).events().is_empty());
     }
 }

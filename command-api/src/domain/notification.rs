@@ -1,9 +1,46 @@
-//! Marking a notification read (docs/domain.md "Presence and notifications").
+//! A user's notifications (docs/domain.md "Presence and notifications").
+//! A notification is born from another aggregate's event (a request, an
+//! acceptance: `events::notification::notified_by`); this aggregate only
+//! marks it read.
 
 use events::notification::{NotificationEvent, NotificationRead};
 use uuid::Uuid;
 
-use super::Rejection;
+use super::{Aggregate, Recorded, Rejection};
+
+/// The notification aggregate (keyed by the notified user on
+/// `notification-events`); the state is per notification.
+#[derive(Debug)]
+pub struct Notification;
+
+#[derive(Debug, Clone)]
+pub enum NotificationCommand {
+    MarkRead { notification_id: Uuid, by: Uuid },
+}
+
+impl Aggregate for Notification {
+    /// `None` for an id that notified no one.
+    type State = Option<NotificationState>;
+    type Command = NotificationCommand;
+    type Facts = ();
+    type Event = NotificationEvent;
+
+    fn decide(state: &Self::State, command: NotificationCommand, _: &()) -> Result<Vec<NotificationEvent>, Rejection> {
+        match command {
+            NotificationCommand::MarkRead { notification_id, by } => decide_read(*state, notification_id, by),
+        }
+    }
+
+    fn apply(state: &mut Self::State, recorded: Recorded<'_, NotificationEvent>) {
+        match recorded.event {
+            NotificationEvent::Read(_) => {
+                if let Some(n) = state {
+                    n.read = true;
+                }
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotificationState {
@@ -12,7 +49,7 @@ pub struct NotificationState {
 }
 
 /// Only the notified user marks it read; marking it again changes nothing.
-pub fn decide_read(
+fn decide_read(
     state: Option<NotificationState>,
     notification_id: Uuid,
     reader: Uuid,
@@ -36,21 +73,26 @@ pub fn decide_read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::spec::given;
 
     #[test]
     fn only_the_owner_marks_read_and_only_once() {
         let (owner, other, id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let read = |by| NotificationCommand::MarkRead { notification_id: id, by };
         let unread = NotificationState { owner, read: false };
-        assert_eq!(decide_read(Some(unread), id, owner).expect("reads").len(), 1);
+        let then = Notification::decide(&Some(unread), read(owner), &());
+        assert_eq!(then.as_ref().map(Vec::len), Ok(1));
+        let mut state = Some(unread);
+        for event in then.as_deref().unwrap_or_default() {
+            let recorded = Recorded { event, aggregate_id: "owner", version: 1, occurred_at: chrono::Utc::now() };
+            Notification::apply(&mut state, recorded);
+        }
+        assert_eq!(state, Some(NotificationState { owner, read: true }));
+        assert!(Notification::decide(&state, read(owner), &()).expect("no-op").is_empty(), "again: nothing");
         assert!(matches!(
-            decide_read(Some(unread), id, other),
+            Notification::decide(&Some(unread), read(other), &()),
             Err(Rejection::Forbidden { code: "not_your_notification", .. })
         ));
-        assert!(matches!(
-            decide_read(None, id, owner),
-            Err(Rejection::NotFound { code: "notification_not_found", .. })
-        ));
-        let read = NotificationState { read: true, ..unread };
-        assert!(decide_read(Some(read), id, owner).expect("no-op").is_empty());
+        assert_eq!(given::<Notification>([]).when(read(owner), &()).code(), "notification_not_found");
     }
 }

@@ -9,8 +9,44 @@ use events::user::{
 };
 use uuid::Uuid;
 
-use super::Rejection;
 use super::validation::{self, ProfileInput};
+use super::{Aggregate, Recorded, Rejection};
+
+/// The user aggregate (keyed by user id on `user-events`).
+#[derive(Debug)]
+pub struct User;
+
+/// What a user command is decided on beyond the user's own state.
+#[derive(Debug, Clone)]
+pub struct UserFacts {
+    /// Who holds the email a sign-up asks for, if anyone.
+    pub email_owner: Option<Uuid>,
+    pub now: DateTime<Utc>,
+}
+
+impl Aggregate for User {
+    /// `None` until the registration.
+    type State = Option<UserState>;
+    type Command = UserCommand;
+    type Facts = UserFacts;
+    type Event = UserEvent;
+
+    fn decide(state: &Self::State, command: UserCommand, facts: &UserFacts) -> Result<Vec<UserEvent>, Rejection> {
+        match (state, command) {
+            (None, command @ UserCommand::Register { .. }) => decide_registration(facts.email_owner, command),
+            (Some(_), UserCommand::Register { .. }) => {
+                Err(Rejection::Conflict { code: "user_exists", message: "user already exists".into() })
+            }
+            // Anything but a sign-up needs the user: a token naming none is no session.
+            (None, _) => Err(Rejection::SessionNotActive),
+            (Some(state), command) => decide_existing(state, command, facts.now),
+        }
+    }
+
+    fn apply(state: &mut Self::State, recorded: Recorded<'_, UserEvent>) {
+        *state = apply_to(state.take(), recorded);
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -107,9 +143,9 @@ pub enum UserCommand {
 
 /// Sign-up is decided against the email index (who owns this email), the
 /// other commands against the user's own state.
-pub fn decide_registration(email_owner: Option<Uuid>, command: UserCommand) -> Result<Vec<UserEvent>, Rejection> {
+fn decide_registration(email_owner: Option<Uuid>, command: UserCommand) -> Result<Vec<UserEvent>, Rejection> {
     let UserCommand::Register { user_id, email, profile, password_hash } = command else {
-        return Err(Rejection::invalid("unsupported_command", "not a registration"));
+        unreachable!("only a registration is decided here");
     };
     if email_owner.is_some() {
         return Err(Rejection::Conflict {
@@ -123,11 +159,9 @@ pub fn decide_registration(email_owner: Option<Uuid>, command: UserCommand) -> R
     ])
 }
 
-pub fn decide(state: &UserState, command: UserCommand, now: DateTime<Utc>) -> Result<Vec<UserEvent>, Rejection> {
+fn decide_existing(state: &UserState, command: UserCommand, now: DateTime<Utc>) -> Result<Vec<UserEvent>, Rejection> {
     match command {
-        UserCommand::Register { .. } => {
-            Err(Rejection::Conflict { code: "user_exists", message: "user already exists".into() })
-        }
+        UserCommand::Register { .. } => unreachable!("a registration is decided apart"),
         UserCommand::UpdateProfile { patch } => {
             if patch.is_empty() {
                 return Err(Rejection::invalid("empty_update", "send at least one profile field to change"));
@@ -206,14 +240,10 @@ pub fn decide(state: &UserState, command: UserCommand, now: DateTime<Utc>) -> Re
     }
 }
 
-/// Folds one event into the state. Events of other aggregates, or a first
-/// event that is not a registration, leave the state as it is.
-pub fn apply(
-    state: Option<UserState>,
-    event: &UserEvent,
-    version: u64,
-    occurred_at: DateTime<Utc>,
-) -> Option<UserState> {
+/// Folds one event into the state. A first event that is not a
+/// registration leaves the state as it is.
+fn apply_to(state: Option<UserState>, recorded: Recorded<'_, UserEvent>) -> Option<UserState> {
+    let Recorded { event, version, occurred_at, .. } = recorded;
     let mut state = match (state, event) {
         (None, UserEvent::Registered(r)) => {
             return Some(UserState {
@@ -263,6 +293,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::spec::given;
     use chrono::Duration;
 
     fn profile() -> Profile {
@@ -277,76 +308,67 @@ mod tests {
         }
     }
 
-    /// Given these events, folded in order, a millisecond apart.
-    fn given(events: &[UserEvent]) -> UserState {
-        let start = Utc::now() - Duration::seconds(10);
-        events
-            .iter()
-            .enumerate()
-            .fold(None, |s, (i, e)| apply(s, e, i as u64 + 1, start + Duration::milliseconds(i as i64)))
-            .expect("the history starts with a registration")
+    fn facts() -> UserFacts {
+        UserFacts { email_owner: None, now: Utc::now() }
     }
 
-    /// When `command` is decided on the state `history` folds to, then its
-    /// events are folded in too: the events and the state after them.
-    fn when(history: &mut Vec<UserEvent>, command: UserCommand) -> Result<(Vec<UserEvent>, UserState), Rejection> {
-        let events = decide(&given(history), command, Utc::now())?;
-        history.extend(events.iter().cloned());
-        Ok((events, given(history)))
-    }
-
-    fn refresh(session_id: Uuid, generation: u32) -> UserCommand {
-        UserCommand::RefreshSession { session_id, generation }
+    fn register(user_id: Uuid) -> UserCommand {
+        UserCommand::Register {
+            user_id,
+            email: "ada@example.com".into(),
+            profile: profile(),
+            password_hash: "$h1".into(),
+        }
     }
 
     fn registered(user_id: Uuid) -> Vec<UserEvent> {
-        decide_registration(
-            None,
-            UserCommand::Register {
-                user_id,
-                email: "ada@example.com".into(),
-                profile: profile(),
-                password_hash: "$h1".into(),
-            },
-        )
-        .expect("registers")
+        given::<User>([]).when(register(user_id), &facts()).events().to_vec()
     }
 
     fn started(session_id: Uuid, hours: i64) -> UserEvent {
         UserEvent::SessionStarted(SessionStarted { session_id, expires_at: Utc::now() + Duration::hours(hours) })
     }
 
+    fn refresh(session_id: Uuid, generation: u32) -> UserCommand {
+        UserCommand::RefreshSession { session_id, generation }
+    }
+
+    /// The state of a user known to exist.
+    fn user(state: Option<UserState>) -> UserState {
+        state.expect("the history starts with a registration")
+    }
+
     #[test]
     fn registration_emits_the_profile_and_the_credentials_separately() {
         let id = Uuid::new_v4();
-        let events = registered(id);
+        let then = given::<User>([]).when(register(id), &facts());
+        let events = then.events();
         assert!(matches!(&events[0], UserEvent::Registered(r) if r.user_id == id && r.email_id == "ada@example.com"));
         assert!(matches!(&events[1], UserEvent::CredentialsSet(c) if c.password_hash == "$h1"));
-        let state = given(&events);
+        let state = user(then.state);
         assert_eq!(state.password_hash.as_deref(), Some("$h1"));
         assert_eq!(state.version, 2);
     }
 
     #[test]
-    fn a_taken_email_is_a_conflict() {
-        let cmd = UserCommand::Register {
-            user_id: Uuid::new_v4(),
-            email: "a@b.co".into(),
-            profile: profile(),
-            password_hash: "h".into(),
-        };
-        assert!(matches!(
-            decide_registration(Some(Uuid::new_v4()), cmd),
-            Err(Rejection::Conflict { code: "email_taken", .. })
-        ));
+    fn a_taken_email_is_a_conflict_and_a_user_registers_once() {
+        let taken = UserFacts { email_owner: Some(Uuid::new_v4()), ..facts() };
+        assert_eq!(given::<User>([]).when(register(Uuid::new_v4()), &taken).code(), "email_taken");
+        let id = Uuid::new_v4();
+        assert_eq!(given::<User>(registered(id)).when(register(id), &facts()).code(), "user_exists");
+    }
+
+    #[test]
+    fn commands_for_a_user_that_does_not_exist_find_no_session() {
+        let then = given::<User>([]).when(UserCommand::EndSession { session_id: Uuid::new_v4() }, &facts());
+        assert_eq!(then.rejection(), &Rejection::SessionNotActive);
     }
 
     #[test]
     fn a_profile_patch_keeps_unsent_fields_and_clears_nulls() {
-        let state = given(&registered(Uuid::new_v4()));
         let patch = ProfilePatch { first_name: Some("Augusta".into()), age: Some(None), ..Default::default() };
-        let events = decide(&state, UserCommand::UpdateProfile { patch }, Utc::now()).expect("valid patch");
-        let UserEvent::ProfileUpdated(p) = &events[0] else { panic!("expected ProfileUpdated") };
+        let then = given::<User>(registered(Uuid::new_v4())).when(UserCommand::UpdateProfile { patch }, &facts());
+        let UserEvent::ProfileUpdated(p) = &then.events()[0] else { panic!("expected ProfileUpdated") };
         assert_eq!(p.profile.first_name, "Augusta");
         assert_eq!(p.profile.last_name, "Lovelace");
         assert_eq!(p.profile.age, None);
@@ -355,12 +377,11 @@ mod tests {
 
     #[test]
     fn an_invalid_or_empty_patch_is_rejected() {
-        let state = given(&registered(Uuid::new_v4()));
-        let empty = decide(&state, UserCommand::UpdateProfile { patch: ProfilePatch::default() }, Utc::now());
-        assert!(matches!(empty, Err(Rejection::Invalid { code: "empty_update", .. })));
+        let mut user = given::<User>(registered(Uuid::new_v4()));
+        let empty = user.when(UserCommand::UpdateProfile { patch: ProfilePatch::default() }, &facts());
+        assert_eq!(empty.code(), "empty_update");
         let patch = ProfilePatch { age: Some(Some(12)), ..Default::default() };
-        let young = decide(&state, UserCommand::UpdateProfile { patch }, Utc::now());
-        assert!(matches!(young, Err(Rejection::Invalid { code: "age_below_minimum", .. })));
+        assert_eq!(user.when(UserCommand::UpdateProfile { patch }, &facts()).code(), "age_below_minimum");
     }
 
     #[test]
@@ -368,19 +389,13 @@ mod tests {
         let (s1, s2) = (Uuid::new_v4(), Uuid::new_v4());
         let mut history = registered(Uuid::new_v4());
         history.push(started(s1, 8));
-        let state = given(&history);
-        let events = decide(&state, UserCommand::EndSession { session_id: s1 }, Utc::now()).expect("active");
-        history.extend(events);
-        let state = given(&history);
-        assert!(state.sessions[&s1].revoked);
-        assert_eq!(
-            decide(&state, UserCommand::EndSession { session_id: s1 }, Utc::now()).err(),
-            Some(Rejection::SessionNotActive)
-        );
-        assert_eq!(
-            decide(&state, UserCommand::EndSession { session_id: s2 }, Utc::now()).err(),
-            Some(Rejection::SessionNotActive)
-        );
+        let mut user_of = given::<User>(history);
+        let then = user_of.when(UserCommand::EndSession { session_id: s1 }, &facts());
+        assert!(user(then.state).sessions[&s1].revoked);
+        let again = user_of.when(UserCommand::EndSession { session_id: s1 }, &facts());
+        assert_eq!(again.rejection(), &Rejection::SessionNotActive);
+        let unknown = user_of.when(UserCommand::EndSession { session_id: s2 }, &facts());
+        assert_eq!(unknown.rejection(), &Rejection::SessionNotActive);
     }
 
     #[test]
@@ -388,18 +403,13 @@ mod tests {
         let (mine, other, expired) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let mut history = registered(Uuid::new_v4());
         history.extend([started(mine, 8), started(other, 8), started(expired, -1)]);
-        let state = given(&history);
-        let events = decide(
-            &state,
-            UserCommand::ChangePassword { new_password_hash: "$h2".into(), keep_session: mine },
-            Utc::now(),
-        )
-        .expect("changes");
+        let change = UserCommand::ChangePassword { new_password_hash: "$h2".into(), keep_session: mine };
+        let then = given::<User>(history).when(change, &facts());
+        let events = then.events();
         assert!(matches!(&events[0], UserEvent::CredentialsSet(c) if c.password_hash == "$h2"));
         let UserEvent::SessionsRevoked(r) = &events[1] else { panic!("expected SessionsRevoked") };
         assert_eq!(r.session_ids, vec![other]);
-        history.extend(events);
-        let state = given(&history);
+        let state = user(then.state);
         assert!(state.sessions[&mine].is_active(Utc::now()));
         assert!(state.sessions[&other].revoked);
         assert_eq!(state.password_hash.as_deref(), Some("$h2"));
@@ -414,14 +424,15 @@ mod tests {
         let newest = Uuid::new_v4();
         let expires_at = Utc::now() + Duration::hours(8);
         let start = UserCommand::StartSession { session_id: newest, expires_at, max_active: 3 };
-        let (events, state) = when(&mut history, start).expect("a log-in is never refused");
+        let then = given::<User>(history).when(start, &facts());
+        let events = then.events();
         let UserEvent::SessionsRevoked(r) = &events[0] else { panic!("expected SessionsRevoked first") };
         assert_eq!(r.session_ids, sessions[..2].to_vec(), "the two oldest end");
         assert_eq!(r.reason, RevocationReason::SessionLimit);
         assert!(matches!(&events[1], UserEvent::SessionStarted(s) if s.session_id == newest));
+        let state = user(then.state);
         assert!(state.sessions[&sessions[2]].is_active(Utc::now()));
-        let active = state.sessions.values().filter(|s| s.is_active(Utc::now())).count();
-        assert_eq!(active, 3);
+        assert_eq!(state.sessions.values().filter(|s| s.is_active(Utc::now())).count(), 3);
     }
 
     #[test]
@@ -429,8 +440,8 @@ mod tests {
         let mut history = registered(Uuid::new_v4());
         history.push(started(Uuid::new_v4(), 8));
         let start = UserCommand::StartSession { session_id: Uuid::new_v4(), expires_at: Utc::now(), max_active: 2 };
-        let (events, _) = when(&mut history, start).expect("logs in");
-        assert!(matches!(events.as_slice(), [UserEvent::SessionStarted(_)]));
+        let then = given::<User>(history).when(start, &facts());
+        assert!(matches!(then.events(), [UserEvent::SessionStarted(_)]));
     }
 
     #[test]
@@ -438,20 +449,20 @@ mod tests {
         let session = Uuid::new_v4();
         let mut history = registered(Uuid::new_v4());
         history.push(started(session, 8));
-        let (events, state) = when(&mut history, refresh(session, 0)).expect("the first refresh rotates");
-        assert!(matches!(&events[0], UserEvent::SessionRefreshed(r) if r.generation == 1 && r.session_id == session));
-        assert_eq!(state.sessions[&session].refresh_generation, 1);
-        when(&mut history, refresh(session, 1)).expect("the new token works once");
-
-        let (events, state) = when(&mut history, refresh(session, 0)).expect("reuse is decided, not refused");
-        let UserEvent::SessionsRevoked(r) = &events[0] else { panic!("expected SessionsRevoked") };
-        assert_eq!((r.session_ids.as_slice(), r.reason), ([session].as_slice(), RevocationReason::RefreshTokenReused));
-        assert!(state.sessions[&session].revoked);
-        assert_eq!(
-            when(&mut history, refresh(session, 2)).err(),
-            Some(Rejection::SessionNotActive),
-            "the family is over"
+        let mut user_of = given::<User>(history);
+        let then = user_of.when(refresh(session, 0), &facts());
+        assert!(
+            matches!(&then.events()[0], UserEvent::SessionRefreshed(r) if r.generation == 1 && r.session_id == session)
         );
+        assert_eq!(user(then.state).sessions[&session].refresh_generation, 1);
+        user_of.when(refresh(session, 1), &facts()).events();
+
+        let reused = user_of.when(refresh(session, 0), &facts());
+        let UserEvent::SessionsRevoked(r) = &reused.events()[0] else { panic!("expected SessionsRevoked") };
+        assert_eq!((r.session_ids.as_slice(), r.reason), ([session].as_slice(), RevocationReason::RefreshTokenReused));
+        assert!(user(reused.state).sessions[&session].revoked);
+        let after = user_of.when(refresh(session, 2), &facts());
+        assert_eq!(after.rejection(), &Rejection::SessionNotActive, "the family is over");
     }
 
     #[test]
@@ -459,15 +470,21 @@ mod tests {
         let (session, expired) = (Uuid::new_v4(), Uuid::new_v4());
         let mut history = registered(Uuid::new_v4());
         history.extend([started(session, 8), started(expired, -1)]);
-        assert_eq!(when(&mut history, refresh(expired, 0)).err(), Some(Rejection::SessionNotActive));
-        assert_eq!(when(&mut history, refresh(Uuid::new_v4(), 0)).err(), Some(Rejection::SessionNotActive));
-        assert_eq!(when(&mut history, refresh(session, 5)).err(), Some(Rejection::SessionNotActive), "never issued");
-        when(&mut history, UserCommand::EndSession { session_id: session }).expect("logs out");
-        assert_eq!(when(&mut history, refresh(session, 0)).err(), Some(Rejection::SessionNotActive), "logged out");
+        let mut user_of = given::<User>(history);
+        for (command, why) in [
+            (refresh(expired, 0), "expired"),
+            (refresh(Uuid::new_v4(), 0), "unknown"),
+            (refresh(session, 5), "never issued"),
+        ] {
+            assert_eq!(user_of.when(command, &facts()).rejection(), &Rejection::SessionNotActive, "{why}");
+        }
+        user_of.when(UserCommand::EndSession { session_id: session }, &facts()).events();
+        let after = user_of.when(refresh(session, 0), &facts());
+        assert_eq!(after.rejection(), &Rejection::SessionNotActive, "logged out");
     }
 
     #[test]
     fn events_before_a_registration_are_ignored() {
-        assert_eq!(apply(None, &started(Uuid::new_v4(), 1), 1, Utc::now()), None);
+        assert_eq!(given::<User>([started(Uuid::new_v4(), 1)]).state(), None);
     }
 }

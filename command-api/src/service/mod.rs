@@ -1,0 +1,491 @@
+//! The command service. Every command takes one path, [`CommandService::execute`]:
+//! check the model is ready, take the locks of what the decision reads,
+//! answer a retry of an earlier command from the log, check the session,
+//! run the aggregate's pure `decide`, append the events as one record, and
+//! only after the broker's acknowledgement record them in the write model
+//! (docs/design.md §2). One module per aggregate holds its commands.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use chrono::{DateTime, Utc};
+use events::connection::ConnectionEvent;
+use events::message::MessageEvent;
+use events::user::{RevocationReason, Tier, UserEvent};
+use events::{Envelope, Event, EventMetadata};
+use platform::auth::Claims;
+use redis::aio::ConnectionManager;
+use uuid::Uuid;
+use views::keys::RedisKeys;
+
+use crate::domain::{Rejection, validation};
+use crate::event_log::EventLog;
+use crate::locks::{KeyedLocks, LockKey};
+use crate::model::{IdempotentCommit, Position, WriteModel};
+use crate::password;
+use crate::throttle::{LoginThrottle, ThrottleError};
+
+mod connection;
+mod message;
+mod notification;
+mod presence;
+mod user;
+
+/// Request-scoped metadata every command carries into its events.
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    pub correlation_id: String,
+    pub idempotency_key: Option<String>,
+    /// Digest of the request (secrets excluded) to tell a retry from a reuse.
+    pub fingerprint: Option<String>,
+}
+
+/// What a successful command answers; rebuilt from the log for a retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Registered {
+        user_id: Uuid,
+    },
+    /// A log-in or a refresh: the session, which refresh token is now the
+    /// live one, when the pair was issued and when the session ends.
+    LoggedIn {
+        user_id: Uuid,
+        session_id: Uuid,
+        generation: u32,
+        issued_at: DateTime<Utc>,
+        session_expires_at: DateTime<Utc>,
+    },
+    /// A spent refresh token came back; its session has been ended.
+    RefreshTokenReused,
+    ProfileUpdated {
+        user_id: Uuid,
+    },
+    RequestSent {
+        request_id: Uuid,
+    },
+    RequestReviewed {
+        request_id: Uuid,
+    },
+    MessageSent {
+        message_id: Uuid,
+    },
+    Membership {
+        tier: Tier,
+    },
+    NoContent,
+}
+
+impl Answer {
+    /// The answer a commit gave; a pure function of the events, so a retry
+    /// after a restart answers exactly as the first attempt did.
+    pub fn of_commit(commit: &[Envelope]) -> Answer {
+        let user_id = commit.first().and_then(|e| e.aggregate_id.parse().ok()).unwrap_or_default();
+        for envelope in commit {
+            let event = match &envelope.event {
+                Event::User(event) => event,
+                Event::Connection(ConnectionEvent::Requested(r)) => {
+                    return Answer::RequestSent { request_id: r.request_id };
+                }
+                Event::Connection(ConnectionEvent::Reviewed(r)) => {
+                    return Answer::RequestReviewed { request_id: r.request_id };
+                }
+                Event::Message(MessageEvent::Sent(m)) => return Answer::MessageSent { message_id: m.message_id },
+                Event::Message(MessageEvent::Read(_) | MessageEvent::Delivered(_))
+                | Event::Presence(_)
+                | Event::Notification(_) => {
+                    return Answer::NoContent;
+                }
+            };
+            match event {
+                UserEvent::MembershipChanged(m) => return Answer::Membership { tier: m.tier },
+                UserEvent::Registered(r) => return Answer::Registered { user_id: r.user_id },
+                UserEvent::ProfileUpdated(_) => return Answer::ProfileUpdated { user_id },
+                UserEvent::SessionStarted(s) => {
+                    return Answer::LoggedIn {
+                        user_id,
+                        session_id: s.session_id,
+                        generation: 0,
+                        issued_at: envelope.occurred_at,
+                        session_expires_at: s.expires_at,
+                    };
+                }
+                UserEvent::SessionRefreshed(r) => {
+                    return Answer::LoggedIn {
+                        user_id,
+                        session_id: r.session_id,
+                        generation: r.generation,
+                        issued_at: envelope.occurred_at,
+                        session_expires_at: r.expires_at,
+                    };
+                }
+                UserEvent::SessionsRevoked(r) if r.reason == RevocationReason::RefreshTokenReused => {
+                    return Answer::RefreshTokenReused;
+                }
+                _ => {}
+            }
+        }
+        Answer::NoContent
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    pub answer: Answer,
+    /// Where the command's record landed; `None` when it changed nothing
+    /// (reading a message already read).
+    pub position: Option<Position>,
+    /// True when this answers a retry from the log and appended nothing.
+    pub retried: bool,
+}
+
+impl CommandOutcome {
+    fn committed(envelopes: &[Envelope], position: Position) -> Self {
+        Self { answer: Answer::of_commit(envelopes), position: Some(position), retried: false }
+    }
+
+    /// A command that decided no event: nothing appended, nothing to wait for.
+    fn unchanged() -> Self {
+        Self { answer: Answer::NoContent, position: None, retried: false }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("wrong email or password")]
+    InvalidCredentials,
+    #[error("invalid, expired or revoked token")]
+    Unauthenticated,
+    #[error("too many attempts")]
+    Throttled { retry_after_secs: u64 },
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    #[error("{dependency} unavailable: {detail}")]
+    Unavailable { dependency: &'static str, detail: String },
+    #[error("the write model is still being rebuilt from the log")]
+    NotReady,
+    #[error(transparent)]
+    HasherBusy(#[from] password::HasherBusy),
+}
+
+impl From<password::HashError> for CommandError {
+    fn from(e: password::HashError) -> Self {
+        match e {
+            password::HashError::Busy(busy) => CommandError::HasherBusy(busy),
+            password::HashError::Failed(detail) => CommandError::Unavailable { dependency: "hasher", detail },
+        }
+    }
+}
+
+impl From<ThrottleError> for CommandError {
+    fn from(e: ThrottleError) -> Self {
+        match e {
+            ThrottleError::Limited { retry_after_secs } => CommandError::Throttled { retry_after_secs },
+            ThrottleError::Unavailable(err) => {
+                CommandError::Unavailable { dependency: "redis", detail: err.to_string() }
+            }
+        }
+    }
+}
+
+/// How long sessions and their tokens live, and how many a user may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPolicy {
+    /// From log-in to the session's fixed end (the refresh token's life).
+    pub session_ttl: chrono::Duration,
+    /// An access token's life; at most the session's remainder.
+    pub access_ttl: chrono::Duration,
+    /// Active sessions per user; a log-in past it ends the oldest.
+    pub max_active: usize,
+}
+
+impl SessionPolicy {
+    /// When an access token issued at `issued_at` stops being accepted.
+    pub fn access_expires_at(&self, issued_at: DateTime<Utc>, session_ends: DateTime<Utc>) -> DateTime<Utc> {
+        (issued_at + self.access_ttl).min(session_ends)
+    }
+}
+
+#[derive(Debug)]
+pub struct SignupInput {
+    pub email: String,
+    pub password: String,
+    pub profile: validation::ProfileInput,
+}
+
+/// Whose retry a command may be, and what vouches for the caller.
+#[derive(Debug, Clone, Copy)]
+enum Caller<'a> {
+    /// A request with an access token: its session must be active.
+    Session(&'a Claims),
+    /// A user vouched for otherwise (a checked password, a signed refresh
+    /// token whose session the decision checks).
+    User(Uuid),
+    /// A sign-up: a retry is one by whoever holds the email by now.
+    EmailOwner(&'a str),
+}
+
+/// What a command decided: the events, and the aggregate they go to.
+#[derive(Debug)]
+struct Decision {
+    aggregate_id: String,
+    base_version: u64,
+    events: Vec<Event>,
+    /// Recorded as the events' actor when the caller had no id yet (sign-up).
+    actor: Option<Uuid>,
+}
+
+impl Decision {
+    fn new(aggregate_id: impl Into<String>, base_version: u64, events: Vec<Event>) -> Self {
+        Self { aggregate_id: aggregate_id.into(), base_version, events, actor: None }
+    }
+}
+
+/// Events of one aggregate as the log's event type.
+fn events_of<E>(events: Vec<E>, wrap: fn(E) -> Event) -> Vec<Event> {
+    events.into_iter().map(wrap).collect()
+}
+
+pub struct CommandService {
+    model: RwLock<WriteModel>,
+    ready: AtomicBool,
+    locks: KeyedLocks,
+    log: EventLog,
+    throttle: LoginThrottle,
+    redis: ConnectionManager,
+    keys: RedisKeys,
+    /// Durable revocation records, which the query API learns logouts from.
+    revocations: mongodb::Collection<views::revocation::RevocationDoc>,
+    sessions: SessionPolicy,
+    /// Signalled when an append failed: the model may now differ from the log.
+    resync_needed: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for CommandService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandService").field("ready", &self.is_ready()).finish_non_exhaustive()
+    }
+}
+
+impl CommandService {
+    pub fn new(
+        log: EventLog,
+        throttle: LoginThrottle,
+        redis: ConnectionManager,
+        keys: RedisKeys,
+        revocations: mongodb::Collection<views::revocation::RevocationDoc>,
+        sessions: SessionPolicy,
+    ) -> Self {
+        Self {
+            model: RwLock::new(WriteModel::default()),
+            ready: AtomicBool::new(false),
+            locks: KeyedLocks::default(),
+            log,
+            throttle,
+            redis,
+            keys,
+            revocations,
+            sessions,
+            resync_needed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn model_lock(&self) -> &RwLock<WriteModel> {
+        &self.model
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, WriteModel> {
+        self.model.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, WriteModel> {
+        self.model.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn event_log(&self) -> &EventLog {
+        &self.log
+    }
+
+    pub async fn redis_reachable(&self) -> bool {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok()
+    }
+
+    /// Waits for a failed append, then rebuilds the write model from the log
+    /// while holding every command lock, and serves again. Runs forever.
+    pub async fn resync_on_failure(&self, brokers: &str, topics: &[String]) {
+        loop {
+            self.resync_needed.notified().await;
+            let _all = self.locks.lock_all().await;
+            tracing::warn!("an append failed; re-reading the write model from the log before serving commands");
+            loop {
+                if let Err(err) = self.log.renew_producer() {
+                    tracing::warn!(error = %err, "renewing the producer failed");
+                }
+                let fresh = RwLock::new(WriteModel::default());
+                match crate::event_log::rebuild_model(brokers, topics, &fresh).await {
+                    Ok(records) => {
+                        *self.write() = fresh.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        metrics::counter!("write_model_resyncs_total").increment(1);
+                        tracing::info!(records, "write model re-read from the log; serving commands again");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = format!("{err:#}"), "re-reading the log failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            self.mark_ready();
+        }
+    }
+
+    pub async fn prune(&self) {
+        self.write().prune(Utc::now());
+        if let Err(err) = views::revocation::prune(&self.revocations).await {
+            tracing::warn!(error = %err, "pruning expired revocation records failed; trying again later");
+        }
+    }
+
+    fn ensure_ready(&self) -> Result<(), CommandError> {
+        if self.is_ready() { Ok(()) } else { Err(CommandError::NotReady) }
+    }
+
+    pub fn session_policy(&self) -> SessionPolicy {
+        self.sessions
+    }
+
+    /// Checks a verified token against the write model: the session exists,
+    /// belongs to the user and is neither revoked nor expired.
+    pub fn authenticate(&self, claims: &Claims) -> Result<(), CommandError> {
+        self.ensure_ready()?;
+        require_active_session(&self.read(), claims)
+    }
+
+    /// The answer to an earlier command of `caller` with the same
+    /// `Idempotency-Key`, if this is a retry of one.
+    fn earlier_answer(&self, caller: Uuid, ctx: &CommandContext) -> Result<Option<CommandOutcome>, CommandError> {
+        let Some(key) = ctx.idempotency_key.as_deref() else { return Ok(None) };
+        let model = self.read();
+        let Some(IdempotentCommit { fingerprint, commit, position }) = model.idempotent_commit(caller, key, Utc::now())
+        else {
+            return Ok(None);
+        };
+        if fingerprint.is_some() && *fingerprint != ctx.fingerprint {
+            return Err(CommandError::IdempotencyKeyReused);
+        }
+        metrics::counter!("idempotent_replays_total").increment(1);
+        Ok(Some(CommandOutcome { answer: Answer::of_commit(commit), position: Some(position.clone()), retried: true }))
+    }
+
+    /// The one path of every command (see the module's doc). `decide` runs
+    /// under the locks with the model read-locked; the events it returns are
+    /// appended and recorded, or, when there are none, nothing is.
+    async fn execute<F>(
+        &self,
+        caller: Caller<'_>,
+        locks: Vec<LockKey>,
+        ctx: &CommandContext,
+        decide: F,
+    ) -> Result<(CommandOutcome, Vec<Envelope>), CommandError>
+    where
+        F: FnOnce(&WriteModel, DateTime<Utc>) -> Result<Decision, CommandError>,
+    {
+        self.ensure_ready()?;
+        let _held = self.locks.lock(locks).await;
+        let retrier = match caller {
+            Caller::Session(claims) => Some(claims.sub),
+            Caller::User(id) => Some(id),
+            Caller::EmailOwner(email) => self.read().email_owner(email),
+        };
+        if let Some(retrier) = retrier
+            && let Some(outcome) = self.earlier_answer(retrier, ctx)?
+        {
+            return Ok((outcome, Vec::new()));
+        }
+        let decision = {
+            let model = self.read();
+            if let Caller::Session(claims) = caller {
+                require_active_session(&model, claims)?;
+            }
+            decide(&model, Utc::now())?
+        };
+        if decision.events.is_empty() {
+            return Ok((CommandOutcome::unchanged(), Vec::new()));
+        }
+        let Some(actor) = decision.actor.or(retrier) else {
+            return Err(Rejection::invalid("nothing_to_do", "the command has no actor").into());
+        };
+        let (envelopes, position) =
+            self.commit(&decision.aggregate_id, decision.base_version, actor, decision.events, ctx).await?;
+        Ok((CommandOutcome::committed(&envelopes, position), envelopes))
+    }
+
+    /// Wraps events in envelopes numbered after `base_version`, appends them
+    /// as one record, and records them in the write model once acknowledged.
+    async fn commit(
+        &self,
+        aggregate_id: &str,
+        base_version: u64,
+        actor: Uuid,
+        events: Vec<Event>,
+        ctx: &CommandContext,
+    ) -> Result<(Vec<Envelope>, Position), CommandError> {
+        let Some(topic) = events.first().map(Event::topic) else {
+            return Err(Rejection::invalid("nothing_to_do", "the command changes nothing").into());
+        };
+        let now = Utc::now();
+        let metadata = EventMetadata {
+            actor: Some(actor),
+            correlation_id: ctx.correlation_id.clone(),
+            idempotency_key: ctx.idempotency_key.clone(),
+            request_fingerprint: ctx.fingerprint.clone(),
+        };
+        let envelopes: Vec<Envelope> = events
+            .into_iter()
+            .zip(base_version + 1..)
+            .map(|(event, version)| Envelope {
+                event_id: Uuid::now_v7(),
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate_version: version,
+                occurred_at: now,
+                metadata: metadata.clone(),
+                event,
+            })
+            .collect();
+        let position = match self.log.append(topic, &envelopes).await {
+            Ok(position) => position,
+            Err(err) => {
+                // A timed-out append may still have landed. Until the model
+                // is re-read from the log, deciding on it could contradict
+                // the log (say, a second account for one email).
+                self.ready.store(false, Ordering::Release);
+                self.resync_needed.notify_one();
+                return Err(CommandError::Unavailable { dependency: "kafka", detail: err.to_string() });
+            }
+        };
+        self.write().record(&envelopes, position.clone());
+        for envelope in &envelopes {
+            metrics::counter!("events_appended_total", "type" => envelope.event_type()).increment(1);
+        }
+        Ok((envelopes, position))
+    }
+}
+
+/// The session of `claims` exists, is the user's and is active.
+fn require_active_session(model: &WriteModel, claims: &Claims) -> Result<(), CommandError> {
+    let state = model.user(claims.sub).ok_or(CommandError::Unauthenticated)?;
+    match state.sessions.get(&claims.jti) {
+        Some(s) if s.is_active(Utc::now()) => Ok(()),
+        _ => Err(CommandError::Unauthenticated),
+    }
+}
