@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use blake2::{Blake2s256, Digest};
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::{Claims, JwtKeys, RefreshClaims, TOKEN_COOKIE};
-use platform::http::{ApiJson, BearerAuth, CorrelationId, ErrorResponse};
+use platform::http::{ApiJson, BearerAuth, CorrelationId, ErrorResponse, StandardResponses};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
@@ -495,8 +495,25 @@ fn parse_status(raw: &str, allowed: &[RequestStatus]) -> Result<RequestStatus, A
     })
 }
 
+/// The `{status}` a request is sent with (the document's enum; the handler
+/// parses the same names into `RequestStatus`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SendStatus {
+    Interested,
+    Ignored,
+}
+
+/// The `{status}` a request is reviewed with.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewStatus {
+    Accepted,
+    Rejected,
+}
+
 #[utoipa::path(post, path = "/v1/requests/send/{status}/{toUserId}", tag = "connections", security(("bearer" = [])),
-    params(("status" = String, Path, description = "interested or ignored"), ("toUserId" = String, Path)),
+    params(("status" = inline(SendStatus), Path), ("toUserId" = Uuid, Path)),
     responses((status = 201, body = RequestIdResponse), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
         (status = 409, description = "A request between the two exists", body = ErrorResponse),
         (status = 429, description = "Daily limit of the tier; Retry-After until UTC midnight", body = ErrorResponse)))]
@@ -513,7 +530,7 @@ pub async fn send_request(
 }
 
 #[utoipa::path(post, path = "/v1/requests/review/{status}/{requestId}", tag = "connections", security(("bearer" = [])),
-    params(("status" = String, Path, description = "accepted or rejected"), ("requestId" = String, Path)),
+    params(("status" = inline(ReviewStatus), Path), ("requestId" = Uuid, Path)),
     responses((status = 200, body = RequestIdResponse), (status = 400, body = ErrorResponse),
         (status = 403, description = "Not the recipient", body = ErrorResponse), (status = 404, body = ErrorResponse),
         (status = 409, description = "Not a pending interested request", body = ErrorResponse)))]
@@ -545,7 +562,7 @@ pub async fn change_membership(
 }
 
 #[utoipa::path(post, path = "/v1/messages/{toUserId}", tag = "messages", request_body = MessageRequest, security(("bearer" = [])),
-    params(("toUserId" = String, Path)),
+    params(("toUserId" = Uuid, Path)),
     responses((status = 201, body = MessageIdResponse), (status = 400, body = ErrorResponse),
         (status = 403, description = "Not connected", body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn send_message(
@@ -560,7 +577,7 @@ pub async fn send_message(
 }
 
 #[utoipa::path(post, path = "/v1/messages/{messageId}/read", tag = "messages", security(("bearer" = [])),
-    params(("messageId" = String, Path)),
+    params(("messageId" = Uuid, Path)),
     responses((status = 204, description = "Read (reading again changes nothing)"), (status = 403, description = "Not the recipient", body = ErrorResponse),
         (status = 404, body = ErrorResponse)))]
 pub async fn read_message(
@@ -595,7 +612,7 @@ pub async fn offline(
 }
 
 #[utoipa::path(post, path = "/v1/notifications/{notificationId}/read", tag = "notifications", security(("bearer" = [])),
-    params(("notificationId" = String, Path)),
+    params(("notificationId" = Uuid, Path)),
     responses((status = 204, description = "Read (again: no change)"), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn read_notification(
     State(state): State<AppState>,
@@ -608,7 +625,7 @@ pub async fn read_notification(
 }
 
 #[utoipa::path(post, path = "/v1/messages/{messageId}/delivered", tag = "messages", security(("bearer" = [])),
-    params(("messageId" = String, Path)),
+    params(("messageId" = Uuid, Path)),
     responses((status = 204, description = "Delivered (again, or once read: no change)"), (status = 403, description = "Not the recipient", body = ErrorResponse),
         (status = 404, body = ErrorResponse)))]
 pub async fn deliver_message(
@@ -637,7 +654,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[openapi(
     info(title = "DevConnect command API", description = "Writes. Every success carries X-Consistency-Token."),
     paths(signup, login, refresh, logout, update_profile, change_password, send_request, review_request, change_membership, send_message, read_message, deliver_message, heartbeat, offline, read_notification),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &StandardResponses)
 )]
 pub struct ApiDoc;
 

@@ -248,6 +248,62 @@ pub struct ErrorResponseDetail {
     pub message: String,
 }
 
+/// Lists, on every operation of an OpenAPI document, the error answers any
+/// request may get, so the document names every status a client can see:
+/// 400 for a malformed parameter or body; 401 where a token is needed;
+/// 413 and 415 where there is a body; 422 for an `Idempotency-Key` reused
+/// on a write; 429 for the rate limits; 503 for a dependency, overload or
+/// timeout. What an operation documents itself is kept.
+#[derive(Debug)]
+pub struct StandardResponses;
+
+impl utoipa::Modify for StandardResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{HttpMethod, RefOr, ResponseBuilder, content::ContentBuilder};
+        let error = |description: &str| {
+            let content =
+                ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorResponse"))).build();
+            RefOr::T(ResponseBuilder::new().description(description).content("application/json", content).build())
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                (HttpMethod::Get, item.get.as_mut()),
+                (HttpMethod::Post, item.post.as_mut()),
+                (HttpMethod::Put, item.put.as_mut()),
+                (HttpMethod::Patch, item.patch.as_mut()),
+                (HttpMethod::Delete, item.delete.as_mut()),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let mut standard = vec![
+                    (
+                        "400",
+                        "A malformed parameter, header or body, or a field outside its rules; `code` names the rule",
+                    ),
+                    ("429", "A rate limit; see Retry-After"),
+                    (
+                        "503",
+                        "A dependency unreachable, the service overloaded or not ready, or no answer within 30 s; see Retry-After. Nothing was half-written",
+                    ),
+                ];
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    standard.push(("401", "Missing, invalid, expired or revoked token"));
+                }
+                if operation.request_body.is_some() {
+                    standard.push(("413", "The body is over 64 KiB"));
+                    standard.push(("415", "The body is not declared as JSON"));
+                }
+                if method != HttpMethod::Get {
+                    standard.push(("422", "This Idempotency-Key was used for a different request"));
+                }
+                for (status, description) in standard {
+                    operation.responses.responses.entry(status.to_owned()).or_insert_with(|| error(description));
+                }
+            }
+        }
+    }
+}
+
 /// Declares the `bearer` (JWT) security scheme in an OpenAPI document.
 #[derive(Debug)]
 pub struct BearerAuth;

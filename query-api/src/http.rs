@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use events::user::Gender;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::{Claims, JwtKeys};
-use platform::http::{BearerAuth, ErrorResponse, error_response};
+use platform::http::{BearerAuth, ErrorResponse, StandardResponses, error_response};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
@@ -766,7 +766,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[openapi(
     info(title = "DevConnect query API", description = "Reads, from Redis first and MongoDB second."),
     paths(own_profile, public_profile, feed, connections, requests_received, history, presence, notifications, daily_stats, stream),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &StandardResponses)
 )]
 pub struct ApiDoc;
 
