@@ -28,6 +28,11 @@ pub enum StoreError {
     /// batch must not be applied, or its checkpoint would paper over them.
     #[error("the view store is behind the batch: {gaps:?} (partition, stored next offset)")]
     Gap { gaps: Vec<((String, i32), i64)> },
+    /// A checkpoint the plan relied on (`Plan::fence`) is no longer the
+    /// stored one: another projector applied records of the partition
+    /// meanwhile, or the store lost some. The batch is planned again.
+    #[error("a checkpoint moved while the batch was planned: {moved:?} (partition, planned, stored)")]
+    Moved { moved: Vec<((String, i32), i64, i64)> },
 }
 
 /// MongoDB server error codes the projector reacts to.
@@ -42,7 +47,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
         match self {
-            StoreError::Redis(_) | StoreError::Gap { .. } => true,
+            StoreError::Redis(_) | StoreError::Gap { .. } | StoreError::Moved { .. } => true,
             // A duplicate key means another projector (mid-rebalance) got
             // there first: the retry re-plans and skips what it applied.
             StoreError::WriteErrors { codes, .. } => codes.iter().any(|c| [WRITE_CONFLICT, DUPLICATE_KEY].contains(c)),
@@ -68,7 +73,7 @@ impl StoreError {
                 matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
                     || err.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
             }
-            StoreError::Redis(_) | StoreError::Gap { .. } => false,
+            StoreError::Redis(_) | StoreError::Gap { .. } | StoreError::Moved { .. } => false,
         }
     }
 }
@@ -384,7 +389,7 @@ impl ViewStore {
         let mut session = self.client.start_session().await?;
         self.leases.note(session.id()).await?;
         session.start_transaction().await?;
-        if let Err(err) = self.check_no_gap(starts, &mut session).await {
+        if let Err(err) = self.check_positions(starts, &plan.fence, &mut session).await {
             let _ = session.abort_transaction().await;
             return Err(err);
         }
@@ -453,37 +458,103 @@ impl ViewStore {
         Ok(())
     }
 
-    /// Fails with `Gap` when a partition's stored checkpoint is below the
-    /// batch's first offset there. Read in the transaction, so it holds at
-    /// commit.
-    async fn check_no_gap(
+    /// Reads the stored checkpoints of the batch's partitions in the
+    /// transaction, and fails
+    /// - with `Gap` when one is below the batch's first offset there
+    ///   (`starts`): the store lost what precedes the batch;
+    /// - with `Moved` when one differs from what the plan assumed (`fence`):
+    ///   its once-only effects were planned against another position.
+    ///
+    /// The transaction also writes each of these checkpoints, so a batch
+    /// another projector commits after this read makes the commit fail
+    /// with a write conflict: what was read here still holds at commit.
+    async fn check_positions(
         &self,
         starts: &BTreeMap<(String, i32), i64>,
+        fence: &BTreeMap<(String, i32), i64>,
         session: &mut mongodb::ClientSession,
     ) -> Result<(), StoreError> {
-        if starts.is_empty() {
+        let partitions: std::collections::BTreeSet<(String, i32)> =
+            starts.keys().chain(fence.keys()).cloned().collect();
+        if partitions.is_empty() {
             return Ok(());
         }
-        let ids: Vec<mongodb::bson::Bson> =
-            starts.keys().map(|(topic, partition)| CheckpointDoc::id_for(topic, *partition).into()).collect();
-        let mut found = self
-            .db
-            .collection::<CheckpointDoc>(collections::CHECKPOINTS)
-            .find(doc! { "_id": { "$in": ids } })
-            .session(&mut *session)
-            .await?;
-        let mut stored = BTreeMap::new();
-        while let Some(checkpoint) = found.next(&mut *session).await.transpose()? {
-            stored.insert((checkpoint.topic, checkpoint.partition), checkpoint.next_offset);
-        }
+        let stored = self.read_checkpoints(&partitions, Some(session)).await?;
+        let at = |partition: &(String, i32)| stored.get(partition).copied().unwrap_or(0);
         let gaps: Vec<((String, i32), i64)> = starts
             .iter()
-            .filter_map(|(partition, start)| {
-                let at = stored.get(partition).copied().unwrap_or(0);
-                (at < *start).then(|| (partition.clone(), at))
-            })
+            .filter(|(partition, start)| at(partition) < **start)
+            .map(|(partition, _)| (partition.clone(), at(partition)))
             .collect();
-        if gaps.is_empty() { Ok(()) } else { Err(StoreError::Gap { gaps }) }
+        if !gaps.is_empty() {
+            return Err(StoreError::Gap { gaps });
+        }
+        let moved: Vec<((String, i32), i64, i64)> = fence
+            .iter()
+            .filter(|(partition, planned)| at(partition) != **planned)
+            .map(|(partition, planned)| (partition.clone(), *planned, at(partition)))
+            .collect();
+        if moved.is_empty() { Ok(()) } else { Err(StoreError::Moved { moved }) }
+    }
+
+    /// The stored next offset of each of `partitions` that has a checkpoint,
+    /// in `session`'s transaction if given.
+    async fn read_checkpoints(
+        &self,
+        partitions: &std::collections::BTreeSet<(String, i32)>,
+        session: Option<&mut mongodb::ClientSession>,
+    ) -> Result<BTreeMap<(String, i32), i64>, StoreError> {
+        let mut stored = BTreeMap::new();
+        if partitions.is_empty() {
+            return Ok(stored);
+        }
+        let ids: Vec<mongodb::bson::Bson> =
+            partitions.iter().map(|(topic, partition)| CheckpointDoc::id_for(topic, *partition).into()).collect();
+        let collection = self.db.collection::<CheckpointDoc>(collections::CHECKPOINTS);
+        let query = doc! { "_id": { "$in": ids } };
+        let found: Vec<CheckpointDoc> = match session {
+            Some(session) => {
+                let mut cursor = collection.find(query).session(&mut *session).await?;
+                let mut found = Vec::new();
+                while let Some(checkpoint) = cursor.next(&mut *session).await.transpose()? {
+                    found.push(checkpoint);
+                }
+                found
+            }
+            None => collection.find(query).await?.try_collect().await?,
+        };
+        for checkpoint in found {
+            stored.insert((checkpoint.topic, checkpoint.partition), checkpoint.next_offset);
+        }
+        Ok(stored)
+    }
+
+    /// What a batch of `records` is planned against (`plan::Prior`): which
+    /// of `counted` were processed, the stored checkpoints of the fenced
+    /// partitions, and then (`with_presence`) the stored presence of the
+    /// batch's users. The presence is read after the checkpoints: a batch
+    /// another projector commits in between moves a checkpoint, which the
+    /// transaction then notices (`Moved`).
+    pub async fn prior(
+        &self,
+        records: &[crate::plan::Record],
+        counted: &[uuid::Uuid],
+        with_presence: bool,
+    ) -> Result<crate::plan::Prior, StoreError> {
+        let positions = async {
+            let checkpoints = self.read_checkpoints(&crate::plan::fenced_partitions(records), None).await?;
+            let users: Vec<String> =
+                if with_presence { crate::plan::presence_users(records).into_iter().collect() } else { Vec::new() };
+            let presence = find_by_ids(&self.db.collection::<PresenceDoc>(collections::PRESENCE), &users).await?;
+            Ok::<_, StoreError>((checkpoints, presence))
+        };
+        let (processed, positions) = tokio::join!(self.already_processed(counted), positions);
+        let (checkpoints, presence) = positions?;
+        let presence = presence
+            .into_iter()
+            .map(|p| (p.user_id, crate::plan::PresenceState { version: p.version, online_until: p.online_until }))
+            .collect();
+        Ok(crate::plan::Prior { processed: processed?, checkpoints, presence })
     }
 
     /// Inserts the created documents that do not exist yet, in the
@@ -601,8 +672,9 @@ impl ViewStore {
     }
 
     /// Adds this batch's live updates to the users' streams. Only events new
-    /// in the batch are here (processed-id keys), so a replay or a
-    /// redelivered batch publishes nothing twice.
+    /// in the batch are here (records past the stored checkpoint, ids not
+    /// processed, presence that changed), so a redelivered batch publishes
+    /// nothing twice.
     async fn publish_stream_entries(&self, plan: &Plan, pipe: &mut redis::Pipeline) -> Result<usize, StoreError> {
         let mut entries: Vec<(String, &str, String)> =
             plan.stream.iter().map(|(user, kind, json)| (user.clone(), *kind, json.to_string())).collect();
