@@ -70,6 +70,27 @@ pub struct Tuning {
     /// caught up.
     #[arg(long, env = "DEVCONNECT_PROJECTOR_READY_LAG", default_value_t = 100, global = true)]
     pub ready_lag: i64,
+    /// How often the continuous projector prunes what no event can need
+    /// again: expired processed-id keys and long-ended sessions.
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_PRUNE_EVERY", default_value = "10m", value_parser = parse_duration, global = true)]
+    pub prune_every: Duration,
+    /// How long a processed-id key is kept after it was recorded. It only
+    /// guards against a second record of the same event (a re-driven dead
+    /// letter): re-drive within this time (docs/design.md §3).
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_PROCESSED_RETENTION", default_value = "7d", value_parser = parse_duration, global = true)]
+    pub processed_retention: Duration,
+    /// How long a session document is kept after the session ended: a
+    /// margin for clocks that disagree (its tokens are refused on expiry).
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_SESSION_RETENTION", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub session_retention: Duration,
+    /// A live stream (`stream:<user>`) expires this long after its newest
+    /// entry: longer than any client waits before resuming.
+    #[arg(long, env = "DEVCONNECT_STREAM_TTL", default_value = "24h", value_parser = parse_duration, global = true)]
+    pub stream_ttl: Duration,
+    /// Most connections one presence change is published to (besides the
+    /// user's own stream).
+    #[arg(long, env = "DEVCONNECT_PRESENCE_FANOUT_MAX", default_value_t = 1000, global = true)]
+    pub presence_fanout_max: usize,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -5,6 +5,7 @@ pub mod config;
 pub mod leases;
 pub mod plan;
 pub mod positions;
+pub mod prune;
 pub mod redrive;
 pub mod replay;
 pub mod store;
@@ -73,7 +74,11 @@ impl Pipeline {
             self.redis.clone(),
             generation.redis_keys(&self.keys),
             self.leases.clone(),
-        );
+        )
+        .with_streams(store::StreamSettings {
+            ttl: self.config.tuning.stream_ttl,
+            presence_fanout: self.config.tuning.presence_fanout_max,
+        });
         platform::with_retry("creating indexes", || async { Ok(store.ensure_indexes().await?) }).await?;
         Ok(store)
     }
@@ -268,14 +273,24 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
         *ops.active.write().unwrap_or_else(PoisonError::into_inner) = Some(Active {
             projection: group.clone(),
             generation: generation.clone(),
-            store,
+            store: store.clone(),
             positions: worker.positions.clone(),
         });
         tracing::info!(%group, %generation, "projecting");
+        let tuning = &pipeline.config.tuning;
+        let pruner = prune::spawn(
+            store,
+            prune::PruneSettings {
+                every: tuning.prune_every,
+                processed_retention: tuning.processed_retention,
+                session_retention: tuning.session_retention,
+            },
+        );
         let stops =
             Stops { shutdown: stopped.clone(), follow: Some(current.clone()), generation, when_caught_up: false };
         let ended = worker.run(stops).await;
         poller.abort();
+        pruner.abort();
         match ended {
             Ok(Ended::GenerationChanged) => {
                 tracing::info!(generation = %current.get(), "the view generation changed; moving to it");

@@ -7,8 +7,9 @@
 //! neither a duplicate nor a stale event raises an error (a plain
 //! `{version: {$lt: n}}` filter with upsert would answer E11000 instead).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use events::connection::{ConnectionEvent, RequestStatus};
 use events::message::MessageEvent;
 use events::presence::PresenceEvent;
@@ -63,9 +64,16 @@ pub struct Plan {
     /// (recipient, kind, JSON). Presence changes are resolved to the
     /// user's connections by the store.
     pub stream: Vec<(String, &'static str, serde_json::Value)>,
+    /// Users whose online state this batch changed, with the entry to
+    /// publish: at most one per user per batch (`PresenceChanges`).
     pub presence_changes: Vec<(String, serde_json::Value)>,
     /// Next offset to apply per (topic, partition).
     pub checkpoints: BTreeMap<(String, i32), i64>,
+    /// The stored checkpoint this plan assumed, per partition holding
+    /// once-only effects (`Prior::checkpoints`): the transaction applies the
+    /// plan only if the store still says exactly this (else
+    /// `StoreError::Moved`, and the batch is planned again).
+    pub fence: BTreeMap<(String, i32), i64>,
     /// Cache entries to refresh once MongoDB has the batch.
     pub touched_users: BTreeSet<String>,
     pub touched_sessions: BTreeSet<String>,
@@ -128,8 +136,8 @@ fn profile_fields(profile: &Profile) -> Document {
     }
 }
 
-/// Events with counted effects (counters, notifications): the ones whose
-/// ids the processed-id keys guard.
+/// Events with counted effects (counters, notifications): applied once per
+/// event id, which the processed-id keys record (docs/design.md §3).
 pub fn counted(envelope: &Envelope) -> bool {
     use events::connection::RequestStatus as S;
     match &envelope.event {
@@ -138,27 +146,117 @@ pub fn counted(envelope: &Envelope) -> bool {
         Event::Connection(ConnectionEvent::Reviewed(r)) => r.status == S::Accepted,
         Event::Message(MessageEvent::Sent(_)) => true,
         Event::Notification(_) => true,
-        // Presence changes are published to streams once each.
-        Event::Presence(_) => true,
+        // Presence has no counted effect: its stream entries are published
+        // on a change of state, which the version-guarded presence document
+        // tells (`PresenceChanges`), so heartbeats record no processed ids.
         _ => false,
     }
 }
 
+/// Events whose effects must happen once per record: counted effects and
+/// live presence entries. A batch holding one is planned against the
+/// stored checkpoint of its partition (`Prior::checkpoints`, `Plan::fence`).
+pub fn once_only(envelope: &Envelope) -> bool {
+    counted(envelope) || matches!(envelope.event, Event::Presence(_))
+}
+
+/// The partitions whose stored checkpoint a plan of `records` relies on.
+pub fn fenced_partitions(records: &[Record]) -> BTreeSet<(String, i32)> {
+    records.iter().filter(|r| r.commit.iter().any(once_only)).map(|r| (r.topic.clone(), r.partition)).collect()
+}
+
+/// The users whose presence a plan of `records` starts from.
+pub fn presence_users(records: &[Record]) -> BTreeSet<String> {
+    records
+        .iter()
+        .flat_map(|r| &r.commit)
+        .filter(|e| matches!(e.event, Event::Presence(_)))
+        .map(|e| e.aggregate_id.clone())
+        .collect()
+}
+
+/// A user's stored presence, as far as planning needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceState {
+    pub version: u64,
+    pub online_until: DateTime<Utc>,
+}
+
+/// What the store held when a batch was planned.
+#[derive(Debug, Clone, Default)]
+pub struct Prior {
+    /// Ids among the batch's counted events that were already applied,
+    /// from another record (a re-driven copy) or earlier in the log.
+    pub processed: HashSet<uuid::Uuid>,
+    /// The stored checkpoint (next offset to apply) of each partition in
+    /// `fenced_partitions`; absent means 0. Every record below it has been
+    /// applied (or dead-lettered) in this store, once-only effects
+    /// included, because the checkpoint moves in the same transaction.
+    pub checkpoints: BTreeMap<(String, i32), i64>,
+    /// The stored presence of the batch's users (`presence_users`), read
+    /// after `checkpoints`; absent means never seen.
+    pub presence: HashMap<String, PresenceState>,
+}
+
+/// Per user, the online state before the batch's first presence event
+/// (at that event's time) and after its last: a live entry only when they
+/// differ, so a heartbeat of a user already online publishes nothing, and
+/// a batch publishes at most one entry per user however many heartbeats it
+/// holds. Only events newer than the stored document count (a re-driven or
+/// re-read one is stale and changes nothing).
+#[derive(Debug, Default)]
+struct PresenceChanges {
+    state: HashMap<String, PresenceState>,
+    /// user → (online before, online after, entry after).
+    changes: BTreeMap<String, (bool, bool, serde_json::Value)>,
+}
+
+impl PresenceChanges {
+    fn observe(&mut self, prior: &Prior, envelope: &Envelope, online_until: DateTime<Utc>, online: bool) {
+        let user = &envelope.aggregate_id;
+        let before = self.state.get(user).or_else(|| prior.presence.get(user)).copied();
+        if before.is_some_and(|b| b.version >= envelope.aggregate_version) {
+            return;
+        }
+        let was_online = before.is_some_and(|b| b.online_until > envelope.occurred_at);
+        self.state.insert(user.clone(), PresenceState { version: envelope.aggregate_version, online_until });
+        let entry = serde_json::json!({ "userId": user, "online": online, "lastSeen": envelope.occurred_at });
+        let change = self.changes.entry(user.clone()).or_insert((was_online, online, serde_json::Value::Null));
+        change.1 = online;
+        change.2 = entry;
+    }
+
+    fn into_entries(self) -> Vec<(String, serde_json::Value)> {
+        self.changes
+            .into_iter()
+            .filter(|(_, (before, after, _))| before != after)
+            .map(|(u, (_, _, e))| (u, e))
+            .collect()
+    }
+}
+
 /// `presence_ttl`: how long a heartbeat keeps a user online.
-/// `processed`: ids among this batch's counted events already applied.
-pub fn plan(
-    records: &[Record],
-    presence_ttl: chrono::Duration,
-    processed: &std::collections::HashSet<uuid::Uuid>,
-) -> Plan {
+/// `prior`: what the store held (`Prior`). Once-only effects are planned
+/// only for records at or past their partition's stored checkpoint, and
+/// counted ones only for ids not processed yet.
+pub fn plan(records: &[Record], presence_ttl: chrono::Duration, prior: &Prior) -> Plan {
     let mut plan = Plan::default();
     let mut unread: BTreeMap<String, i64> = BTreeMap::new();
     let mut per_day: BTreeMap<String, BTreeMap<&'static str, i64>> = BTreeMap::new();
+    let mut presence = PresenceChanges::default();
     for record in records {
+        let partition = (record.topic.clone(), record.partition);
+        let stored = prior.checkpoints.get(&partition).copied().unwrap_or(0);
+        if record.commit.iter().any(once_only) {
+            plan.fence.insert(partition.clone(), stored);
+        }
+        // Applied before, in this store: its once-only effects happened then.
+        let fresh = record.offset >= stored;
         for envelope in &record.commit {
             plan.events += 1;
-            if counted(envelope)
-                && !processed.contains(&envelope.event_id)
+            if fresh
+                && counted(envelope)
+                && !prior.processed.contains(&envelope.event_id)
                 && !plan.processed.contains(&envelope.event_id)
             {
                 plan.processed.push(envelope.event_id);
@@ -175,6 +273,10 @@ pub fn plan(
                         PresenceEvent::Heartbeat(_) => at + presence_ttl,
                         PresenceEvent::Offline(_) => at,
                     };
+                    if fresh {
+                        let online = matches!(event, PresenceEvent::Heartbeat(_));
+                        presence.observe(prior, envelope, online_until, online);
+                    }
                     let doc = PresenceDoc {
                         user_id: envelope.aggregate_id.clone(),
                         last_seen: at,
@@ -186,9 +288,10 @@ pub fn plan(
                 }
             }
         }
-        let next = plan.checkpoints.entry((record.topic.clone(), record.partition)).or_insert(0);
+        let next = plan.checkpoints.entry(partition).or_insert(0);
         *next = (*next).max(record.offset + 1);
     }
+    plan.presence_changes = presence.into_entries();
     for (user, delta) in unread {
         plan.notification_counters
             .push(doc! { "q": { "_id": user }, "u": { "$inc": { "unread": delta } }, "upsert": true });
@@ -221,21 +324,13 @@ fn apply_counted(
     if let Some(field) = stat {
         *per_day.entry(day).or_default().entry(field).or_insert(0) += 1;
     }
-    match &envelope.event {
-        Event::Message(MessageEvent::Sent(m)) => {
-            let json = serde_json::json!({
-                "messageId": m.message_id, "fromUserId": m.from_user_id, "toUserId": m.to_user_id,
-                "text": m.text, "sentAt": envelope.occurred_at,
-            });
-            plan.stream.push((m.from_user_id.to_string(), "message", json.clone()));
-            plan.stream.push((m.to_user_id.to_string(), "message", json));
-        }
-        Event::Presence(p) => {
-            let online = matches!(p, PresenceEvent::Heartbeat(_));
-            let json = serde_json::json!({ "userId": envelope.aggregate_id, "online": online, "lastSeen": envelope.occurred_at });
-            plan.presence_changes.push((envelope.aggregate_id.clone(), json));
-        }
-        _ => {}
+    if let Event::Message(MessageEvent::Sent(m)) = &envelope.event {
+        let json = serde_json::json!({
+            "messageId": m.message_id, "fromUserId": m.from_user_id, "toUserId": m.to_user_id,
+            "text": m.text, "sentAt": envelope.occurred_at,
+        });
+        plan.stream.push((m.from_user_id.to_string(), "message", json.clone()));
+        plan.stream.push((m.to_user_id.to_string(), "message", json));
     }
     if let Some((owner, kind)) = events::notification::notified_by(envelope) {
         let (request_id, message_id, from) = match &envelope.event {
@@ -503,7 +598,7 @@ mod tests {
     #[test]
     fn the_password_hash_never_reaches_a_statement() {
         let (_, record) = signup_record(7);
-        let plan = plan(&[record], chrono::Duration::minutes(5), &Default::default());
+        let plan = plan(&[record], chrono::Duration::minutes(5), &Prior::default());
         let everything = format!("{:?}{:?}{:?}", plan.users, plan.sessions, plan.creations);
         assert!(!everything.contains("SECRET"));
         assert!(!everything.contains("passwordHash"));
@@ -512,7 +607,7 @@ mod tests {
     #[test]
     fn user_text_is_literal_and_writes_are_version_guarded() {
         let (user, record) = signup_record(7);
-        let plan = plan(&[record], chrono::Duration::minutes(5), &Default::default());
+        let plan = plan(&[record], chrono::Duration::minutes(5), &Prior::default());
         let first = plan.creations[collections::USERS][0].otherwise.to_string();
         assert!(first.contains("$literal"), "{first}");
         assert!(first.contains("$lastName"));
@@ -524,9 +619,113 @@ mod tests {
     fn checkpoints_are_the_next_offset_per_partition() {
         let (_, a) = signup_record(7);
         let (_, b) = signup_record(9);
-        let plan = plan(&[a, b], chrono::Duration::minutes(5), &Default::default());
+        let plan = plan(&[a, b], chrono::Duration::minutes(5), &Prior::default());
         assert_eq!(plan.checkpoints.get(&("user-events".to_owned(), 1)), Some(&10));
         assert_eq!(plan.events, 4);
+    }
+
+    fn presence_record(user: Uuid, offset: i64, beats: &[(u64, bool, chrono::DateTime<Utc>)]) -> Record {
+        let commit = beats
+            .iter()
+            .map(|(version, online, at)| {
+                let mut e = envelope(
+                    user,
+                    *version,
+                    UserEvent::MembershipChanged(events::user::MembershipChanged { tier: events::user::Tier::Gold }),
+                );
+                let signal = events::presence::PresenceSignal {};
+                e.event = Event::Presence(if *online {
+                    PresenceEvent::Heartbeat(signal)
+                } else {
+                    PresenceEvent::Offline(signal)
+                });
+                e.occurred_at = *at;
+                e
+            })
+            .collect();
+        Record { topic: "presence-events".into(), partition: 2, offset, commit }
+    }
+
+    #[test]
+    fn records_below_the_stored_checkpoint_count_nothing_again() {
+        let (_, record) = signup_record(7);
+        let partition = ("user-events".to_owned(), 1);
+        let mut prior = Prior::default();
+        prior.checkpoints.insert(partition.clone(), 8);
+        let again = plan(std::slice::from_ref(&record), chrono::Duration::minutes(5), &prior);
+        assert!(again.processed.is_empty() && again.daily_stats.is_empty(), "{:?}", again.daily_stats);
+        // Its idempotent effects are still planned, and the plan relies on
+        // the checkpoint it read.
+        assert!(!again.creations.is_empty());
+        assert_eq!(again.fence.get(&partition), Some(&8));
+
+        prior.checkpoints.insert(partition.clone(), 7);
+        let first = plan(std::slice::from_ref(&record), chrono::Duration::minutes(5), &prior);
+        assert_eq!((first.processed.len(), first.daily_stats.len()), (1, 1));
+        assert_eq!(first.fence.get(&partition), Some(&7));
+        // A processed id elsewhere (a re-driven copy) is skipped too.
+        prior.processed.insert(record.commit[0].event_id);
+        let copy = plan(&[record], chrono::Duration::minutes(5), &prior);
+        assert!(copy.processed.is_empty() && copy.daily_stats.is_empty());
+    }
+
+    #[test]
+    fn a_partition_without_once_only_effects_is_not_fenced() {
+        let (user, _) = signup_record(0);
+        let edit = envelope(
+            user,
+            3,
+            UserEvent::MembershipChanged(events::user::MembershipChanged { tier: events::user::Tier::Gold }),
+        );
+        let record = Record { topic: "user-events".into(), partition: 1, offset: 4, commit: vec![edit] };
+        let plan = plan(&[record], chrono::Duration::minutes(5), &Prior::default());
+        assert!(plan.fence.is_empty(), "{:?}", plan.fence);
+    }
+
+    #[test]
+    fn heartbeats_record_no_processed_ids_and_publish_only_changes() {
+        let ttl = chrono::Duration::minutes(5);
+        let (user, t) = (Uuid::new_v4(), Utc::now());
+        let id = user.to_string();
+        let online_until = |at| PresenceState { version: 1, online_until: at };
+        let with = |state: Option<PresenceState>| Prior {
+            presence: state.map(|s| (id.clone(), s)).into_iter().collect(),
+            ..Prior::default()
+        };
+        let changes = |records: &[Record], prior: &Prior| {
+            let plan = plan(records, ttl, prior);
+            assert!(plan.processed.is_empty(), "{:?}", plan.processed);
+            assert!(plan.fence.contains_key(&("presence-events".to_owned(), 2)));
+            plan.presence_changes.iter().map(|(u, e)| (u.clone(), e["online"].as_bool())).collect::<Vec<_>>()
+        };
+        let online = with(Some(online_until(t + ttl)));
+        let offline = with(Some(online_until(t)));
+
+        // Already online: a heartbeat changes nothing anyone sees.
+        assert_eq!(changes(&[presence_record(user, 0, &[(2, true, t + ttl / 2)])], &online), vec![]);
+        // Never seen, offline, or expired: coming online is a change.
+        let coming = vec![(id.clone(), Some(true))];
+        assert_eq!(changes(&[presence_record(user, 0, &[(2, true, t)])], &Prior::default()), coming);
+        assert_eq!(changes(&[presence_record(user, 0, &[(2, true, t)])], &offline), coming);
+        assert_eq!(changes(&[presence_record(user, 0, &[(2, true, t + ttl * 2)])], &online), coming);
+        // Going offline while online is a change; while offline it is not.
+        let going = vec![(id.clone(), Some(false))];
+        assert_eq!(changes(&[presence_record(user, 0, &[(2, false, t)])], &online), going);
+        assert_eq!(changes(&[presence_record(user, 0, &[(2, false, t)])], &offline), vec![]);
+        // Many heartbeats in one batch: one entry. Back and forth within a
+        // batch: the state it ends in, if that differs.
+        let many: Vec<_> = (2..12).map(|v| (v, true, t + chrono::Duration::seconds(v as i64))).collect();
+        assert_eq!(changes(&[presence_record(user, 0, &many)], &offline), coming);
+        let flapping = [(2, true, t), (3, false, t), (4, true, t), (5, false, t)];
+        assert_eq!(changes(&[presence_record(user, 0, &flapping)], &offline), vec![]);
+        assert_eq!(changes(&[presence_record(user, 0, &flapping)], &online), going);
+        // Events the document already has (a re-driven copy) change nothing.
+        let newer = with(Some(PresenceState { version: 9, online_until: t }));
+        assert_eq!(changes(&[presence_record(user, 0, &[(2, true, t)])], &newer), vec![]);
+        // Nor does a record below the stored checkpoint.
+        let mut applied = offline.clone();
+        applied.checkpoints.insert(("presence-events".to_owned(), 2), 1);
+        assert_eq!(changes(&[presence_record(user, 0, &[(2, true, t)])], &applied), vec![]);
     }
 
     #[test]
@@ -627,7 +826,7 @@ mod tests {
         let plan = plan(
             &[record("notification-events", vec![read]), record("message-events", vec![sent])],
             chrono::Duration::minutes(5),
-            &Default::default(),
+            &Prior::default(),
         );
         let [reading] = plan.notifications.as_slice() else { panic!("{:?}", plan.notifications) };
         let [creating] = plan.creations[collections::NOTIFICATIONS].as_slice() else { panic!("{:?}", plan.creations) };

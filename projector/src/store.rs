@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::{Client, Database};
@@ -28,6 +28,11 @@ pub enum StoreError {
     /// batch must not be applied, or its checkpoint would paper over them.
     #[error("the view store is behind the batch: {gaps:?} (partition, stored next offset)")]
     Gap { gaps: Vec<((String, i32), i64)> },
+    /// A checkpoint the plan relied on (`Plan::fence`) is no longer the
+    /// stored one: another projector applied records of the partition
+    /// meanwhile, or the store lost some. The batch is planned again.
+    #[error("a checkpoint moved while the batch was planned: {moved:?} (partition, planned, stored)")]
+    Moved { moved: Vec<((String, i32), i64, i64)> },
 }
 
 /// MongoDB server error codes the projector reacts to.
@@ -42,7 +47,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
         match self {
-            StoreError::Redis(_) | StoreError::Gap { .. } => true,
+            StoreError::Redis(_) | StoreError::Gap { .. } | StoreError::Moved { .. } => true,
             // A duplicate key means another projector (mid-rebalance) got
             // there first: the retry re-plans and skips what it applied.
             StoreError::WriteErrors { codes, .. } => codes.iter().any(|c| [WRITE_CONFLICT, DUPLICATE_KEY].contains(c)),
@@ -68,7 +73,7 @@ impl StoreError {
                 matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
                     || err.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
             }
-            StoreError::Redis(_) | StoreError::Gap { .. } => false,
+            StoreError::Redis(_) | StoreError::Gap { .. } | StoreError::Moved { .. } => false,
         }
     }
 }
@@ -93,6 +98,22 @@ pub struct ViewStore {
     keys: RedisKeys,
     mode: Mode,
     leases: crate::leases::SessionLeases,
+    streams: StreamSettings,
+}
+
+/// How the live streams (`stream:<user>`) are written.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// Each key expires this long after its newest entry.
+    pub ttl: std::time::Duration,
+    /// Most connections one presence change is published to.
+    pub presence_fanout: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self { ttl: std::time::Duration::from_secs(24 * 3600), presence_fanout: 1000 }
+    }
 }
 
 impl std::fmt::Debug for ViewStore {
@@ -110,7 +131,12 @@ impl ViewStore {
         leases: crate::leases::SessionLeases,
     ) -> Self {
         let db = client.database(database);
-        Self { client, db, redis, keys, mode: Mode::Live, leases }
+        Self { client, db, redis, keys, mode: Mode::Live, leases, streams: StreamSettings::default() }
+    }
+
+    pub fn with_streams(mut self, streams: StreamSettings) -> Self {
+        self.streams = streams;
+        self
     }
 
     /// Aborts transactions left open by projectors that died mid-batch
@@ -384,15 +410,17 @@ impl ViewStore {
         let mut session = self.client.start_session().await?;
         self.leases.note(session.id()).await?;
         session.start_transaction().await?;
-        if let Err(err) = self.check_no_gap(starts, &mut session).await {
+        if let Err(err) = self.check_positions(starts, &plan.fence, &mut session).await {
             let _ = session.abort_transaction().await;
             return Err(err);
         }
         // Processed-id keys first: if another projector applied these events
         // meanwhile (a rebalance), the duplicate key aborts this transaction
-        // and the retry finds them processed.
+        // and the retry finds them processed. `at` (when recorded) is what
+        // pruning goes by (`prune_processed`).
         if !plan.processed.is_empty() {
-            let ids: Vec<Document> = plan.processed.iter().map(|id| doc! { "_id": id.to_string() }).collect();
+            let at = mongodb::bson::DateTime::now();
+            let ids: Vec<Document> = plan.processed.iter().map(|id| doc! { "_id": id.to_string(), "at": at }).collect();
             let insert = doc! { "insert": collections::PROCESSED_EVENTS, "documents": ids, "ordered": true };
             let result = self.db.run_command(insert).session(&mut session).await;
             if let Err(err) = result.map_err(StoreError::from).and_then(|reply| Self::check_write_errors(&reply)) {
@@ -458,37 +486,103 @@ impl ViewStore {
         Ok(())
     }
 
-    /// Fails with `Gap` when a partition's stored checkpoint is below the
-    /// batch's first offset there. Read in the transaction, so it holds at
-    /// commit.
-    async fn check_no_gap(
+    /// Reads the stored checkpoints of the batch's partitions in the
+    /// transaction, and fails
+    /// - with `Gap` when one is below the batch's first offset there
+    ///   (`starts`): the store lost what precedes the batch;
+    /// - with `Moved` when one differs from what the plan assumed (`fence`):
+    ///   its once-only effects were planned against another position.
+    ///
+    /// The transaction also writes each of these checkpoints, so a batch
+    /// another projector commits after this read makes the commit fail
+    /// with a write conflict: what was read here still holds at commit.
+    async fn check_positions(
         &self,
         starts: &BTreeMap<(String, i32), i64>,
+        fence: &BTreeMap<(String, i32), i64>,
         session: &mut mongodb::ClientSession,
     ) -> Result<(), StoreError> {
-        if starts.is_empty() {
+        let partitions: std::collections::BTreeSet<(String, i32)> =
+            starts.keys().chain(fence.keys()).cloned().collect();
+        if partitions.is_empty() {
             return Ok(());
         }
-        let ids: Vec<mongodb::bson::Bson> =
-            starts.keys().map(|(topic, partition)| CheckpointDoc::id_for(topic, *partition).into()).collect();
-        let mut found = self
-            .db
-            .collection::<CheckpointDoc>(collections::CHECKPOINTS)
-            .find(doc! { "_id": { "$in": ids } })
-            .session(&mut *session)
-            .await?;
-        let mut stored = BTreeMap::new();
-        while let Some(checkpoint) = found.next(&mut *session).await.transpose()? {
-            stored.insert((checkpoint.topic, checkpoint.partition), checkpoint.next_offset);
-        }
+        let stored = self.read_checkpoints(&partitions, Some(session)).await?;
+        let at = |partition: &(String, i32)| stored.get(partition).copied().unwrap_or(0);
         let gaps: Vec<((String, i32), i64)> = starts
             .iter()
-            .filter_map(|(partition, start)| {
-                let at = stored.get(partition).copied().unwrap_or(0);
-                (at < *start).then(|| (partition.clone(), at))
-            })
+            .filter(|(partition, start)| at(partition) < **start)
+            .map(|(partition, _)| (partition.clone(), at(partition)))
             .collect();
-        if gaps.is_empty() { Ok(()) } else { Err(StoreError::Gap { gaps }) }
+        if !gaps.is_empty() {
+            return Err(StoreError::Gap { gaps });
+        }
+        let moved: Vec<((String, i32), i64, i64)> = fence
+            .iter()
+            .filter(|(partition, planned)| at(partition) != **planned)
+            .map(|(partition, planned)| (partition.clone(), *planned, at(partition)))
+            .collect();
+        if moved.is_empty() { Ok(()) } else { Err(StoreError::Moved { moved }) }
+    }
+
+    /// The stored next offset of each of `partitions` that has a checkpoint,
+    /// in `session`'s transaction if given.
+    async fn read_checkpoints(
+        &self,
+        partitions: &std::collections::BTreeSet<(String, i32)>,
+        session: Option<&mut mongodb::ClientSession>,
+    ) -> Result<BTreeMap<(String, i32), i64>, StoreError> {
+        let mut stored = BTreeMap::new();
+        if partitions.is_empty() {
+            return Ok(stored);
+        }
+        let ids: Vec<mongodb::bson::Bson> =
+            partitions.iter().map(|(topic, partition)| CheckpointDoc::id_for(topic, *partition).into()).collect();
+        let collection = self.db.collection::<CheckpointDoc>(collections::CHECKPOINTS);
+        let query = doc! { "_id": { "$in": ids } };
+        let found: Vec<CheckpointDoc> = match session {
+            Some(session) => {
+                let mut cursor = collection.find(query).session(&mut *session).await?;
+                let mut found = Vec::new();
+                while let Some(checkpoint) = cursor.next(&mut *session).await.transpose()? {
+                    found.push(checkpoint);
+                }
+                found
+            }
+            None => collection.find(query).await?.try_collect().await?,
+        };
+        for checkpoint in found {
+            stored.insert((checkpoint.topic, checkpoint.partition), checkpoint.next_offset);
+        }
+        Ok(stored)
+    }
+
+    /// What a batch of `records` is planned against (`plan::Prior`): which
+    /// of `counted` were processed, the stored checkpoints of the fenced
+    /// partitions, and then (`with_presence`) the stored presence of the
+    /// batch's users. The presence is read after the checkpoints: a batch
+    /// another projector commits in between moves a checkpoint, which the
+    /// transaction then notices (`Moved`).
+    pub async fn prior(
+        &self,
+        records: &[crate::plan::Record],
+        counted: &[uuid::Uuid],
+        with_presence: bool,
+    ) -> Result<crate::plan::Prior, StoreError> {
+        let positions = async {
+            let checkpoints = self.read_checkpoints(&crate::plan::fenced_partitions(records), None).await?;
+            let users: Vec<String> =
+                if with_presence { crate::plan::presence_users(records).into_iter().collect() } else { Vec::new() };
+            let presence = find_by_ids(&self.db.collection::<PresenceDoc>(collections::PRESENCE), &users).await?;
+            Ok::<_, StoreError>((checkpoints, presence))
+        };
+        let (processed, positions) = tokio::join!(self.already_processed(counted), positions);
+        let (checkpoints, presence) = positions?;
+        let presence = presence
+            .into_iter()
+            .map(|p| (p.user_id, crate::plan::PresenceState { version: p.version, online_until: p.online_until }))
+            .collect();
+        Ok(crate::plan::Prior { processed: processed?, checkpoints, presence })
     }
 
     /// Inserts the created documents that do not exist yet, in the
@@ -606,8 +700,9 @@ impl ViewStore {
     }
 
     /// Adds this batch's live updates to the users' streams. Only events new
-    /// in the batch are here (processed-id keys), so a replay or a
-    /// redelivered batch publishes nothing twice.
+    /// in the batch are here (records past the stored checkpoint, ids not
+    /// processed, presence that changed), so a redelivered batch publishes
+    /// nothing twice.
     async fn publish_stream_entries(&self, plan: &Plan, pipe: &mut redis::Pipeline) -> Result<usize, StoreError> {
         let mut entries: Vec<(String, &str, String)> =
             plan.stream.iter().map(|(user, kind, json)| (user.clone(), *kind, json.to_string())).collect();
@@ -617,14 +712,20 @@ impl ViewStore {
                 find_by_ids(&self.db.collection::<views::RelationsDoc>(collections::RELATIONS), &ids).await?;
             let connections: std::collections::HashMap<&str, &Vec<String>> =
                 relations.iter().map(|r| (r.user_id.as_str(), &r.connections)).collect();
+            // The user's own stream, and at most `presence_fanout` of their
+            // connections': the work of one change is bounded whatever the
+            // number of connections (docs/api.md, "Live stream").
             for (user, json) in &plan.presence_changes {
                 let text = json.to_string();
                 entries.push((user.clone(), "presence", text.clone()));
-                for other in connections.get(user.as_str()).copied().into_iter().flatten() {
+                let others = connections.get(user.as_str()).copied().into_iter().flatten();
+                for other in others.take(self.streams.presence_fanout) {
                     entries.push((other.clone(), "presence", text.clone()));
                 }
             }
         }
+        let ttl_ms = self.streams.ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        let mut keys = std::collections::BTreeSet::new();
         for (user, kind, json) in &entries {
             pipe.cmd("XADD")
                 .arg(self.keys.user_stream(user))
@@ -637,6 +738,12 @@ impl ViewStore {
                 .arg("data")
                 .arg(json)
                 .ignore();
+            keys.insert(self.keys.user_stream(user));
+        }
+        // Each key lives `ttl` past its newest entry: a user with no news
+        // for that long leaves nothing behind (docs/domain.md "Redis keys").
+        for key in &keys {
+            pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms).ignore();
         }
         Ok(entries.len())
     }
@@ -669,7 +776,64 @@ impl ViewStore {
         notifications.create_index(IndexModel::builder().keys(doc! { "userId": 1, "_id": -1 }).build()).await?;
         let messages = self.db.collection::<Document>(collections::MESSAGES);
         messages.create_index(IndexModel::builder().keys(doc! { "pairKey": 1, "_id": -1 }).build()).await?;
+        // What pruning selects by (`prune_processed`, `prune_sessions`).
+        let processed = self.db.collection::<Document>(collections::PROCESSED_EVENTS);
+        processed.create_index(IndexModel::builder().keys(doc! { "at": 1 }).build()).await?;
+        let sessions = self.db.collection::<Document>(collections::SESSIONS);
+        sessions.create_index(IndexModel::builder().keys(doc! { "expiresAt": 1 }).build()).await?;
         Ok(())
+    }
+
+    /// Forgets the processed-id keys recorded before `recorded_before`.
+    /// Returns (keys dated, keys deleted).
+    ///
+    /// Why forgetting them cannot count an event twice (docs/design.md §3,
+    /// "What the projector may forget"): a key is needed only while the
+    /// same event id can still be applied from a record not covered by the
+    /// stored checkpoint. The same record read again (a restart, a
+    /// rebalance, a stale member, a gap rewind, `replay --in-place`) never
+    /// needs it: a record below its partition's stored checkpoint was
+    /// applied with that checkpoint, in one transaction, and `plan` skips
+    /// its once-only effects whatever the keys say (`Plan::fence`, checked
+    /// again in the transaction). Only another record with the same event
+    /// id needs the key: a re-driven dead letter (`redrive`), which may be
+    /// appended twice, or after its original was applied by a rebuild. So
+    /// keys are kept for a retention measured from when they were recorded
+    /// (`DEVCONNECT_PROJECTOR_PROCESSED_RETENTION`, 7 days), and a re-drive
+    /// within that time is exact.
+    pub async fn prune_processed(&self, recorded_before: DateTime<Utc>) -> Result<(u64, u64), StoreError> {
+        let collection = self.db.collection::<Document>(collections::PROCESSED_EVENTS);
+        // Keys written before they carried `at` are dated now, and so kept a
+        // full retention from here. `{at: null}` also matches a missing
+        // field, through the index: nothing to scan once all are dated.
+        let now = mongodb::bson::DateTime::now();
+        let dated = collection
+            .update_many(doc! { "at": mongodb::bson::Bson::Null }, doc! { "$set": { "at": now } })
+            .await?
+            .modified_count;
+        let cutoff = mongodb::bson::DateTime::from_millis(recorded_before.timestamp_millis());
+        let deleted = collection.delete_many(doc! { "at": { "$lt": cutoff } }).await?.deleted_count;
+        Ok((dated, deleted))
+    }
+
+    /// Deletes the sessions that ended before `ended_before`. Returns how
+    /// many.
+    ///
+    /// Safe for authentication: the query API lets a token in when its
+    /// session is absent from the view (not projected yet), so a session
+    /// may only go once no token of it can pass on its own. Every access
+    /// token of a session expires at the session's end at the latest
+    /// (the command API's `access_expires_at`), and expiry is checked
+    /// without leeway; refresh tokens expire at the end too. A revoked
+    /// session is refused by the revocation records until its end, and by
+    /// expiry after it. Callers keep a margin for clocks that disagree.
+    pub async fn prune_sessions(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .collection::<Document>(collections::SESSIONS)
+            .delete_many(doc! { "expiresAt": { "$lt": session_time(ended_before) } })
+            .await?
+            .deleted_count)
     }
 
     /// The applied position per partition, as the checkpoints say.
@@ -678,9 +842,37 @@ impl ViewStore {
     }
 }
 
+/// `SessionDoc::expires_at` as stored: RFC 3339 text in UTC (chrono's
+/// serde form), whose text order is time order to the second.
+fn session_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::StoreError;
+
+    #[test]
+    fn session_ends_compare_as_stored() {
+        use chrono::TimeZone;
+        let at = |s: i64, ms: u32| chrono::Utc.timestamp_opt(s, ms * 1_000_000).single().expect("time");
+        let stored = |t| match mongodb::bson::to_document(&views::SessionDoc {
+            session_id: "s".into(),
+            user_id: "u".into(),
+            expires_at: t,
+            revoked: false,
+            version: 1,
+        }) {
+            Ok(doc) => doc.get_str("expiresAt").expect("expiresAt is stored as text").to_owned(),
+            Err(err) => panic!("{err}"),
+        };
+        let cutoff = super::session_time(at(1_900_000_000, 0));
+        assert!(stored(at(1_899_999_998, 250)) < cutoff);
+        assert!(stored(at(1_899_999_999, 0)) < cutoff);
+        assert!(stored(at(1_900_000_001, 0)) > cutoff);
+        assert!(stored(at(1_900_000_001, 999)) > cutoff);
+        assert!(stored(at(1_900_003_600, 0)) > cutoff);
+    }
 
     #[test]
     fn conflicts_are_transient_and_rejected_writes_are_not() {

@@ -500,10 +500,12 @@ impl Worker {
         })
     }
 
-    /// Plans and applies `records`, retrying. Each attempt re-reads the
-    /// processed-id keys and plans afresh: an attempt may fail because
-    /// another projector (mid-rebalance) applied some of these events
-    /// meanwhile, and the next must skip them.
+    /// Plans and applies `records`, retrying. Each attempt re-reads what
+    /// the plan depends on (`ViewStore::prior`: processed-id keys, stored
+    /// checkpoints, presence) and plans afresh: an attempt may fail because
+    /// another projector (mid-rebalance) applied some of these records
+    /// meanwhile (a duplicate key, or `StoreError::Moved`), and the next
+    /// must skip them.
     async fn apply(
         &self,
         records: &[Record],
@@ -517,14 +519,15 @@ impl Worker {
         let mut rejections = 0;
         loop {
             let lookup = Instant::now();
-            let result = match self.store.already_processed(&counted).await {
-                Ok(processed) => {
+            // Presence is read only where changes are published (`Live`).
+            let result = match self.store.prior(records, &counted, self.store.refreshes_caches()).await {
+                Ok(prior) => {
                     tracing::debug!(
                         ids = counted.len(),
                         elapsed_ms = lookup.elapsed().as_millis() as u64,
-                        "processed-id lookup"
+                        "processed-id and checkpoint lookup"
                     );
-                    let mut plan = plan::plan(records, self.settings.presence_ttl, &processed);
+                    let mut plan = plan::plan(records, self.settings.presence_ttl, &prior);
                     for (partition, next) in &checkpoints {
                         let held = plan.checkpoints.entry(partition.clone()).or_insert(0);
                         *held = (*held).max(*next);

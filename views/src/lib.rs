@@ -49,8 +49,10 @@ pub mod collections {
     /// Per UTC day (`_id` YYYY-MM-DD): the analytics counts.
     pub const DAILY_STATS: &str = "daily_stats";
     /// Processed-id keys: the ids of events whose counted effects
-    /// (counters, notifications) were applied, so a replay or a redelivered
-    /// batch never counts twice.
+    /// (counters, notifications) were applied, with when (`at`), so a
+    /// second record of the same event (a re-driven dead letter) never
+    /// counts twice. A record read again is fenced by the checkpoint
+    /// instead, so the keys are pruned after a retention (docs/design.md §3).
     pub const PROCESSED_EVENTS: &str = "processed_events";
     /// Applied position per topic partition, written in the same transaction
     /// as the view changes it covers.
