@@ -161,14 +161,26 @@ pub struct MessageIdResponse {
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct MessageRequest {
-    /// 1-2000 characters.
+    /// 1-2000 characters, not all of them blank.
+    #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
     pub text: String,
 }
 
 /// `{"tier": "free" | "silver" | "gold"}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MembershipBody {
+    #[schema(value_type = TierName)]
     pub tier: String,
+}
+
+/// The tiers by name, for the document: the handler parses the same names
+/// into `Tier` (an unknown one is 400 `tier_invalid`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TierName {
+    Free,
+    Silver,
+    Gold,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -276,7 +288,7 @@ pub struct SignupRequest {
 }
 
 #[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key")),
     responses(
         (status = 201, description = "Account created", body = UserIdResponse),
         (status = 400, description = "A field breaks a rule; `code` names it", body = ErrorResponse),
@@ -372,7 +384,7 @@ impl std::fmt::Debug for RefreshRequest {
 }
 
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key: a retry returns the same pair instead of counting as reuse")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key: a retry returns the same pair instead of counting as reuse")),
     responses(
         (status = 200, description = "A new access token and refresh token of the same session; the one sent is spent", body = LoginResponse),
         (status = 401, description = "`invalid_token`: not a refresh token of an active session; `refresh_token_reused`: it was already spent, and its session has now ended", body = ErrorResponse),
@@ -389,7 +401,7 @@ pub async fn refresh(
 }
 
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, bound to this session")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key, bound to this session")),
     responses((status = 204, description = "Session revoked on both APIs"), (status = 401, body = ErrorResponse)))]
 pub async fn logout(
     State(state): State<AppState>,
