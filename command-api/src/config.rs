@@ -57,6 +57,10 @@ pub struct Config {
     /// on two cores.
     #[arg(long, env = "DEVCONNECT_HASH_QUEUE", default_value_t = 64)]
     pub hash_queue: usize,
+    /// Write a write-model snapshot after this many records were applied
+    /// since the last one (0: never). A start then reads only the tail.
+    #[arg(long, env = "DEVCONNECT_SNAPSHOT_EVERY", default_value_t = 100_000)]
+    pub snapshot_every: u64,
     /// Mark the session cookie `Secure` (set behind HTTPS).
     #[arg(long, env = "DEVCONNECT_COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,

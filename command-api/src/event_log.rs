@@ -72,18 +72,30 @@ impl EventLog {
     }
 }
 
-/// Reads `topics` from the beginning to their high watermarks as they were
-/// when called, folding every commit into `model`. Returns the records applied.
+/// The log holds less than the model: it was reset, or lost records. The
+/// model (or the snapshot it came from) no longer describes it.
+#[derive(Debug, thiserror::Error)]
+#[error("{topic}[{partition}] ends at offset {high}, but the model holds it up to {next}")]
+pub struct LogBehindModel {
+    pub topic: String,
+    pub partition: i32,
+    pub high: i64,
+    pub next: i64,
+}
+
+/// Reads `topics` from where `model` stands in each partition (offset 0 for
+/// one it has never seen) to their high watermarks as they were when
+/// called, folding every commit not yet in it. Returns the records applied.
+/// A model built from offset 0 is the case of an empty model; a model from a
+/// snapshot reads only the tail; after a failed append, only what came
+/// after the model's known positions (records it already holds, acknowledged
+/// past a gap, are skipped).
 ///
 /// Partitions are read concurrently, so commits of different aggregates are
 /// folded in no particular order; nothing in the model depends on an order
 /// across aggregates (a daily count is a sum; a connection to a user who is
 /// not known yet still records the pair).
-pub async fn rebuild_model(
-    brokers: &str,
-    topics: &[String],
-    model: &std::sync::RwLock<WriteModel>,
-) -> anyhow::Result<u64> {
+pub async fn catch_up(brokers: &str, topics: &[String], model: &std::sync::RwLock<WriteModel>) -> anyhow::Result<u64> {
     let consumer: StreamConsumer = platform::kafka::client_config(brokers)
         .set("group.id", "command-api-write-model")
         .set("enable.auto.commit", "false")
@@ -92,6 +104,7 @@ pub async fn rebuild_model(
         // Tansu holds a fetch for the full wait; keep the start-up read brisk.
         .set("fetch.wait.max.ms", "10")
         .create()?;
+    let lock = || model.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut assignment = TopicPartitionList::new();
     let mut end_of: HashMap<(String, i32), i64> = HashMap::new();
     for topic in topics {
@@ -104,37 +117,47 @@ pub async fn rebuild_model(
             .collect();
         anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions (does it exist?)");
         for partition in partitions {
-            let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-            if high > low {
-                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+            let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+            let next = model.read().unwrap_or_else(std::sync::PoisonError::into_inner).next_offset(topic, partition);
+            if high < next {
+                return Err(LogBehindModel { topic: topic.clone(), partition, high, next }.into());
+            }
+            if high > next {
+                assignment.add_partition_offset(topic, partition, Offset::Offset(next))?;
                 end_of.insert((topic.clone(), partition), high);
             }
         }
-    }
-    if end_of.is_empty() {
-        return Ok(0);
     }
     consumer.assign(&assignment)?;
     let mut applied = 0u64;
     while !end_of.is_empty() {
         let message = consumer.recv().await?;
         let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
-        match decode_record(message.payload().unwrap_or_default()) {
-            Ok(commit) => {
-                let position = Position { topic: topic.clone(), partition, offset };
-                model.write().unwrap_or_else(std::sync::PoisonError::into_inner).record(&commit, position);
-                applied += 1;
-            }
-            // A record we cannot read cannot be part of any decision; the
-            // projector dead-letters the same record. Loud, not fatal.
-            Err(err) => {
-                metrics::counter!("write_model_undecodable_records_total").increment(1);
-                tracing::error!(%topic, partition, offset, error = %err, "skipping undecodable record while rebuilding the write model");
+        let Some(end) = end_of.get(&(topic.clone(), partition)).copied() else { continue };
+        if offset >= end {
+            continue;
+        }
+        if !lock().covers(&topic, partition, offset) {
+            match decode_record(message.payload().unwrap_or_default()) {
+                Ok(commit) => {
+                    let position = Position { topic: topic.clone(), partition, offset };
+                    let mut model = lock();
+                    // Read in order: nothing between the last offset and this one exists.
+                    model.advance(&topic, partition, offset);
+                    model.record(&commit, position);
+                    applied += 1;
+                }
+                // A record we cannot read cannot be part of any decision; the
+                // projector dead-letters the same record. Loud, not fatal.
+                Err(err) => {
+                    metrics::counter!("write_model_undecodable_records_total").increment(1);
+                    tracing::error!(%topic, partition, offset, error = %err, "skipping undecodable record while reading the write model's log");
+                }
             }
         }
-        let key = (topic, partition);
-        if end_of.get(&key).is_some_and(|end| offset + 1 >= *end) {
-            end_of.remove(&key);
+        if offset + 1 >= end {
+            lock().advance(&topic, partition, end);
+            end_of.remove(&(topic, partition));
         }
     }
     Ok(applied)

@@ -10,6 +10,7 @@ pub mod model;
 pub mod password;
 pub mod rate_groups;
 pub mod service;
+pub mod snapshot;
 pub mod throttle;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use views::keys::RedisKeys;
 use crate::config::Config;
 use crate::event_log::EventLog;
 use crate::service::CommandService;
+use crate::snapshot::{SealKey, SnapshotStore};
 use crate::throttle::{LoginLimits, LoginThrottle};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -77,18 +79,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let server = tokio::spawn(platform::http::serve(listener, http::router(state)));
 
-    // Serve /healthz at once, but commands only once the model is caught up.
+    // Serve /healthz at once, but commands only once the model is caught up:
+    // from the latest snapshot plus each partition's tail, or from offset 0.
     let started = Instant::now();
-    let records = platform::with_retry("rebuilding the write model", || {
-        event_log::rebuild_model(&brokers, &owned_topics, service.model_lock())
+    let snapshots = SnapshotStore::new(&mongo, &config.mongo.database, SealKey::derive(&config.jwt.secret));
+    let from_snapshot = load_snapshot(&snapshots, &owned_topics, &service).await;
+    let records = platform::with_retry("reading the log into the write model", || async {
+        let read = event_log::catch_up(&brokers, &owned_topics, service.model_lock()).await;
+        if let Err(err) = &read
+            && err.is::<event_log::LogBehindModel>()
+        {
+            tracing::warn!(error = %err, "the snapshot is ahead of the log; ignoring it and reading from offset 0");
+            service.replace_model(model::WriteModel::default());
+        }
+        read
     })
     .await?;
     service.mark_ready();
+    let (offset_sum, commits) = {
+        let model = service.model_lock().read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (model.offset_sum(), model.commits_applied())
+    };
     tracing::info!(
         records,
+        from_snapshot_offset_sum = from_snapshot,
+        offset_sum,
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "write model rebuilt from the log; ready"
+        "write model caught up with the log; ready"
     );
+
+    if config.snapshot_every > 0 {
+        let snapshotter = Arc::clone(&service);
+        let every = config.snapshot_every;
+        // A start that read more than `every` records of tail writes one soon.
+        let last = if from_snapshot > 0 { commits.saturating_sub(records) } else { 0 };
+        tokio::spawn(async move { write_snapshots(&snapshotter, &snapshots, every, last).await });
+    }
 
     let resyncer = Arc::clone(&service);
     tokio::spawn(async move { resyncer.resync_on_failure(&brokers, &owned_topics).await });
@@ -102,4 +128,70 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     server.await??;
     Ok(())
+}
+
+/// Puts the latest usable snapshot into the service's model. Returns the
+/// offset sum it covers (0: none, the model starts empty). A snapshot that
+/// cannot be used is ignored with one log line.
+async fn load_snapshot(store: &SnapshotStore, owned_topics: &[String], service: &CommandService) -> i64 {
+    let started = Instant::now();
+    match store.load(owned_topics).await {
+        Ok(loaded) => {
+            let offset_sum = loaded.model.offset_sum();
+            tracing::info!(
+                snapshot = %loaded.snapshot_id,
+                offset_sum,
+                bytes = loaded.bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "write model loaded from snapshot"
+            );
+            service.replace_model(loaded.model);
+            metrics::gauge!("write_model_snapshot_offset").set(offset_sum as f64);
+            offset_sum
+        }
+        Err(snapshot::Unusable::Absent) => {
+            tracing::info!("no write-model snapshot; reading the log from offset 0");
+            0
+        }
+        Err(why) => {
+            tracing::warn!(reason = %why, "ignoring the write-model snapshot; reading the log from offset 0");
+            0
+        }
+    }
+}
+
+/// Writes a snapshot whenever `every` records were applied since the last
+/// one. The model is cloned under its read lock (commands wait only for the
+/// clone); serialising and storing run on the copy.
+async fn write_snapshots(service: &CommandService, store: &SnapshotStore, every: u64, mut last: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !service.is_ready() {
+            continue;
+        }
+        let applied = service.model_lock().read().unwrap_or_else(std::sync::PoisonError::into_inner).commits_applied();
+        if applied.saturating_sub(last) < every {
+            continue;
+        }
+        let cloning = Instant::now();
+        let copy = service.model_copy();
+        let clone_ms = cloning.elapsed().as_millis() as u64;
+        let offset_sum = copy.offset_sum();
+        match store.save(copy).await {
+            Ok(_) => {
+                last = applied;
+                metrics::gauge!("write_model_snapshot_offset").set(offset_sum as f64);
+                tracing::debug!(clone_ms, "model cloned for the snapshot");
+            }
+            Err(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "writing a write-model snapshot failed; trying again in a minute"
+                );
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! rebuilt from Kafka at start (docs/design.md §2) and updated only after the
 //! broker acknowledged an append.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use events::connection::{ConnectionEvent, RequestStatus};
@@ -19,7 +19,7 @@ use crate::domain::user::{User, UserState};
 use crate::domain::{Aggregate, Recorded};
 
 /// Where a record landed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     pub topic: String,
     pub partition: i32,
@@ -28,39 +28,96 @@ pub struct Position {
 
 /// A successful command as recorded in the log, kept to answer a retry that
 /// carries the same `Idempotency-Key` (docs/design.md §6).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IdempotentCommit {
     pub fingerprint: Option<String>,
+    /// Kept in a snapshot as the record the log holds (the events crate's
+    /// codec), so a snapshot reads back through the same upcasts.
+    #[serde(with = "as_record")]
     pub commit: Vec<Envelope>,
     pub position: Position,
 }
 
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
 
-#[derive(Debug, Default)]
+/// What the model holds of one partition: every offset below `next`, and
+/// the offsets in `ahead` (acknowledged appends that landed after one whose
+/// outcome is not known yet: a gap until the log is read again).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionMark {
+    pub next: i64,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub ahead: BTreeSet<i64>,
+}
+
+impl PartitionMark {
+    fn covers(&self, offset: i64) -> bool {
+        offset < self.next || self.ahead.contains(&offset)
+    }
+
+    fn mark(&mut self, offset: i64) {
+        if offset == self.next {
+            self.next += 1;
+            while self.ahead.remove(&self.next) {
+                self.next += 1;
+            }
+        } else if offset > self.next {
+            self.ahead.insert(offset);
+        }
+    }
+
+    /// Every offset below `to` is known to be held or not to exist.
+    fn advance(&mut self, to: i64) {
+        if to > self.next {
+            self.next = to;
+            self.ahead.retain(|o| *o >= to);
+            while self.ahead.remove(&self.next) {
+                self.next += 1;
+            }
+        }
+    }
+}
+
+/// The write model. A snapshot (`crate::snapshot`) is this, serialised: the
+/// state and the log positions it covers travel together.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WriteModel {
+    #[serde(with = "as_pairs")]
     users: HashMap<Uuid, UserState>,
+    #[serde(with = "as_pairs")]
     emails: HashMap<String, Uuid>,
     /// (acting user, key) → the commit that key produced.
+    #[serde(with = "as_pairs")]
     idempotency: HashMap<(Uuid, String), IdempotentCommit>,
     /// Pair key → the one request between those two users.
+    #[serde(with = "as_pairs")]
     connections: HashMap<String, ConnectionState>,
     /// Request id → pair key.
+    #[serde(with = "as_pairs")]
     requests: HashMap<Uuid, String>,
     /// (sender, UTC day) → requests sent that day: the sender's daily
     /// counter, derived from the connection events.
+    #[serde(with = "as_pairs")]
     sent_per_day: HashMap<(Uuid, NaiveDate), u32>,
     /// Every message (who may mark it read, and whether they have).
+    #[serde(with = "as_pairs")]
     messages: HashMap<Uuid, MessageState>,
     /// Pair key → the conversation aggregate's version.
+    #[serde(with = "as_pairs")]
     conversation_versions: HashMap<String, u64>,
     /// User id → the presence aggregate's version.
+    #[serde(with = "as_pairs")]
     presence_versions: HashMap<String, u64>,
     /// Notification id (the id of the event that notified) → owner, read.
+    #[serde(with = "as_pairs")]
     notifications: HashMap<Uuid, NotificationState>,
     /// User id → the notification aggregate's version.
+    #[serde(with = "as_pairs")]
     notification_versions: HashMap<String, u64>,
     commits_applied: u64,
+    /// (topic, partition) → what of it the model holds.
+    #[serde(with = "as_pairs")]
+    positions: BTreeMap<(String, i32), PartitionMark>,
 }
 
 impl WriteModel {
@@ -118,6 +175,38 @@ impl WriteModel {
 
     pub fn commits_applied(&self) -> u64 {
         self.commits_applied
+    }
+
+    /// Messages remembered (for the memory figures of the start benchmark).
+    pub fn message_count(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// The first offset of `topic`/`partition` the model has not
+    /// necessarily seen: where reading the log resumes.
+    pub fn next_offset(&self, topic: &str, partition: i32) -> i64 {
+        self.positions.get(&(topic.to_owned(), partition)).map_or(0, |m| m.next)
+    }
+
+    /// True when the record at this position is already folded in.
+    pub fn covers(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.positions.get(&(topic.to_owned(), partition)).is_some_and(|m| m.covers(offset))
+    }
+
+    /// Records that every offset of the partition below `to` is folded in or
+    /// does not exist (the log was read up to there in order).
+    pub fn advance(&mut self, topic: &str, partition: i32, to: i64) {
+        self.positions.entry((topic.to_owned(), partition)).or_default().advance(to);
+    }
+
+    /// The partitions the model has positions for, with their next offset.
+    pub fn positions(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.positions.iter().map(|((topic, partition), mark)| (topic.as_str(), *partition, mark.next))
+    }
+
+    /// The sum of the next offsets: how many records the model covers.
+    pub fn offset_sum(&self) -> i64 {
+        self.positions.values().map(|m| m.next).sum()
     }
 
     /// The earlier commit of this caller with this key, if still in the window.
@@ -196,10 +285,11 @@ impl WriteModel {
             self.idempotency.entry((actor, key)).or_insert_with(|| IdempotentCommit {
                 fingerprint: first.metadata.request_fingerprint.clone(),
                 commit: commit.to_vec(),
-                position,
+                position: position.clone(),
             });
         }
         self.commits_applied += 1;
+        self.positions.entry((position.topic, position.partition)).or_default().mark(position.offset);
     }
 
     /// Drops idempotency records older than the window.
@@ -207,5 +297,122 @@ impl WriteModel {
         let yesterday = now.date_naive() - Duration::days(1);
         self.sent_per_day.retain(|(_, day), _| *day >= yesterday);
         self.idempotency.retain(|_, c| c.commit.first().is_some_and(|e| now - e.occurred_at < IDEMPOTENCY_WINDOW));
+    }
+}
+
+/// A map as a sequence of pairs: JSON maps take only string keys, and some
+/// of the model's keys are tuples.
+mod as_pairs {
+    use std::collections::{BTreeMap, HashMap};
+    use std::hash::Hash;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub trait PairMap<K, V>: FromIterator<(K, V)> {
+        fn pairs<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a V)>
+        where
+            K: 'a,
+            V: 'a;
+    }
+
+    impl<K: Eq + Hash, V> PairMap<K, V> for HashMap<K, V> {
+        fn pairs<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a V)>
+        where
+            K: 'a,
+            V: 'a,
+        {
+            self.iter()
+        }
+    }
+
+    impl<K: Ord, V> PairMap<K, V> for BTreeMap<K, V> {
+        fn pairs<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a V)>
+        where
+            K: 'a,
+            V: 'a,
+        {
+            self.iter()
+        }
+    }
+
+    pub fn serialize<M, K, V, S>(map: &M, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        M: PairMap<K, V>,
+        K: Serialize,
+        V: Serialize,
+        S: Serializer,
+    {
+        serializer.collect_seq(map.pairs())
+    }
+
+    pub fn deserialize<'de, M, K, V, D>(deserializer: D) -> Result<M, D::Error>
+    where
+        M: PairMap<K, V>,
+        K: Deserialize<'de>,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        struct Pairs<M, K, V>(std::marker::PhantomData<(M, K, V)>);
+        impl<'de, M: FromIterator<(K, V)>, K: Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de>
+            for Pairs<M, K, V>
+        {
+            type Value = M;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of [key, value] pairs")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<M, A::Error> {
+                let mut error = None;
+                let map = std::iter::from_fn(|| match seq.next_element::<(K, V)>() {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        error = Some(e);
+                        None
+                    }
+                })
+                .collect();
+                error.map_or(Ok(map), Err)
+            }
+        }
+        deserializer.deserialize_seq(Pairs(std::marker::PhantomData))
+    }
+}
+
+/// A commit as the log's record bytes (a JSON array of envelopes).
+mod as_record {
+    use events::Envelope;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(commit: &[Envelope], serializer: S) -> Result<S::Ok, S::Error> {
+        let bytes = events::encode_record(commit);
+        serializer.serialize_str(std::str::from_utf8(&bytes).map_err(serde::ser::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Envelope>, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        events::decode_record(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PartitionMark;
+
+    #[test]
+    fn a_mark_holds_offsets_acknowledged_past_a_gap_until_the_gap_is_read() {
+        let mut mark = PartitionMark::default();
+        mark.mark(0);
+        mark.mark(2); // 1 failed (and may have landed); 2 was acknowledged
+        assert_eq!(mark.next, 1);
+        assert!(mark.covers(0) && !mark.covers(1) && mark.covers(2) && !mark.covers(3));
+        mark.mark(3);
+        // Reading the log from 1: offset 1 exists and is folded in; 2 and 3
+        // are skipped (covered); the read ends at the high watermark.
+        mark.advance(1);
+        mark.mark(1);
+        assert_eq!(mark, PartitionMark { next: 4, ahead: Default::default() });
+        mark.advance(6);
+        assert_eq!(mark.next, 6);
+        mark.mark(3); // an old position changes nothing
+        assert_eq!(mark, PartitionMark { next: 6, ahead: Default::default() });
     }
 }

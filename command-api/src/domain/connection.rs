@@ -38,7 +38,7 @@ impl Aggregate for Connection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionState {
     pub request_id: Uuid,
     pub from: Uuid,

@@ -70,7 +70,7 @@ impl Aggregate for Message {
 const TEXT_MAX_CHARS: usize = 2000;
 
 /// What the write model remembers of one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MessageState {
     pub pair: String,
     pub from: Uuid,

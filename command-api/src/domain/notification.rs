@@ -42,7 +42,7 @@ impl Aggregate for Notification {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NotificationState {
     pub owner: Uuid,
     pub read: bool,

@@ -48,7 +48,7 @@ impl Aggregate for User {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub started_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -63,7 +63,7 @@ impl Session {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserState {
     pub user_id: Uuid,
     pub email: String,

@@ -320,27 +320,49 @@ impl CommandService {
         redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok()
     }
 
-    /// Waits for a failed append, then rebuilds the write model from the log
-    /// while holding every command lock, and serves again. Runs forever.
+    /// A copy of the model as it stands, for a snapshot: the read lock is
+    /// held only while it is cloned.
+    pub fn model_copy(&self) -> WriteModel {
+        self.read().clone()
+    }
+
+    /// Replaces the model (with one read from a snapshot, before start).
+    pub fn replace_model(&self, model: WriteModel) {
+        *self.write() = model;
+    }
+
+    /// Waits for a failed append, then brings the write model level with the
+    /// log while holding every command lock, and serves again. Runs forever.
+    ///
+    /// Only the tail after the model's positions is read: every record the
+    /// model holds was acknowledged and folded in, and the failed append, if
+    /// it landed, is after the positions of every partition (acknowledged
+    /// records past it are skipped, not folded twice: see
+    /// `model::PartitionMark`). Every lock stays held, because until the read
+    /// is done no decision may use the model; the read is of the few records
+    /// since the failure, so this is brief. A log that holds less than the
+    /// model (a broker that lost data) is read again from offset 0.
     pub async fn resync_on_failure(&self, brokers: &str, topics: &[String]) {
         loop {
             self.resync_needed.notified().await;
             let _all = self.locks.lock_all().await;
-            tracing::warn!("an append failed; re-reading the write model from the log before serving commands");
+            tracing::warn!("an append failed; reading the log's tail into the write model before serving commands");
             loop {
                 if let Err(err) = self.log.renew_producer() {
                     tracing::warn!(error = %err, "renewing the producer failed");
                 }
-                let fresh = RwLock::new(WriteModel::default());
-                match crate::event_log::rebuild_model(brokers, topics, &fresh).await {
+                match crate::event_log::catch_up(brokers, topics, &self.model).await {
                     Ok(records) => {
-                        *self.write() = fresh.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
                         metrics::counter!("write_model_resyncs_total").increment(1);
-                        tracing::info!(records, "write model re-read from the log; serving commands again");
+                        tracing::info!(records, "write model level with the log; serving commands again");
                         break;
                     }
+                    Err(err) if err.is::<crate::event_log::LogBehindModel>() => {
+                        tracing::error!(error = %err, "the log holds less than the write model; reading it from offset 0");
+                        *self.write() = WriteModel::default();
+                    }
                     Err(err) => {
-                        tracing::warn!(error = format!("{err:#}"), "re-reading the log failed; retrying");
+                        tracing::warn!(error = format!("{err:#}"), "reading the log failed; retrying");
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
                 }
