@@ -305,14 +305,14 @@ impl ViewStore {
     /// record: the transaction checks that the stored checkpoint has reached
     /// it (else `StoreError::Gap`), so a batch never lands on views that
     /// lost what came before it. Empty: no check.
-    pub async fn apply(
+    pub async fn write(
         &self,
         plan: &Plan,
         stale: &[String],
         starts: &BTreeMap<(String, i32), i64>,
     ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        self.apply_mongo(plan, stale, starts).await?;
+        self.write_views(plan, stale, starts).await?;
         metrics::histogram!("projector_mongo_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(mongo_ms = started.elapsed().as_millis() as u64, "batch stored");
         Ok(())
@@ -385,7 +385,7 @@ impl ViewStore {
         Ok(keys.len())
     }
 
-    async fn apply_mongo(
+    async fn write_views(
         &self,
         plan: &Plan,
         stale: &[String],

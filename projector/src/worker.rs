@@ -409,7 +409,7 @@ impl Worker {
             starts.remove(partition);
         }
         let records: Vec<Record> = decoded.iter().map(|(_, r)| r.clone()).collect();
-        let events = match self.apply(&records, checkpoints.clone(), &starts, stops).await? {
+        let events = match self.plan_and_write(&records, checkpoints.clone(), &starts, stops).await? {
             Outcome::Applied(plan) => plan.events,
             Outcome::Interrupted(ended) => return Ok(Some(ended)),
             Outcome::Gap(gaps) => return Ok(self.rewind_batch(&starts, &gaps)),
@@ -420,7 +420,7 @@ impl Worker {
                     let single = std::slice::from_ref(record);
                     // No gap check one by one: a dead-lettered record before
                     // this one has not moved the checkpoint yet.
-                    match self.apply(single, checkpoints_past(&[message]), &BTreeMap::new(), stops).await? {
+                    match self.plan_and_write(single, checkpoints_past(&[message]), &BTreeMap::new(), stops).await? {
                         Outcome::Applied(plan) => events += plan.events,
                         Outcome::Interrupted(ended) => return Ok(Some(ended)),
                         Outcome::Gap(_) => unreachable_gap(),
@@ -432,7 +432,7 @@ impl Worker {
                 }
                 // Only the checkpoints now: the poison is dead-lettered.
                 let moved = Plan { checkpoints: checkpoints.clone(), ..Plan::default() };
-                if let Some(ended) = self.apply_unbounded(&moved, stops).await {
+                if let Some(ended) = self.write_until_landed(&moved, stops).await {
                     return Ok(Some(ended));
                 }
                 events
@@ -500,13 +500,13 @@ impl Worker {
         })
     }
 
-    /// Plans and applies `records`, retrying. Each attempt re-reads what
+    /// Plans `records` and writes the plan, retrying. Each attempt re-reads what
     /// the plan depends on (`ViewStore::prior`: processed-id keys, stored
     /// checkpoints, presence) and plans afresh: an attempt may fail because
     /// another projector (mid-rebalance) applied some of these records
     /// meanwhile (a duplicate key, or `StoreError::Moved`), and the next
     /// must skip them.
-    async fn apply(
+    async fn plan_and_write(
         &self,
         records: &[Record],
         checkpoints: BTreeMap<(String, i32), i64>,
@@ -564,11 +564,11 @@ impl Worker {
     /// recorded as stale and dropped once Redis is back, and the views go on.
     async fn store_plan(&self, plan: &Plan, starts: &BTreeMap<(String, i32), i64>) -> Result<(), StoreError> {
         if !self.store.refreshes_caches() {
-            return self.store.apply(plan, &[], starts).await;
+            return self.store.write(plan, &[], starts).await;
         }
         let degraded = self.caches_degraded.load(Ordering::Relaxed);
         let keys = self.store.cache_keys(plan);
-        self.store.apply(plan, if degraded { &keys } else { &[] }, starts).await?;
+        self.store.write(plan, if degraded { &keys } else { &[] }, starts).await?;
         if degraded {
             return Ok(());
         }
@@ -589,8 +589,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Applies a plan that cannot be poison (checkpoints only), until it lands.
-    async fn apply_unbounded(&self, plan: &Plan, stops: &mut Stops) -> Option<Ended> {
+    /// Writes a plan that cannot be poison (checkpoints only), until it lands.
+    async fn write_until_landed(&self, plan: &Plan, stops: &mut Stops) -> Option<Ended> {
         let mut backoff = Backoff::new();
         while let Err(err) = self.store_plan(plan, &BTreeMap::new()).await {
             tracing::warn!(error = %err, "moving the checkpoints failed; retrying");
