@@ -17,7 +17,7 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
-use views::{ConsistencyToken, UserDoc};
+use views::{ConsistencyToken, MessageItem, NotificationItem, PresenceView, UserDoc};
 
 use crate::cursor::{Cursor, List};
 use crate::reader::{Freshness, ReadError, ViewReader, ViewSource};
@@ -434,18 +434,6 @@ pub async fn requests_received(
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MessageItem {
-    pub message_id: String,
-    pub from_user_id: String,
-    pub to_user_id: String,
-    pub text: String,
-    pub sent_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-    pub read_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
 pub struct MessagePage {
     pub items: Vec<MessageItem>,
     /// Pass as `before` for the next (older) page; null at the end.
@@ -492,28 +480,8 @@ pub async fn history(
     let messages = reader.history(&pair, before.as_deref(), limit as usize, freshness).await?;
     let next_before =
         (messages.len() == limit as usize).then(|| messages.last().map(|m| m.message_id.clone())).flatten();
-    let items = messages
-        .into_iter()
-        .map(|m| MessageItem {
-            message_id: m.message_id,
-            from_user_id: m.from_user_id,
-            to_user_id: m.to_user_id,
-            text: m.text,
-            sent_at: m.sent_at,
-            delivered_at: m.delivered_at,
-            read_at: m.read_at,
-        })
-        .collect();
+    let items = messages.into_iter().map(MessageItem::from).collect();
     Ok(Json(MessagePage { items, next_before }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PresenceView {
-    pub user_id: String,
-    pub online: bool,
-    /// The last heartbeat or going offline; null if never seen.
-    pub last_seen: Option<DateTime<Utc>>,
 }
 
 #[utoipa::path(get, path = "/v1/presence/{userId}", tag = "presence", security(("bearer" = [])),
@@ -536,20 +504,6 @@ pub async fn presence(
         None => return Err(ApiError::NotFound { code: "user_not_found", message: "no such user".into() }),
     };
     Ok(Json(view))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NotificationItem {
-    pub notification_id: String,
-    /// connection_request, request_accepted or message.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub from_user_id: String,
-    pub request_id: Option<String>,
-    pub message_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub read_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -584,18 +538,7 @@ pub async fn notifications(
         }
     };
     let (docs, unread_count) = reader.notifications(&claims.sub.to_string(), unread_only, 50).await?;
-    let items = docs
-        .into_iter()
-        .map(|n| NotificationItem {
-            notification_id: n.notification_id,
-            kind: n.kind,
-            from_user_id: n.from_user_id,
-            request_id: n.request_id,
-            message_id: n.message_id,
-            created_at: n.created_at,
-            read_at: n.read_at,
-        })
-        .collect();
+    let items = docs.into_iter().map(NotificationItem::from).collect();
     Ok(Json(NotificationList { items, unread_count }))
 }
 
