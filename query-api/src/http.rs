@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use events::user::Gender;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::{Claims, JwtKeys};
-use platform::http::{BearerAuth, ErrorResponse, StandardResponses, error_response};
+use platform::http::{BearerAuth, ErrorCode, ErrorResponse, StandardResponses, error_response};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
@@ -51,9 +51,9 @@ pub enum ApiError {
     #[error("missing, invalid, expired or revoked token")]
     Unauthenticated,
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     #[error("{message}")]
-    NotFound { code: &'static str, message: String },
+    NotFound { code: ErrorCode, message: String },
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error("the live stream is unavailable; retry shortly")]
@@ -68,26 +68,28 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
         match self {
-            ApiError::Unauthenticated => error_response(StatusCode::UNAUTHORIZED, "invalid_token", &message, None),
+            ApiError::Unauthenticated => {
+                error_response(StatusCode::UNAUTHORIZED, ErrorCode::InvalidToken, &message, None)
+            }
             ApiError::BadRequest { code, .. } => error_response(StatusCode::BAD_REQUEST, code, &message, None),
             ApiError::NotFound { code, .. } => error_response(StatusCode::NOT_FOUND, code, &message, None),
             ApiError::RevocationsUnknown => {
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", &message, Some(1))
+                error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::DependencyUnavailable, &message, Some(1))
             }
             ApiError::StreamUnavailable => {
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", &message, Some(1))
+                error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::DependencyUnavailable, &message, Some(1))
             }
             ApiError::TooManyStreams(_) => {
-                error_response(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", &message, Some(5))
+                error_response(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyStreams, &message, Some(5))
             }
             ApiError::Read(ReadError::ConsistencyTimeout(_)) => {
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "consistency_timeout", &message, Some(1))
+                error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ConsistencyTimeout, &message, Some(1))
             }
             ApiError::Read(ReadError::Mongo(err)) => {
                 tracing::warn!(error = %err, "mongodb unavailable");
                 error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "dependency_unavailable",
+                    ErrorCode::DependencyUnavailable,
                     "mongodb is unavailable; retry shortly",
                     Some(1),
                 )
@@ -142,7 +144,7 @@ impl FromRequestParts<AppState> for Consistency {
         };
         let token = value.to_str().ok().and_then(|v| ConsistencyToken::decode(v, &state.consistency).ok()).ok_or_else(
             || ApiError::BadRequest {
-                code: "consistency_token_invalid",
+                code: ErrorCode::ConsistencyTokenInvalid,
                 message: "X-Consistency-Token is not a token this service issued".into(),
             },
         )?;
@@ -201,7 +203,7 @@ pub async fn own_profile(
     Consistency(freshness): Consistency,
 ) -> Result<Json<OwnProfile>, ApiError> {
     let user = reader.user(&claims.sub.to_string(), freshness).await?.ok_or_else(|| ApiError::NotFound {
-        code: "user_not_found",
+        code: ErrorCode::UserNotFound,
         message: "your profile is not in the views yet; send X-Consistency-Token to wait for it".into(),
     })?;
     Ok(Json(OwnProfile {
@@ -222,12 +224,14 @@ pub async fn public_profile(
     Consistency(freshness): Consistency,
     Path(user_id): Path<String>,
 ) -> Result<Json<PublicProfile>, ApiError> {
-    let user_id = Uuid::parse_str(&user_id)
-        .map_err(|_| ApiError::BadRequest { code: "user_id_invalid", message: "userId must be a UUID".into() })?;
+    let user_id = Uuid::parse_str(&user_id).map_err(|_| ApiError::BadRequest {
+        code: ErrorCode::UserIdInvalid,
+        message: "userId must be a UUID".into(),
+    })?;
     let user = reader
         .user(&user_id.to_string(), freshness)
         .await?
-        .ok_or_else(|| ApiError::NotFound { code: "user_not_found", message: "no such user".into() })?;
+        .ok_or_else(|| ApiError::NotFound { code: ErrorCode::UserNotFound, message: "no such user".into() })?;
     Ok(Json(PublicProfile::from(&user)))
 }
 
@@ -250,7 +254,7 @@ const MAX_FEED_LIMIT: u64 = 50;
 /// 50 000 000 profiles deep at the largest limit.
 const MAX_FEED_PAGE: u64 = 1_000_000;
 
-fn positive(raw: Option<&str>, default: u64, code: &'static str, what: &str) -> Result<u64, ApiError> {
+fn positive(raw: Option<&str>, default: u64, code: ErrorCode, what: &str) -> Result<u64, ApiError> {
     match raw {
         None => Ok(default),
         Some(s) => s.trim().parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| ApiError::BadRequest {
@@ -268,19 +272,19 @@ pub async fn feed(
     _consistency: Consistency,
     Query(params): Query<FeedParams>,
 ) -> Result<Json<FeedPage>, ApiError> {
-    let page = positive(params.page.as_deref(), 1, "page_invalid", "page")?;
-    let limit = positive(params.limit.as_deref(), 10, "limit_invalid", "limit")?;
+    let page = positive(params.page.as_deref(), 1, ErrorCode::PageInvalid, "page")?;
+    let limit = positive(params.limit.as_deref(), 10, ErrorCode::LimitInvalid, "limit")?;
     if page > MAX_FEED_PAGE {
         // Far beyond any directory, and its offset would overflow the
         // stores' skip: a client's mistake, not an outage.
         return Err(ApiError::BadRequest {
-            code: "page_too_large",
+            code: ErrorCode::PageTooLarge,
             message: format!("page must be at most {MAX_FEED_PAGE}"),
         });
     }
     if limit > MAX_FEED_LIMIT {
         return Err(ApiError::BadRequest {
-            code: "limit_too_large",
+            code: ErrorCode::LimitTooLarge,
             message: format!("limit must be at most {MAX_FEED_LIMIT}"),
         });
     }
@@ -305,17 +309,17 @@ const MAX_LIST_LIMIT: u64 = 100;
 
 /// A checked `limit` and `before` of `list`.
 fn list_paging(params: &ListParams, list: List) -> Result<(usize, Option<Cursor>), ApiError> {
-    let limit = positive(params.limit.as_deref(), DEFAULT_LIST_LIMIT, "limit_invalid", "limit")?;
+    let limit = positive(params.limit.as_deref(), DEFAULT_LIST_LIMIT, ErrorCode::LimitInvalid, "limit")?;
     if limit > MAX_LIST_LIMIT {
         return Err(ApiError::BadRequest {
-            code: "limit_too_large",
+            code: ErrorCode::LimitTooLarge,
             message: format!("limit must be at most {MAX_LIST_LIMIT}"),
         });
     }
     let before = match params.before.as_deref() {
         None => None,
         Some(raw) => Some(Cursor::decode(raw.trim(), list).map_err(|_| ApiError::BadRequest {
-            code: "cursor_invalid",
+            code: ErrorCode::CursorInvalid,
             message: "before must be a nextBefore this list returned".into(),
         })?),
     };
@@ -459,19 +463,21 @@ pub async fn history(
     Path(other): Path<String>,
     Query(params): Query<HistoryParams>,
 ) -> Result<Json<MessagePage>, ApiError> {
-    let other = Uuid::parse_str(&other)
-        .map_err(|_| ApiError::BadRequest { code: "user_id_invalid", message: "otherUserId must be a UUID".into() })?;
+    let other = Uuid::parse_str(&other).map_err(|_| ApiError::BadRequest {
+        code: ErrorCode::UserIdInvalid,
+        message: "otherUserId must be a UUID".into(),
+    })?;
     let before = match params.before.as_deref() {
         None => None,
         Some(b) => Some(Uuid::parse_str(b).map_err(|_| ApiError::BadRequest {
-            code: "before_invalid",
+            code: ErrorCode::BeforeInvalid,
             message: "before must be a messageId".into(),
         })?),
     };
-    let limit = positive(params.limit.as_deref(), DEFAULT_LIST_LIMIT, "limit_invalid", "limit")?;
+    let limit = positive(params.limit.as_deref(), DEFAULT_LIST_LIMIT, ErrorCode::LimitInvalid, "limit")?;
     if limit > MAX_LIST_LIMIT {
         return Err(ApiError::BadRequest {
-            code: "limit_too_large",
+            code: ErrorCode::LimitTooLarge,
             message: format!("limit must be at most {MAX_LIST_LIMIT}"),
         });
     }
@@ -494,14 +500,14 @@ pub async fn presence(
     Path(user_id): Path<String>,
 ) -> Result<Json<PresenceView>, ApiError> {
     let user_id = Uuid::parse_str(&user_id)
-        .map_err(|_| ApiError::BadRequest { code: "user_id_invalid", message: "userId must be a UUID".into() })?
+        .map_err(|_| ApiError::BadRequest { code: ErrorCode::UserIdInvalid, message: "userId must be a UUID".into() })?
         .to_string();
     let view = match reader.presence(&user_id, freshness).await? {
         Some(p) => PresenceView { user_id, online: p.online_until > Utc::now(), last_seen: Some(p.last_seen) },
         None if reader.user(&user_id, freshness).await?.is_some() => {
             PresenceView { user_id, online: false, last_seen: None }
         }
-        None => return Err(ApiError::NotFound { code: "user_not_found", message: "no such user".into() }),
+        None => return Err(ApiError::NotFound { code: ErrorCode::UserNotFound, message: "no such user".into() }),
     };
     Ok(Json(view))
 }
@@ -532,7 +538,7 @@ pub async fn notifications(
         Some("true") => true,
         Some(_) => {
             return Err(ApiError::BadRequest {
-                code: "unread_invalid",
+                code: ErrorCode::UnreadInvalid,
                 message: "unread must be true or false".into(),
             });
         }
@@ -578,18 +584,21 @@ pub async fn daily_stats(
 ) -> Result<Json<DailyStats>, ApiError> {
     let day = |raw: Option<&str>, what: &str| {
         raw.and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).ok_or_else(|| ApiError::BadRequest {
-            code: "date_invalid",
+            code: ErrorCode::DateInvalid,
             message: format!("{what} must be a date, YYYY-MM-DD"),
         })
     };
     let (from, to) = (day(params.from.as_deref(), "from")?, day(params.to.as_deref(), "to")?);
     let span = (to - from).num_days();
     if span < 0 {
-        return Err(ApiError::BadRequest { code: "date_range_invalid", message: "from must not be after to".into() });
+        return Err(ApiError::BadRequest {
+            code: ErrorCode::DateRangeInvalid,
+            message: "from must not be after to".into(),
+        });
     }
     if span >= MAX_STATS_DAYS {
         return Err(ApiError::BadRequest {
-            code: "date_range_too_long",
+            code: ErrorCode::DateRangeTooLong,
             message: format!("at most {MAX_STATS_DAYS} days at a time"),
         });
     }
@@ -650,7 +659,7 @@ pub async fn stream(
     let resume = match headers.get("last-event-id").map(|v| v.to_str().unwrap_or_default().trim().to_owned()) {
         None => None,
         Some(id) => Some(parse_stream_id(&id).ok_or_else(|| ApiError::BadRequest {
-            code: "last_event_id_invalid",
+            code: ErrorCode::LastEventIdInvalid,
             message: "Last-Event-ID is not an id this stream sent".into(),
         })?),
     };
@@ -745,7 +754,7 @@ mod tests {
 
     fn code(result: Result<(usize, Option<Cursor>), ApiError>) -> &'static str {
         match result {
-            Err(ApiError::BadRequest { code, .. }) => code,
+            Err(ApiError::BadRequest { code, .. }) => code.as_str(),
             other => panic!("not a 400: {other:?}"),
         }
     }
