@@ -328,15 +328,7 @@ fn apply_counted(
         *per_day.entry(day).or_default().entry(field).or_insert(0) += 1;
     }
     if let Event::Message(MessageEvent::Sent(m)) = &envelope.event {
-        let item = MessageItem {
-            message_id: m.message_id.to_string(),
-            from_user_id: m.from_user_id.to_string(),
-            to_user_id: m.to_user_id.to_string(),
-            text: m.text.clone(),
-            sent_at: envelope.occurred_at,
-            delivered_at: None,
-            read_at: None,
-        };
+        let item = MessageItem::just_sent(m, envelope.occurred_at);
         plan.stream.push((m.from_user_id.to_string(), LiveUpdate::Message(item.clone())));
         plan.stream.push((m.to_user_id.to_string(), LiveUpdate::Message(item)));
     }

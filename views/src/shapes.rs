@@ -59,6 +59,22 @@ pub struct MessageItem {
     pub read_at: Option<DateTime<Utc>>,
 }
 
+impl MessageItem {
+    /// A message as its `message.sent` event says: neither delivered nor
+    /// read yet.
+    pub fn just_sent(sent: &events::message::MessageSent, at: DateTime<Utc>) -> Self {
+        Self {
+            message_id: sent.message_id.to_string(),
+            from_user_id: sent.from_user_id.to_string(),
+            to_user_id: sent.to_user_id.to_string(),
+            text: sent.text.clone(),
+            sent_at: at,
+            delivered_at: None,
+            read_at: None,
+        }
+    }
+}
+
 impl From<MessageDoc> for MessageItem {
     fn from(m: MessageDoc) -> Self {
         Self {
