@@ -14,6 +14,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use tracing::Instrument;
 
+pub use crate::error_code::ErrorCode;
+
 /// Request bodies above this get 413 (docs/api.md).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
@@ -33,13 +35,13 @@ struct ErrorEnvelope<'a> {
 
 #[derive(Debug, Serialize)]
 struct ErrorDetail<'a> {
-    code: &'a str,
+    code: ErrorCode,
     message: &'a str,
 }
 
 /// `{"error": {"code": …, "message": …}}` with the given status, and a
 /// `Retry-After` header when `retry_after_secs` is set.
-pub fn error_response(status: StatusCode, code: &str, message: &str, retry_after_secs: Option<u64>) -> Response {
+pub fn error_response(status: StatusCode, code: ErrorCode, message: &str, retry_after_secs: Option<u64>) -> Response {
     let mut response = (status, Json(ErrorEnvelope { error: ErrorDetail { code, message } })).into_response();
     if let Some(secs) = retry_after_secs {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -51,7 +53,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str, retry_after
 #[derive(Debug)]
 pub struct BodyRejection {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -64,16 +66,18 @@ impl IntoResponse for BodyRejection {
 impl From<JsonRejection> for BodyRejection {
     fn from(rejection: JsonRejection) -> Self {
         let (status, code) = match &rejection {
-            JsonRejection::JsonDataError(_) => (StatusCode::BAD_REQUEST, "invalid_field_type"),
-            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            JsonRejection::MissingJsonContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            JsonRejection::JsonDataError(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidFieldType),
+            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, ErrorCode::MalformedJson),
+            JsonRejection::MissingJsonContentType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType)
             }
-            _ => (StatusCode::BAD_REQUEST, "unreadable_body"),
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
+            }
+            _ => (StatusCode::BAD_REQUEST, ErrorCode::UnreadableBody),
         };
         let message = match code {
-            "payload_too_large" => format!("request body is larger than {} KiB", BODY_LIMIT_BYTES / 1024),
+            ErrorCode::PayloadTooLarge => format!("request body is larger than {} KiB", BODY_LIMIT_BYTES / 1024),
             _ => rejection.body_text(),
         };
         Self { status, code, message }
@@ -171,15 +175,20 @@ pub fn readiness_response(checks: &[(&str, bool)]) -> Response {
 }
 
 async fn route_not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, "route_not_found", "no such route", None)
+    error_response(StatusCode::NOT_FOUND, ErrorCode::RouteNotFound, "no such route", None)
 }
 
 async fn method_not_allowed() -> Response {
-    error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route", None)
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+        None,
+    )
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error", None)
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::InternalError, "internal error", None)
 }
 
 /// Requests being handled at once; past it, a new one is answered 503
@@ -199,13 +208,18 @@ impl InFlight {
 async fn admit(State(in_flight): State<InFlight>, req: Request, next: Next) -> Response {
     let Ok(_permit) = in_flight.0.clone().try_acquire_owned() else {
         metrics::counter!("http_requests_shed_total").increment(1);
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight", Some(1));
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Overloaded,
+            "too many requests in flight",
+            Some(1),
+        );
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(response) => response,
         Err(_) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "request_timeout",
+            ErrorCode::RequestTimeout,
             "the request took too long to answer; nothing was half-written, retry shortly",
             Some(1),
         ),

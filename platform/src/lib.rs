@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod error_code;
 pub mod http;
 pub mod kafka;
 pub mod mongo;

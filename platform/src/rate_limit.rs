@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use redis::aio::ConnectionManager;
 
 use crate::auth::JwtKeys;
-use crate::http::error_response;
+use crate::http::{ErrorCode, error_response};
 
 /// At most `limit` requests per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +267,8 @@ pub async fn enforce(State(state): State<RateLimitState>, request: Request, next
             metrics::counter!("rate_limited_total", "group" => group.name).increment(1);
             let message = format!("too many {} requests; retry later", group.name);
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            error_response(StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message, Some(seconds)).into_response()
+            error_response(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, &message, Some(seconds))
+                .into_response()
         }
     }
 }

@@ -16,7 +16,10 @@ use events::presence::PresenceEvent;
 use events::user::{Profile, UserEvent};
 use events::{Envelope, Event};
 use mongodb::bson::{Bson, Document, doc};
-use views::{ConnectionDoc, ConnectionRequestDoc, MessageDoc, PresenceDoc, SessionDoc, UserDoc, collections};
+use views::{
+    ConnectionDoc, ConnectionRequestDoc, LiveUpdate, MessageDoc, MessageItem, NotificationItem, PresenceDoc,
+    PresenceView, SessionDoc, UserDoc, collections,
+};
 
 /// One Kafka record, decoded.
 #[derive(Debug, Clone)]
@@ -61,12 +64,12 @@ pub struct Plan {
     /// transaction (a concurrent duplicate aborts it, and the retry skips).
     pub processed: Vec<uuid::Uuid>,
     /// Live updates for users' streams, from events new in this batch:
-    /// (recipient, kind, JSON). Presence changes are resolved to the
-    /// user's connections by the store.
-    pub stream: Vec<(String, &'static str, serde_json::Value)>,
+    /// (recipient, update). Presence changes are resolved to the user's
+    /// connections by the store.
+    pub stream: Vec<(String, LiveUpdate)>,
     /// Users whose online state this batch changed, with the entry to
     /// publish: at most one per user per batch (`PresenceChanges`).
-    pub presence_changes: Vec<(String, serde_json::Value)>,
+    pub presence_changes: Vec<(String, PresenceView)>,
     /// Next offset to apply per (topic, partition).
     pub checkpoints: BTreeMap<(String, i32), i64>,
     /// The stored checkpoint this plan assumed, per partition holding
@@ -208,7 +211,7 @@ pub struct Prior {
 struct PresenceChanges {
     state: HashMap<String, PresenceState>,
     /// user → (online before, online after, entry after).
-    changes: BTreeMap<String, (bool, bool, serde_json::Value)>,
+    changes: BTreeMap<String, (bool, bool, PresenceView)>,
 }
 
 impl PresenceChanges {
@@ -220,13 +223,13 @@ impl PresenceChanges {
         }
         let was_online = before.is_some_and(|b| b.online_until > envelope.occurred_at);
         self.state.insert(user.clone(), PresenceState { version: envelope.aggregate_version, online_until });
-        let entry = serde_json::json!({ "userId": user, "online": online, "lastSeen": envelope.occurred_at });
-        let change = self.changes.entry(user.clone()).or_insert((was_online, online, serde_json::Value::Null));
+        let entry = PresenceView { user_id: user.clone(), online, last_seen: Some(envelope.occurred_at) };
+        let change = self.changes.entry(user.clone()).or_insert((was_online, online, entry.clone()));
         change.1 = online;
         change.2 = entry;
     }
 
-    fn into_entries(self) -> Vec<(String, serde_json::Value)> {
+    fn into_entries(self) -> Vec<(String, PresenceView)> {
         self.changes
             .into_iter()
             .filter(|(_, (before, after, _))| before != after)
@@ -325,12 +328,9 @@ fn apply_counted(
         *per_day.entry(day).or_default().entry(field).or_insert(0) += 1;
     }
     if let Event::Message(MessageEvent::Sent(m)) = &envelope.event {
-        let json = serde_json::json!({
-            "messageId": m.message_id, "fromUserId": m.from_user_id, "toUserId": m.to_user_id,
-            "text": m.text, "sentAt": envelope.occurred_at,
-        });
-        plan.stream.push((m.from_user_id.to_string(), "message", json.clone()));
-        plan.stream.push((m.to_user_id.to_string(), "message", json));
+        let item = MessageItem::just_sent(m, envelope.occurred_at);
+        plan.stream.push((m.from_user_id.to_string(), LiveUpdate::Message(item.clone())));
+        plan.stream.push((m.to_user_id.to_string(), LiveUpdate::Message(item)));
     }
     if let Some((owner, kind)) = events::notification::notified_by(envelope) {
         let (request_id, message_id, from) = match &envelope.event {
@@ -370,12 +370,8 @@ fn apply_counted(
             let creation = Creation { id: doc.notification_id.clone(), document, otherwise };
             plan.creations.entry(collections::NOTIFICATIONS).or_default().push(creation);
         }
-        // The same shape as GET /v1/notifications items.
-        let live = serde_json::json!({
-            "notificationId": doc.notification_id, "type": doc.kind, "fromUserId": doc.from_user_id,
-            "requestId": doc.request_id, "messageId": doc.message_id, "createdAt": doc.created_at, "readAt": null,
-        });
-        plan.stream.push((doc.user_id.clone(), "notification", live));
+        // The same type as GET /v1/notifications items.
+        plan.stream.push((doc.user_id.clone(), LiveUpdate::Notification(NotificationItem::from(doc.clone()))));
         *unread.entry(doc.user_id).or_insert(0) += 1;
     }
     if let Event::Notification(events::NotificationEvent::Read(r)) = &envelope.event {
@@ -696,7 +692,7 @@ mod tests {
             let plan = plan(records, ttl, prior);
             assert!(plan.processed.is_empty(), "{:?}", plan.processed);
             assert!(plan.fence.contains_key(&("presence-events".to_owned(), 2)));
-            plan.presence_changes.iter().map(|(u, e)| (u.clone(), e["online"].as_bool())).collect::<Vec<_>>()
+            plan.presence_changes.iter().map(|(u, e)| (u.clone(), Some(e.online))).collect::<Vec<_>>()
         };
         let online = with(Some(online_until(t + ttl)));
         let offline = with(Some(online_until(t)));
@@ -834,5 +830,53 @@ mod tests {
         assert_eq!(reading.get_bool("upsert"), Ok(true), "a read of a notice not there yet creates it: {reading}");
         let kept = creating.to_string();
         assert!(kept.contains(r#""readAt": { "$ifNull": ["$readAt", null] }"#), "creating keeps readAt: {kept}");
+    }
+
+    #[test]
+    fn a_message_goes_live_to_both_sides_with_its_notification_in_the_read_shapes() {
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let message_id = Uuid::new_v4();
+        let mut sent = envelope(
+            alice,
+            1,
+            UserEvent::MembershipChanged(events::user::MembershipChanged { tier: events::user::Tier::Gold }),
+        );
+        sent.aggregate_id = events::connection::pair_key(alice, bob);
+        sent.event = Event::Message(MessageEvent::Sent(events::message::MessageSent {
+            message_id,
+            from_user_id: alice,
+            to_user_id: bob,
+            text: "hi".into(),
+        }));
+        let at = sent.occurred_at;
+        let notification_id = sent.event_id.to_string();
+        let record = Record { topic: "message-events".into(), partition: 0, offset: 0, commit: vec![sent] };
+        let plan = plan(&[record], chrono::Duration::minutes(5), &Default::default());
+        let item = MessageItem {
+            message_id: message_id.to_string(),
+            from_user_id: alice.to_string(),
+            to_user_id: bob.to_string(),
+            text: "hi".into(),
+            sent_at: at,
+            delivered_at: None,
+            read_at: None,
+        };
+        let notification = NotificationItem {
+            notification_id,
+            kind: "message".into(),
+            from_user_id: alice.to_string(),
+            request_id: None,
+            message_id: Some(message_id.to_string()),
+            created_at: at,
+            read_at: None,
+        };
+        assert_eq!(
+            plan.stream,
+            vec![
+                (alice.to_string(), LiveUpdate::Message(item.clone())),
+                (bob.to_string(), LiveUpdate::Message(item)),
+                (bob.to_string(), LiveUpdate::Notification(notification)),
+            ]
+        );
     }
 }

@@ -705,7 +705,7 @@ impl ViewStore {
     /// nothing twice.
     async fn publish_stream_entries(&self, plan: &Plan, pipe: &mut redis::Pipeline) -> Result<usize, StoreError> {
         let mut entries: Vec<(String, &str, String)> =
-            plan.stream.iter().map(|(user, kind, json)| (user.clone(), *kind, json.to_string())).collect();
+            plan.stream.iter().map(|(user, update)| (user.clone(), update.kind(), update.data())).collect();
         if !plan.presence_changes.is_empty() {
             let ids: Vec<String> = plan.presence_changes.iter().map(|(user, _)| user.clone()).collect();
             let relations =
@@ -715,12 +715,13 @@ impl ViewStore {
             // The user's own stream, and at most `presence_fanout` of their
             // connections': the work of one change is bounded whatever the
             // number of connections (docs/api.md, "Live stream").
-            for (user, json) in &plan.presence_changes {
-                let text = json.to_string();
-                entries.push((user.clone(), "presence", text.clone()));
+            for (user, view) in &plan.presence_changes {
+                let update = views::LiveUpdate::Presence(view.clone());
+                let (kind, text) = (update.kind(), update.data());
+                entries.push((user.clone(), kind, text.clone()));
                 let others = connections.get(user.as_str()).copied().into_iter().flatten();
                 for other in others.take(self.streams.presence_fanout) {
-                    entries.push((other.clone(), "presence", text.clone()));
+                    entries.push((other.clone(), kind, text.clone()));
                 }
             }
         }

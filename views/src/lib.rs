@@ -8,12 +8,14 @@ pub mod documents;
 pub mod generation;
 pub mod keys;
 pub mod revocation;
+pub mod shapes;
 
 pub use consistency::{ConsistencyKey, ConsistencyToken};
 pub use documents::{
     CheckpointDoc, ConnectionDoc, ConnectionRequestDoc, ConversationCache, DailyStatsDoc, MessageDoc,
     NotificationCounterDoc, NotificationDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc,
 };
+pub use shapes::{LiveUpdate, MessageItem, NotificationItem, PresenceView};
 
 /// Entries kept per user stream: how far back a reconnecting client can
 /// resume with `Last-Event-ID`.

@@ -1,0 +1,40 @@
+//! Who is asking: the token, checked against the revocations.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use platform::auth::Claims;
+
+use super::{ApiError, AppState};
+
+/// A caller with a valid token whose session is not known to be revoked.
+///
+/// Only the command API signs tokens, and only after the session's start
+/// is durably in Kafka; a session the views have not seen yet is therefore
+/// genuine and merely not projected. Revocation is what must be checked:
+/// the durable revocation records (held in memory, polled), Redis'
+/// `revoked:` keys and the session view each refuse on their own. Until
+/// the records were loaded once, nobody is let in (fail closed).
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = platform::auth::token_from_headers(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        let claims = state.jwt.verify(&token).map_err(|_| ApiError::Unauthenticated)?;
+        let session_id = claims.jti.to_string();
+        if !state.revocations.is_loaded() {
+            return Err(ApiError::RevocationsUnknown);
+        }
+        if state.revocations.is_revoked(&session_id) {
+            return Err(ApiError::Unauthenticated);
+        }
+        match state.views.reader().session(&claims.jti.to_string()).await? {
+            Some(session) if session.revoked || session.user_id != claims.sub.to_string() => {
+                Err(ApiError::Unauthenticated)
+            }
+            _ => Ok(Caller(claims)),
+        }
+    }
+}
