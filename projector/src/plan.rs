@@ -263,12 +263,12 @@ pub fn plan(records: &[Record], presence_ttl: chrono::Duration, prior: &Prior) -
                 && !plan.processed.contains(&envelope.event_id)
             {
                 plan.processed.push(envelope.event_id);
-                apply_counted(&mut plan, &mut unread, &mut per_day, envelope);
+                plan_counted(&mut plan, &mut unread, &mut per_day, envelope);
             }
             match &envelope.event {
-                Event::User(event) => apply_user_event(&mut plan, envelope, event),
-                Event::Connection(event) => apply_connection_event(&mut plan, envelope, event),
-                Event::Message(event) => apply_message_event(&mut plan, envelope, event),
+                Event::User(event) => plan_user_event(&mut plan, envelope, event),
+                Event::Connection(event) => plan_connection_event(&mut plan, envelope, event),
+                Event::Message(event) => plan_message_event(&mut plan, envelope, event),
                 Event::Notification(_) => {}
                 Event::Presence(event) => {
                     let at = envelope.occurred_at;
@@ -308,7 +308,7 @@ pub fn plan(records: &[Record], presence_ttl: chrono::Duration, prior: &Prior) -
 
 /// The effects applied once per event id: daily counts, notifications and
 /// unread counters.
-fn apply_counted(
+fn plan_counted(
     plan: &mut Plan,
     unread: &mut BTreeMap<String, i64>,
     per_day: &mut BTreeMap<String, BTreeMap<&'static str, i64>>,
@@ -384,7 +384,7 @@ fn apply_counted(
     }
 }
 
-fn apply_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
+fn plan_user_event(plan: &mut Plan, envelope: &Envelope, event: &UserEvent) {
     let version = envelope.aggregate_version;
     let user_id = envelope.aggregate_id.as_str();
     let at = envelope.occurred_at;
@@ -457,7 +457,7 @@ fn add_to_set(user: &str, field: &str, other: &str) -> Document {
     doc! { "q": { "_id": user }, "u": { "$addToSet": { field: other } }, "upsert": true }
 }
 
-fn apply_connection_event(plan: &mut Plan, envelope: &Envelope, event: &ConnectionEvent) {
+fn plan_connection_event(plan: &mut Plan, envelope: &Envelope, event: &ConnectionEvent) {
     let version = envelope.aggregate_version;
     let pair = envelope.aggregate_id.as_str();
     match event {
@@ -501,7 +501,7 @@ fn apply_connection_event(plan: &mut Plan, envelope: &Envelope, event: &Connecti
     }
 }
 
-fn apply_message_event(plan: &mut Plan, envelope: &Envelope, event: &MessageEvent) {
+fn plan_message_event(plan: &mut Plan, envelope: &Envelope, event: &MessageEvent) {
     let version = envelope.aggregate_version;
     let pair = envelope.aggregate_id.as_str();
     match event {
