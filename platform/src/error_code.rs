@@ -35,6 +35,9 @@ error_codes! {
     InvalidFieldType = "invalid_field_type",
     /// The body could not be read.
     UnreadableBody = "unreadable_body",
+    /// The query string could not be read: a parameter repeated, or of the
+    /// wrong type.
+    QueryInvalid = "query_invalid",
     EmailInvalid = "email_invalid",
     PasswordWeak = "password_weak",
     FirstNameLength = "first_name_length",

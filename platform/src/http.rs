@@ -101,6 +101,25 @@ where
     }
 }
 
+/// `Query<T>` whose rejection is our JSON error (400 `query_invalid`), never
+/// axum's plain-text one.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Response> {
+        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|q| ApiQuery(q.0)).map_err(|rejection| {
+            error_response(StatusCode::BAD_REQUEST, ErrorCode::QueryInvalid, &rejection.body_text(), None)
+        })
+    }
+}
+
 /// The correlation id of the current request.
 #[derive(Debug, Clone)]
 pub struct CorrelationId(pub String);

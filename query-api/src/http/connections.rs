@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use platform::http::ApiQuery;
 use platform::http::ErrorResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -49,7 +50,7 @@ pub async fn connections(
     State(reader): State<ViewReader>,
     Caller(claims): Caller,
     _consistency: Consistency,
-    Query(params): Query<ListParams>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<ConnectionPage>, ApiError> {
     let (limit, before) = list_paging(&params, List::Connections)?;
     let found = reader.connections(&claims.sub.to_string(), before.as_ref(), limit).await?;
@@ -97,7 +98,7 @@ pub async fn requests_received(
     State(reader): State<ViewReader>,
     Caller(claims): Caller,
     _consistency: Consistency,
-    Query(params): Query<ListParams>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<ReceivedRequests>, ApiError> {
     let (limit, before) = list_paging(&params, List::RequestsReceived)?;
     let found = reader.requests_received(&claims.sub.to_string(), before.as_ref(), limit).await?;

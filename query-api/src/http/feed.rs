@@ -1,8 +1,9 @@
 //! `GET /v1/feed`: everyone the caller has no request with, newest first.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use platform::http::ApiQuery;
 use platform::http::{ErrorCode, ErrorResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -24,10 +25,13 @@ pub struct FeedPage {
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FeedParams {
     /// 1-based page number (default 1, at most 1 000 000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1_000_000, default = 1)]
     pub page: Option<String>,
     /// Profiles per page, 1-50 (default 10).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 50, default = 10)]
     pub limit: Option<String>,
 }
 
@@ -41,7 +45,7 @@ pub async fn feed(
     State(reader): State<ViewReader>,
     Caller(claims): Caller,
     _consistency: Consistency,
-    Query(params): Query<FeedParams>,
+    ApiQuery(params): ApiQuery<FeedParams>,
 ) -> Result<Json<FeedPage>, ApiError> {
     let page = positive(params.page.as_deref(), 1, ErrorCode::PageInvalid, "page")?;
     let limit = positive(params.limit.as_deref(), 10, ErrorCode::LimitInvalid, "limit")?;

@@ -1,8 +1,9 @@
 //! `GET /v1/messages/{otherUserId}`: a conversation's history, newest first.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use platform::http::ApiQuery;
 use platform::http::{ErrorCode, ErrorResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -26,8 +27,10 @@ pub struct MessagePage {
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryParams {
     /// A messageId: return messages older than it.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub before: Option<String>,
     /// Messages per page, 1-100 (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 50)]
@@ -35,14 +38,14 @@ pub struct HistoryParams {
 }
 
 #[utoipa::path(get, path = "/v1/messages/{otherUserId}", tag = "messages", security(("bearer" = [])),
-    params(("otherUserId" = String, Path), HistoryParams),
+    params(("otherUserId" = uuid::Uuid, Path), HistoryParams),
     responses((status = 200, body = MessagePage), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
 pub async fn history(
     State(reader): State<ViewReader>,
     Caller(claims): Caller,
     Consistency(freshness): Consistency,
     Path(other): Path<String>,
-    Query(params): Query<HistoryParams>,
+    ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> Result<Json<MessagePage>, ApiError> {
     let other = Uuid::parse_str(&other).map_err(|_| ApiError::BadRequest {
         code: ErrorCode::UserIdInvalid,

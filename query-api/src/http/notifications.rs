@@ -1,8 +1,9 @@
 //! `GET /v1/notifications`: the newest 50, and the unread count.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use platform::http::ApiQuery;
 use platform::http::{ErrorCode, ErrorResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -23,8 +24,10 @@ pub struct NotificationList {
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct NotificationParams {
     /// true: only unread ones.
+    #[param(value_type = Option<bool>)]
     pub unread: Option<String>,
 }
 
@@ -34,7 +37,7 @@ pub async fn notifications(
     State(reader): State<ViewReader>,
     Caller(claims): Caller,
     _consistency: Consistency,
-    Query(params): Query<NotificationParams>,
+    ApiQuery(params): ApiQuery<NotificationParams>,
 ) -> Result<Json<NotificationList>, ApiError> {
     let unread_only = match params.unread.as_deref() {
         None | Some("false") => false,

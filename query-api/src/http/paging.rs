@@ -25,6 +25,7 @@ pub struct ListParams {
     pub limit: Option<String>,
     /// The `nextBefore` of the previous page: items after it. Opaque;
     /// omit it for the first page.
+    #[param(pattern = "^[A-Za-z0-9_-]+$")]
     pub before: Option<String>,
 }
 

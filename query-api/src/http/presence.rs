@@ -16,7 +16,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[utoipa::path(get, path = "/v1/presence/{userId}", tag = "presence", security(("bearer" = [])),
-    params(("userId" = String, Path)),
+    params(("userId" = uuid::Uuid, Path)),
     responses((status = 200, body = PresenceView), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn presence(
     State(reader): State<ViewReader>,

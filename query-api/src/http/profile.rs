@@ -81,7 +81,7 @@ pub async fn own_profile(
 }
 
 #[utoipa::path(get, path = "/v1/users/{userId}", tag = "profile", security(("bearer" = [])),
-    params(("userId" = String, Path, description = "A user id (UUID)")),
+    params(("userId" = uuid::Uuid, Path, description = "A user id")),
     responses((status = 200, body = PublicProfile), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn public_profile(
     State(reader): State<ViewReader>,

@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use platform::http::ApiQuery;
 use platform::http::{ErrorCode, ErrorResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -33,10 +34,13 @@ pub struct DailyStats {
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatsParams {
     /// First day, YYYY-MM-DD (UTC).
+    #[param(required = true, value_type = String, format = Date)]
     pub from: Option<String>,
     /// Last day, YYYY-MM-DD (UTC), inclusive; at most 366 days after `from`.
+    #[param(required = true, value_type = String, format = Date)]
     pub to: Option<String>,
 }
 
@@ -48,7 +52,7 @@ pub async fn daily_stats(
     State(reader): State<ViewReader>,
     _caller: Caller,
     _consistency: Consistency,
-    Query(params): Query<StatsParams>,
+    ApiQuery(params): ApiQuery<StatsParams>,
 ) -> Result<Json<DailyStats>, ApiError> {
     let day = |raw: Option<&str>, what: &str| {
         raw.and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).ok_or_else(|| ApiError::BadRequest {
