@@ -1,4 +1,4 @@
-//! Applies a plan: one MongoDB transaction with the view changes and the
+//! Writes a plan: one MongoDB transaction with the view changes and the
 //! checkpoint (so the checkpoint never runs ahead of the views), then the
 //! Redis caches in one pipeline.
 
@@ -10,10 +10,12 @@ use mongodb::bson::{Document, doc};
 use mongodb::{Client, Database};
 use redis::aio::ConnectionManager;
 use views::keys::RedisKeys;
-use views::{CheckpointDoc, ConversationCache, MessageDoc, PresenceDoc, SessionDoc, UserDoc, collections};
+use views::{CheckpointDoc, PresenceDoc, collections};
 
 use crate::plan::Plan;
 use platform::mongo::find_by_ids;
+
+mod cache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -153,120 +155,6 @@ impl ViewStore {
         self
     }
 
-    /// Fills this generation's caches from its MongoDB views, as per-batch
-    /// refreshes would have left them: every user (and the feed directory),
-    /// every live session, every presence, and each conversation's newest
-    /// messages. One scan per collection, written in pipelines of 1000.
-    pub async fn warm_caches(&self) -> Result<u64, StoreError> {
-        let mut written = 0;
-        let mut users = self.db.collection::<UserDoc>(collections::USERS).find(doc! {}).await?;
-        let directory = self.keys.feed_directory();
-        let mut pipe = redis::pipe();
-        while let Some(user) = users.try_next().await? {
-            self.cache_user(&mut pipe, &directory, &user);
-            written += self.flush_when_full(&mut pipe).await?;
-        }
-        let now = Utc::now();
-        let mut sessions = self.db.collection::<SessionDoc>(collections::SESSIONS).find(doc! {}).await?;
-        while let Some(session) = sessions.try_next().await? {
-            self.cache_session(&mut pipe, &session, now);
-            written += self.flush_when_full(&mut pipe).await?;
-        }
-        let mut presence = self.db.collection::<PresenceDoc>(collections::PRESENCE).find(doc! {}).await?;
-        while let Some(doc) = presence.try_next().await? {
-            self.cache_presence(&mut pipe, &doc);
-            written += self.flush_when_full(&mut pipe).await?;
-        }
-        // One sorted scan, newest first within each conversation: memory
-        // stays at one conversation's newest messages.
-        let mut messages = self
-            .db
-            .collection::<MessageDoc>(collections::MESSAGES)
-            .find(doc! {})
-            .sort(doc! { "pairKey": 1, "_id": -1 })
-            .await?;
-        let mut newest: Vec<MessageDoc> = Vec::new();
-        loop {
-            let next = messages.try_next().await?;
-            if next.as_ref().is_none_or(|m| newest.first().is_some_and(|n| n.pair_key != m.pair_key))
-                && !newest.is_empty()
-            {
-                let pair = newest[0].pair_key.clone();
-                self.cache_conversation(&mut pipe, &pair, &ConversationCache::new(std::mem::take(&mut newest)));
-                written += self.flush_when_full(&mut pipe).await?;
-            }
-            let Some(message) = next else { break };
-            if newest.len() < views::CACHED_MESSAGES {
-                newest.push(message);
-            }
-        }
-        if pipe.is_empty() {
-            // Nothing projected at all (empty topics): nothing to cache.
-            return Ok(written);
-        }
-        let mut redis = self.redis.clone();
-        pipe.query_async::<()>(&mut redis).await?;
-        Ok(written + pipe.len() as u64)
-    }
-
-    // What each view looks like in Redis, in one place for the per-batch
-    // refresh and the warm-up after a rebuild: versioned sets, so a cache
-    // entry never goes back in time.
-
-    /// A user's profile, and their member of the feed directory
-    /// (idempotent: score 0, ordered by id).
-    fn cache_user(&self, pipe: &mut redis::Pipeline, directory: &str, user: &UserDoc) {
-        pipe.zadd(directory, &user.user_id, 0).ignore();
-        let json = serde_json::to_string(user).unwrap_or_default();
-        views::cache::pipe_set_if_newer(pipe, &self.keys.user(&user.user_id), user.version, &json, views::ttl::USER);
-    }
-
-    /// A session until it expires; false (nothing cached) once it has.
-    fn cache_session(&self, pipe: &mut redis::Pipeline, session: &SessionDoc, now: chrono::DateTime<Utc>) -> bool {
-        let Ok(ttl) = (session.expires_at - now).to_std() else { return false };
-        let json = serde_json::to_string(session).unwrap_or_default();
-        views::cache::pipe_set_if_newer(pipe, &self.keys.session(&session.session_id), session.version, &json, ttl);
-        true
-    }
-
-    fn cache_presence(&self, pipe: &mut redis::Pipeline, presence: &PresenceDoc) {
-        let json = serde_json::to_string(presence).unwrap_or_default();
-        let key = self.keys.presence(&presence.user_id);
-        views::cache::pipe_set_if_newer(pipe, &key, presence.version, &json, views::ttl::PRESENCE);
-    }
-
-    fn cache_conversation(&self, pipe: &mut redis::Pipeline, pair: &str, cache: &ConversationCache) {
-        let json = serde_json::to_string(cache).unwrap_or_default();
-        let key = self.keys.conversation(pair);
-        views::cache::pipe_set_if_newer(pipe, &key, cache.version, &json, views::ttl::CONVERSATION);
-    }
-
-    /// Sends the pipeline once it holds 1000 commands; returns how many it sent.
-    async fn flush_when_full(&self, pipe: &mut redis::Pipeline) -> Result<u64, StoreError> {
-        if pipe.len() < 1000 {
-            return Ok(0);
-        }
-        let mut redis = self.redis.clone();
-        pipe.query_async::<()>(&mut redis).await?;
-        let sent = pipe.len() as u64;
-        pipe.clear();
-        Ok(sent)
-    }
-
-    /// Marks the feed directory as holding every projected user. True at
-    /// the end of a rebuild: every batch's Redis writes were acknowledged
-    /// before its offsets moved, and every user's registration was applied.
-    pub async fn mark_feed_directory_complete(&self) -> Result<(), StoreError> {
-        let mut redis = self.redis.clone();
-        redis::cmd("ZADD")
-            .arg(self.keys.feed_directory())
-            .arg(-1)
-            .arg(views::keys::FEED_DIRECTORY_COMPLETE)
-            .query_async::<()>(&mut redis)
-            .await?;
-        Ok(())
-    }
-
     pub fn database(&self) -> &Database {
         &self.db
     }
@@ -316,73 +204,6 @@ impl ViewStore {
         metrics::histogram!("projector_mongo_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(mongo_ms = started.elapsed().as_millis() as u64, "batch stored");
         Ok(())
-    }
-
-    /// Whether this store refreshes caches per batch (not while rebuilding).
-    pub fn refreshes_caches(&self) -> bool {
-        self.mode == Mode::Live
-    }
-
-    /// Every cache key a plan's refresh writes (besides stream entries,
-    /// which are a delivery channel, not a cache).
-    pub fn cache_keys(&self, plan: &Plan) -> Vec<String> {
-        let users = plan.touched_users.iter().map(|id| self.keys.user(id));
-        let sessions = plan.touched_sessions.iter().map(|id| self.keys.session(id));
-        let presence = plan.touched_presence.iter().map(|id| self.keys.presence(id));
-        let conversations = plan.touched_conversations.keys().map(|pair| self.keys.conversation(pair));
-        users.chain(sessions).chain(presence).chain(conversations).collect()
-    }
-
-    /// Records cache keys that may now be stale (their refresh failed).
-    pub async fn record_stale(&self, keys: &[String]) -> Result<(), StoreError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let statements: Vec<Document> = keys.iter().map(Self::stale_statement).collect();
-        let reply = self.db.run_command(Self::update_command(collections::STALE_CACHES, &statements)).await?;
-        Self::check_write_errors(&reply)
-    }
-
-    fn stale_statement(key: &String) -> Document {
-        doc! { "q": { "_id": key }, "u": { "$set": { "_id": key } }, "upsert": true }
-    }
-
-    /// Whether cache keys wait to be dropped (a Redis outage, possibly
-    /// before a restart of this process).
-    pub async fn has_stale_caches(&self) -> Result<bool, StoreError> {
-        Ok(self.db.collection::<Document>(collections::STALE_CACHES).find_one(doc! {}).await?.is_some())
-    }
-
-    /// Once Redis answers: deletes every cache key recorded as stale (a
-    /// reader then refills it from MongoDB, versioned), puts every user
-    /// touched meanwhile into the feed directory, and forgets the records.
-    /// Returns how many keys it dropped.
-    pub async fn repair_caches(&self) -> Result<usize, StoreError> {
-        let mut redis = self.redis.clone();
-        redis::cmd("PING").query_async::<String>(&mut redis).await?;
-        let stale: Vec<Document> =
-            self.db.collection::<Document>(collections::STALE_CACHES).find(doc! {}).await?.try_collect().await?;
-        let keys: Vec<String> = stale.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect();
-        let user_prefix = self.keys.user("");
-        let directory = self.keys.feed_directory();
-        for chunk in keys.chunks(1000) {
-            let mut pipe = redis::pipe();
-            pipe.cmd("UNLINK").arg(chunk).ignore();
-            for key in chunk {
-                if let Some(user_id) = key.strip_prefix(&user_prefix) {
-                    pipe.zadd(&directory, user_id, 0).ignore();
-                }
-            }
-            pipe.query_async::<()>(&mut redis).await?;
-        }
-        for chunk in keys.chunks(1000) {
-            let ids: Vec<mongodb::bson::Bson> = chunk.iter().map(|k| k.clone().into()).collect();
-            self.db
-                .collection::<Document>(collections::STALE_CACHES)
-                .delete_many(doc! { "_id": { "$in": ids } })
-                .await?;
-        }
-        Ok(keys.len())
     }
 
     async fn write_views(
@@ -622,131 +443,6 @@ impl ViewStore {
             Self::check_write_errors(&reply)?;
         }
         Ok(otherwise)
-    }
-
-    /// Reads back what the batch touched and writes it to Redis with
-    /// versioned sets, so a cache entry never goes back in time.
-    pub async fn refresh_caches(&self, plan: &Plan) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        let mut writes = 0;
-        if !plan.touched_users.is_empty() {
-            let ids: Vec<String> = plan.touched_users.iter().cloned().collect();
-            let users = find_by_ids(&self.db.collection::<UserDoc>(collections::USERS), &ids).await?;
-            let directory = self.keys.feed_directory();
-            for user in users {
-                self.cache_user(&mut pipe, &directory, &user);
-                writes += 1;
-            }
-        }
-        if !plan.touched_sessions.is_empty() {
-            let ids: Vec<String> = plan.touched_sessions.iter().cloned().collect();
-            let sessions = find_by_ids(&self.db.collection::<SessionDoc>(collections::SESSIONS), &ids).await?;
-            let now = Utc::now();
-            for session in sessions {
-                writes += usize::from(self.cache_session(&mut pipe, &session, now));
-            }
-        }
-        if !plan.touched_presence.is_empty() {
-            let ids: Vec<String> = plan.touched_presence.iter().cloned().collect();
-            let docs = find_by_ids(&self.db.collection::<PresenceDoc>(collections::PRESENCE), &ids).await?;
-            for presence in docs {
-                self.cache_presence(&mut pipe, &presence);
-                writes += 1;
-            }
-        }
-        writes += self.update_conversation_caches(plan, &mut pipe).await?;
-        writes += self.publish_stream_entries(plan, &mut pipe).await?;
-        if writes > 0 {
-            let mut redis = self.redis.clone();
-            pipe.query_async::<()>(&mut redis).await?;
-        }
-        Ok(())
-    }
-
-    /// Folds the messages this batch changed into the cached conversations:
-    /// one MongoDB read for all of them and one Redis `MGET`. Only a
-    /// conversation with no cache entry (new, expired, flushed) is read
-    /// afresh, with a sorted query of its own.
-    async fn update_conversation_caches(&self, plan: &Plan, pipe: &mut redis::Pipeline) -> Result<usize, StoreError> {
-        if plan.touched_conversations.is_empty() {
-            return Ok(0);
-        }
-        let collection = self.db.collection::<MessageDoc>(collections::MESSAGES);
-        let ids: Vec<String> = plan.touched_conversations.values().flatten().cloned().collect();
-        let mut changed: std::collections::HashMap<String, Vec<MessageDoc>> = std::collections::HashMap::new();
-        for message in find_by_ids(&collection, &ids).await? {
-            changed.entry(message.pair_key.clone()).or_default().push(message);
-        }
-        let keys: Vec<String> = plan.touched_conversations.keys().map(|pair| self.keys.conversation(pair)).collect();
-        let mut redis = self.redis.clone();
-        let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?;
-        for (pair, cached) in plan.touched_conversations.keys().zip(cached) {
-            let touched = changed.remove(pair.as_str()).unwrap_or_default();
-            let cache = match cached.and_then(|json| serde_json::from_str::<ConversationCache>(&json).ok()) {
-                Some(cache) => cache.merged(touched),
-                None => ConversationCache::new(
-                    collection
-                        .find(doc! { "pairKey": pair })
-                        .sort(doc! { "_id": -1 })
-                        .limit(views::CACHED_MESSAGES as i64)
-                        .await?
-                        .try_collect()
-                        .await?,
-                ),
-            };
-            self.cache_conversation(pipe, pair, &cache);
-        }
-        Ok(keys.len())
-    }
-
-    /// Adds this batch's live updates to the users' streams. Only events new
-    /// in the batch are here (records past the stored checkpoint, ids not
-    /// processed, presence that changed), so a redelivered batch publishes
-    /// nothing twice.
-    async fn publish_stream_entries(&self, plan: &Plan, pipe: &mut redis::Pipeline) -> Result<usize, StoreError> {
-        let mut entries: Vec<(String, &str, String)> =
-            plan.stream.iter().map(|(user, update)| (user.clone(), update.kind(), update.data())).collect();
-        if !plan.presence_changes.is_empty() {
-            let ids: Vec<String> = plan.presence_changes.iter().map(|(user, _)| user.clone()).collect();
-            let relations =
-                find_by_ids(&self.db.collection::<views::RelationsDoc>(collections::RELATIONS), &ids).await?;
-            let connections: std::collections::HashMap<&str, &Vec<String>> =
-                relations.iter().map(|r| (r.user_id.as_str(), &r.connections)).collect();
-            // The user's own stream, and at most `presence_fanout` of their
-            // connections': the work of one change is bounded whatever the
-            // number of connections (docs/api.md, "Live stream").
-            for (user, view) in &plan.presence_changes {
-                let update = views::LiveUpdate::Presence(view.clone());
-                let (kind, text) = (update.kind(), update.data());
-                entries.push((user.clone(), kind, text.clone()));
-                let others = connections.get(user.as_str()).copied().into_iter().flatten();
-                for other in others.take(self.streams.presence_fanout) {
-                    entries.push((other.clone(), kind, text.clone()));
-                }
-            }
-        }
-        let ttl_ms = self.streams.ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
-        let mut keys = std::collections::BTreeSet::new();
-        for (user, kind, json) in &entries {
-            pipe.cmd("XADD")
-                .arg(self.keys.user_stream(user))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(views::STREAM_LENGTH)
-                .arg("*")
-                .arg("kind")
-                .arg(*kind)
-                .arg("data")
-                .arg(json)
-                .ignore();
-            keys.insert(self.keys.user_stream(user));
-        }
-        // Each key lives `ttl` past its newest entry: a user with no news
-        // for that long leaves nothing behind (docs/domain.md "Redis keys").
-        for key in &keys {
-            pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms).ignore();
-        }
-        Ok(entries.len())
     }
 
     /// Which of these event ids were already applied (processed-id keys).
