@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bench::Rng;
+use bench::{Rng, Seeder};
 use chrono::Utc;
 use clap::Parser;
 use events::connection::{ConnectionEvent, ConnectionRequested, ConnectionReviewed, RequestStatus, pair_key};
@@ -26,7 +26,6 @@ use events::user::{
 use events::{Envelope, Event, EventMetadata, NotificationEvent, Topic, TopicNames};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Parser)]
@@ -270,16 +269,11 @@ impl History {
 
 /// Produces `events` events; returns (records, events) per type.
 async fn seed(args: &Args, topics: &TopicNames) -> anyhow::Result<(usize, HashMap<&'static str, usize>)> {
-    let producer: FutureProducer = platform::kafka::client_config(&args.kafka_brokers)
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "200000")
-        .create()?;
+    let mut seeder = Seeder::new(&args.kafka_brokers, topics.clone())?;
     let users = (args.events / 50).max(10);
     let mut history = History::new(users);
     let (mut records, mut events, mut mix) = (0usize, 0usize, HashMap::new());
     let started = Instant::now();
-    let mut in_flight = futures::stream::FuturesUnordered::new();
     while events < args.events {
         let commit = if history.users.len() < users { history.register() } else { history.next_record() };
         for e in &commit {
@@ -287,24 +281,9 @@ async fn seed(args: &Args, topics: &TopicNames) -> anyhow::Result<(usize, HashMa
         }
         events += commit.len();
         records += 1;
-        let topic = topics.name(commit[0].event.topic());
-        let key = commit[0].aggregate_id.clone();
-        let payload = events::encode_record(&commit);
-        let producer = producer.clone();
-        in_flight.push(async move {
-            producer
-                .send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(60))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| anyhow::anyhow!("seeding: {e}"))
-        });
-        if in_flight.len() >= 5_000 {
-            futures::StreamExt::next(&mut in_flight).await.transpose()?;
-        }
+        seeder.send(&commit).await?;
     }
-    while let Some(r) = futures::StreamExt::next(&mut in_flight).await {
-        r?;
-    }
+    seeder.finish().await?;
     println!("seeded {events} events in {records} records ({users} users) in {:.1} s", started.elapsed().as_secs_f64());
     Ok((records, mix))
 }

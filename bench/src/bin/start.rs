@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bench::Rng;
+use bench::{Rng, Seeder};
 use chrono::Utc;
 use clap::Parser;
 use events::connection::{ConnectionEvent, ConnectionRequested, ConnectionReviewed, RequestStatus, pair_key};
@@ -22,7 +22,6 @@ use events::message::{MessageEvent, MessageSent};
 use events::user::{CredentialsSet, Profile, SessionStarted, UserEvent, UserRegistered};
 use events::{Envelope, Event, EventMetadata, Topic, TopicNames};
 use mongodb::bson::{Document, doc};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Parser)]
@@ -92,11 +91,7 @@ struct Seeded {
 }
 
 async fn seed(args: &Args, topics: &TopicNames) -> anyhow::Result<Seeded> {
-    let producer: FutureProducer = platform::kafka::client_config(&args.kafka_brokers)
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "200000")
-        .create()?;
+    let mut seeder = Seeder::new(&args.kafka_brokers, topics.clone())?;
     let target_users = args.users.unwrap_or(args.events / 20).max(2);
     let mut rng = Rng::new(0x5eed);
     let mut users: Vec<Uuid> = Vec::with_capacity(target_users);
@@ -104,7 +99,6 @@ async fn seed(args: &Args, topics: &TopicNames) -> anyhow::Result<Seeded> {
     let mut pairs: HashMap<String, u64> = HashMap::new();
     let mut conversations: HashMap<String, u64> = HashMap::new();
     let mut seeded = Seeded::default();
-    let mut in_flight = futures::stream::FuturesUnordered::new();
     let started = Instant::now();
     // A real argon2id PHC string is about this long.
     let hash = format!("$argon2id$v=19$m=19456,t=2,p=1${}${}", "s".repeat(22), "h".repeat(43));
@@ -151,12 +145,7 @@ async fn seed(args: &Args, topics: &TopicNames) -> anyhow::Result<Seeded> {
                     // Two commands; sent as two records.
                     let first =
                         vec![envelope(pair.clone(), 1, from, Event::Connection(ConnectionEvent::Requested(requested)))];
-                    let topic = topics.name(first[0].event.topic());
-                    let payload = events::encode_record(&first);
-                    producer
-                        .send(FutureRecord::to(&topic).key(&pair).payload(&payload), Duration::from_secs(60))
-                        .await
-                        .map_err(|(e, _)| anyhow::anyhow!("seeding: {e}"))?;
+                    seeder.send_and_wait(&first).await?;
                     seeded.events += 1;
                     vec![envelope(pair, 2, to, Event::Connection(ConnectionEvent::Reviewed(reviewed)))]
                 }
@@ -173,24 +162,9 @@ async fn seed(args: &Args, topics: &TopicNames) -> anyhow::Result<Seeded> {
             }
         };
         seeded.events += commit.len();
-        let topic = topics.name(commit[0].event.topic());
-        let key = commit[0].aggregate_id.clone();
-        let payload = events::encode_record(&commit);
-        let producer = producer.clone();
-        in_flight.push(async move {
-            producer
-                .send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(60))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| anyhow::anyhow!("seeding: {e}"))
-        });
-        if in_flight.len() >= 5_000 {
-            futures::StreamExt::next(&mut in_flight).await.transpose()?;
-        }
+        seeder.send(&commit).await?;
     }
-    while let Some(r) = futures::StreamExt::next(&mut in_flight).await {
-        r?;
-    }
+    seeder.finish().await?;
     seeded.users = users.len();
     println!(
         "seeded {} events ({} users, {} messages) in {:.1} s",
