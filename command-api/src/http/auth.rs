@@ -73,7 +73,6 @@ pub struct SignupRequest {
 }
 
 #[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupRequest,
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key")),
     responses(
         (status = 201, description = "Account created", body = UserIdResponse),
         (status = 400, description = "A field breaks a rule; `code` names it", body = ErrorResponse),
@@ -160,9 +159,8 @@ impl std::fmt::Debug for RefreshRequest {
 }
 
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key: a retry returns the same pair instead of counting as reuse")),
     responses(
-        (status = 200, description = "A new access token and refresh token of the same session; the one sent is spent", body = LoginResponse),
+        (status = 200, description = "A new access token and refresh token of the same session; the one sent is spent. A retry with the same Idempotency-Key returns the same pair instead of counting as reuse", body = LoginResponse),
         (status = 401, description = "`invalid_token`: not a refresh token of an active session; `refresh_token_reused`: it was already spent, and its session has now ended", body = ErrorResponse),
         (status = 503, description = "Kafka unavailable; nothing written", body = ErrorResponse)))]
 pub async fn refresh(
@@ -177,7 +175,6 @@ pub async fn refresh(
 }
 
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry-safe key, bound to this session")),
     responses((status = 204, description = "Session revoked on both APIs"), (status = 401, body = ErrorResponse)))]
 pub async fn logout(
     State(state): State<AppState>,

@@ -72,6 +72,41 @@ impl FromRequestParts<AppState> for Caller {
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
+/// Documents the `Idempotency-Key` header on every write, from the same
+/// rule `idempotency_key` enforces: every write accepts it, not only the
+/// few whose annotations used to list it.
+#[derive(Debug)]
+struct IdempotencyKeyHeader;
+
+impl utoipa::Modify for IdempotencyKeyHeader {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, Required, Type};
+        let header = ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "Retry-safe key: a retry of the same request (route, parameters, body and session) by the same \
+                 user within 24 h returns the first answer and appends nothing; the key on another request is 422",
+            ))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_LEN}}}$"))),
+            ))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [item.post.as_mut(), item.put.as_mut(), item.patch.as_mut()].into_iter().flatten() {
+                let parameters = operation.parameters.get_or_insert_with(Vec::new);
+                if !parameters.iter().any(|p| p.name == "Idempotency-Key") {
+                    parameters.push(header.clone());
+                }
+            }
+        }
+    }
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
     let key = value
@@ -234,7 +269,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[openapi(
     info(title = "DevConnect command API", description = "Writes. Every success carries X-Consistency-Token."),
     paths(auth::signup, auth::login, auth::refresh, auth::logout, profile::update_profile, profile::change_password, connections::send_request, connections::review_request, profile::change_membership, messages::send_message, messages::read_message, messages::deliver_message, presence::heartbeat, presence::offline, notifications::read_notification),
-    modifiers(&BearerAuth, &StandardResponses)
+    modifiers(&BearerAuth, &StandardResponses, &IdempotencyKeyHeader)
 )]
 pub struct ApiDoc;
 
@@ -268,6 +303,29 @@ pub fn router(state: AppState) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_write_documents_the_idempotency_key_with_its_rule() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+        let mut writes = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("operations") {
+                let params = operation["parameters"].as_array().cloned().unwrap_or_default();
+                let key = params.iter().find(|p| p["name"] == "Idempotency-Key");
+                if method == "get" {
+                    assert!(key.is_none(), "{method} {path}");
+                    continue;
+                }
+                writes += 1;
+                let key = key.unwrap_or_else(|| panic!("{method} {path} lists no Idempotency-Key"));
+                assert_eq!(
+                    (key["in"].as_str(), key["schema"]["pattern"].as_str()),
+                    (Some("header"), Some("^[!-~]{1,255}$"))
+                );
+            }
+        }
+        assert_eq!(writes, 15, "every write route");
+    }
 
     #[test]
     fn requests_with_passwords_never_print_them() {
