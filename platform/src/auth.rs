@@ -127,6 +127,23 @@ impl JwtKeys {
     }
 }
 
+/// Claims already verified for this request, kept in its extensions.
+#[derive(Debug, Clone)]
+struct VerifiedClaims(Claims);
+
+/// The verified claims of the request's access token, verified once per
+/// request: the first to ask (the rate limiter, the caller extractor, the
+/// idempotency fingerprint) verifies, and leaves them in the request's
+/// extensions for the rest. `None` without a valid token.
+pub fn request_claims(extensions: &mut axum::http::Extensions, headers: &HeaderMap, keys: &JwtKeys) -> Option<Claims> {
+    if let Some(VerifiedClaims(claims)) = extensions.get() {
+        return Some(claims.clone());
+    }
+    let claims = keys.verify(&token_from_headers(headers)?).ok()?;
+    extensions.insert(VerifiedClaims(claims.clone()));
+    Some(claims)
+}
+
 /// The token from `Authorization: Bearer …`, else from the `token` cookie.
 pub fn token_from_headers(headers: &HeaderMap) -> Option<String> {
     if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
@@ -198,6 +215,22 @@ mod tests {
         assert_eq!(keys.verify_refresh(&refresh_token).expect("valid refresh token"), refresh);
         assert!(keys.verify(&refresh_token).is_err(), "a refresh token is not an access token");
         assert!(keys.verify_refresh(&access).is_err(), "an access token is not a refresh token");
+    }
+
+    #[test]
+    fn a_request_token_is_verified_once_and_only_if_valid() {
+        let keys = JwtKeys::new(SECRET).expect("secret ok");
+        let now = Utc::now();
+        let claims = Claims::new(Uuid::new_v4(), Uuid::new_v4(), now, now + chrono::Duration::minutes(5));
+        let mut headers = HeaderMap::new();
+        let mut extensions = axum::http::Extensions::new();
+        headers.insert("authorization", "Bearer forged".parse().expect("header"));
+        assert_eq!(request_claims(&mut extensions, &headers, &keys), None, "an invalid token is not kept");
+        headers.insert("authorization", format!("Bearer {}", keys.sign(&claims)).parse().expect("header"));
+        assert_eq!(request_claims(&mut extensions, &headers, &keys).as_ref(), Some(&claims));
+        // Kept for the rest of the request: asked again, no second verification.
+        let other = JwtKeys::new("another-secret-another-secret-xx").expect("secret ok");
+        assert_eq!(request_claims(&mut extensions, &headers, &other).as_ref(), Some(&claims));
     }
 
     #[test]

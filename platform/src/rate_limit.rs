@@ -250,15 +250,18 @@ pub struct RateLimitState {
 }
 
 /// The middleware: counts the request against its group, or answers 429.
-pub async fn enforce(State(state): State<RateLimitState>, request: Request, next: Next) -> Response {
+pub async fn enforce(State(state): State<RateLimitState>, mut request: Request, next: Next) -> Response {
     let Some(group) = (state.group_of)(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
     let who = match group.subject {
         Subject::Client => client_of(&request).map(|ip| format!("client:{ip}")),
-        Subject::User => crate::auth::token_from_headers(request.headers())
-            .and_then(|token| state.keys.verify(&token).ok())
-            .map(|claims| format!("user:{}", claims.sub)),
+        Subject::User => {
+            let (mut parts, body) = request.into_parts();
+            let claims = crate::auth::request_claims(&mut parts.extensions, &parts.headers, &state.keys);
+            request = Request::from_parts(parts, body);
+            claims.map(|claims| format!("user:{}", claims.sub))
+        }
     };
     let Some(who) = who else { return next.run(request).await };
     match state.limiter.hit(group, &who).await {

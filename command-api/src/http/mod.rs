@@ -63,8 +63,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = platform::auth::token_from_headers(&parts.headers).ok_or(CommandError::Unauthenticated)?;
-        let claims = state.keys.verify(&token).map_err(|_| CommandError::Unauthenticated)?;
+        let claims = platform::auth::request_claims(&mut parts.extensions, &parts.headers, &state.keys)
+            .ok_or(CommandError::Unauthenticated)?;
         Ok(Caller(claims))
     }
 }
@@ -138,14 +138,13 @@ fn fingerprint(parts: &Parts, session: Option<Uuid>, mut body: serde_json::Value
 
 /// The command's context from the request head; the fingerprint is set
 /// only when there is a key to tell retries by.
-fn command_context(parts: &Parts, state: &AppState, body: serde_json::Value) -> Result<CommandContext, ApiError> {
+fn command_context(parts: &mut Parts, state: &AppState, body: serde_json::Value) -> Result<CommandContext, ApiError> {
     let correlation =
         parts.extensions.get::<CorrelationId>().map_or_else(|| Uuid::new_v4().to_string(), |c| c.0.clone());
     let idempotency_key = idempotency_key(&parts.headers)?;
     let fingerprint = idempotency_key.is_some().then(|| {
-        let session = platform::auth::token_from_headers(&parts.headers)
-            .and_then(|token| state.keys.verify(&token).ok())
-            .map(|claims| claims.jti);
+        let session =
+            platform::auth::request_claims(&mut parts.extensions, &parts.headers, &state.keys).map(|claims| claims.jti);
         fingerprint(parts, session, body)
     });
     Ok(CommandContext { correlation_id: correlation, idempotency_key, fingerprint })
@@ -162,7 +161,7 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Wr
 
     async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
-        let head = Parts::clone(&parts);
+        let mut head = Parts::clone(&parts);
         let ApiJson(value) =
             ApiJson::<serde_json::Value>::from_request(axum::extract::Request::from_parts(parts, body), state).await?;
         // Parsed from the value the fingerprint reads, so both see one body.
@@ -170,7 +169,7 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Wr
             code: "invalid_field_type",
             message: format!("Failed to deserialize the JSON body into the target type: {e}"),
         })?;
-        Ok(Write(command_context(&head, state, value)?, typed))
+        Ok(Write(command_context(&mut head, state, value)?, typed))
     }
 }
 

@@ -21,8 +21,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = platform::auth::token_from_headers(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        let claims = state.jwt.verify(&token).map_err(|_| ApiError::Unauthenticated)?;
+        let claims = platform::auth::request_claims(&mut parts.extensions, &parts.headers, &state.jwt)
+            .ok_or(ApiError::Unauthenticated)?;
         let session_id = claims.jti.to_string();
         if !state.revocations.is_loaded() {
             return Err(ApiError::RevocationsUnknown);
