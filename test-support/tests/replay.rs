@@ -326,3 +326,22 @@ async fn a_rebuild_of_empty_topics_switches_to_empty_views() {
     let views = env.view_snapshot(&new).await;
     assert!(views.iter().all(|line| line.starts_with("redis feed:users")), "{views:#?}");
 }
+
+#[tokio::test]
+async fn services_racing_to_create_the_first_generation_all_use_the_stored_one() {
+    // After a total loss every service notices the missing pointer at once
+    // and offers its own generation; whatever the store answers each of
+    // them, all must end up on the one it kept.
+    let servers = test_support::Servers::from_env();
+    let client = mongodb::Client::with_uri_str(&servers.mongo_uri).await.expect("mongo client");
+    let base = format!("race{}", uuid::Uuid::now_v7().simple());
+    let generations = views::generation::Generations::new(client.clone(), &base);
+    for trial in 0..30 {
+        let answers = futures::future::join_all((0..6).map(|_| generations.current_or_create())).await;
+        let stored = generations.pointer().await.expect("pointer").expect("a pointer").current;
+        for answer in answers {
+            assert_eq!(answer.expect("current_or_create"), stored, "trial {trial}");
+        }
+        client.database(&base).drop().await.expect("drop");
+    }
+}

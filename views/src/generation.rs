@@ -108,15 +108,30 @@ impl Generations {
     /// The current generation, creating a first one when there is none yet
     /// (a new deployment, or MongoDB lost everything). Concurrent callers
     /// agree: the first upsert wins, the rest read its value.
+    ///
+    /// The answer is always the stored pointer, never the value we offered:
+    /// SecantusDB answers some of several simultaneous upserts with no
+    /// document at all (measured: about one race in four with four callers),
+    /// and taking that as "ours was inserted" once sent a rebuild into a
+    /// generation nobody pointed at (docs/stack.md).
     pub async fn current_or_create(&self) -> mongodb::error::Result<Generation> {
-        let fresh = Generation::fresh();
-        let pointer = self
-            .pointer
-            .find_one_and_update(doc! { "_id": POINTER_ID }, doc! { "$setOnInsert": { "current": fresh.id() } })
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await?;
-        Ok(pointer.map_or(fresh, |p| p.current))
+        loop {
+            let fresh = Generation::fresh();
+            let upserted = self
+                .pointer
+                .find_one_and_update(doc! { "_id": POINTER_ID }, doc! { "$setOnInsert": { "current": fresh.id() } })
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await?;
+            if let Some(pointer) = upserted {
+                return Ok(pointer.current);
+            }
+            if let Some(pointer) = self.pointer().await? {
+                return Ok(pointer.current);
+            }
+            // Dropped again between the two statements (a total loss in
+            // progress): offer a generation once more.
+        }
     }
 
     /// The generation a rebuild should fill: the one a previous rebuild
