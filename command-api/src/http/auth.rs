@@ -52,19 +52,19 @@ pub(super) fn issue_tokens(
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SignupRequest {
-    #[schema(min_length = 2, max_length = 50)]
+    /// 2-50 characters once trimmed, at least 2 visible.
     pub first_name: String,
-    #[schema(min_length = 2, max_length = 50)]
+    /// As `firstName`.
     pub last_name: String,
     #[schema(format = "email")]
     pub email_id: String,
-    /// At least 8 characters with upper, lower, digit and symbol.
+    /// 8-128 characters with an upper-case and a lower-case letter, a digit and a symbol.
     pub password: String,
-    #[schema(minimum = 18)]
-    pub age: Option<i64>,
+    #[schema(value_type = Option<i64>)]
+    pub age: Option<JsonInteger>,
     /// male, female or other.
     pub gender: Option<String>,
-    #[schema(max_length = 500)]
+    /// At most 500 characters once trimmed.
     pub about: Option<String>,
     /// At most 10, each at most 30 characters.
     pub skills: Option<Vec<String>>,
@@ -88,7 +88,7 @@ pub async fn signup(
         profile: ProfileInput {
             first_name: body.first_name,
             last_name: body.last_name,
-            age: body.age,
+            age: body.age.map(|age| age.0),
             gender: body.gender,
             about: body.about,
             skills: body.skills,

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use blake2::{Blake2s256, Digest};
+use field_rules::FieldRules;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::{Claims, JwtKeys, RefreshClaims, TOKEN_COOKIE};
 use platform::http::{ApiJson, BearerAuth, CorrelationId, ErrorResponse, StandardResponses};
@@ -26,6 +27,7 @@ use events::connection::RequestStatus;
 
 mod auth;
 mod connections;
+mod field_rules;
 mod messages;
 mod notifications;
 mod presence;
@@ -66,6 +68,25 @@ impl FromRequestParts<AppState> for Caller {
         let claims = platform::auth::request_claims(&mut parts.extensions, &parts.headers, &state.keys)
             .ok_or(CommandError::Unauthenticated)?;
         Ok(Caller(claims))
+    }
+}
+
+/// A JSON integer as JSON Schema counts them: `70` and `70.0` alike (serde's
+/// `i64` refuses the second, which a schema-following client may send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct JsonInteger(pub i64);
+
+impl<'de> Deserialize<'de> for JsonInteger {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Beyond 2^53 a float no longer tells integers apart.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        let number = serde_json::Number::deserialize(deserializer)?;
+        let integral = number.as_i64().or_else(|| {
+            #[allow(clippy::cast_possible_truncation)] // integral and within ±2^53: exact
+            number.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= EXACT).map(|f| f as i64)
+        });
+        integral.map(JsonInteger).ok_or_else(|| serde::de::Error::custom(format!("expected an integer, got {number}")))
     }
 }
 
@@ -268,7 +289,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[openapi(
     info(title = "DevConnect command API", description = "Writes. Every success carries X-Consistency-Token."),
     paths(auth::signup, auth::login, auth::refresh, auth::logout, profile::update_profile, profile::change_password, connections::send_request, connections::review_request, profile::change_membership, messages::send_message, messages::read_message, messages::deliver_message, presence::heartbeat, presence::offline, notifications::read_notification),
-    modifiers(&BearerAuth, &StandardResponses, &IdempotencyKeyHeader)
+    modifiers(&BearerAuth, &StandardResponses, &IdempotencyKeyHeader, &FieldRules)
 )]
 pub struct ApiDoc;
 

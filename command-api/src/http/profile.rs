@@ -10,13 +10,13 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProfilePatchRequest {
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>)]
-    pub age: Option<Option<i64>>,
+    pub age: Option<Option<JsonInteger>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub gender: Option<Option<String>>,
@@ -54,7 +54,7 @@ pub async fn update_profile(
     let patch = ProfilePatch {
         first_name: body.first_name,
         last_name: body.last_name,
-        age: body.age,
+        age: body.age.map(|age| age.map(|age| age.0)),
         gender: body.gender,
         about: body.about,
         skills: body.skills,

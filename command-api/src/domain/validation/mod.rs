@@ -5,16 +5,18 @@ use events::user::{Gender, Profile};
 
 use super::Rejection;
 
+pub mod patterns;
+
 const NAME_CHARS: std::ops::RangeInclusive<usize> = 2..=50;
 const ABOUT_MAX_CHARS: usize = 500;
-const SKILLS_MAX: usize = 10;
+pub const SKILLS_MAX: usize = 10;
 const SKILL_MAX_CHARS: usize = 30;
-const MIN_AGE: i64 = 18;
-const MAX_AGE: i64 = 150;
-const PASSWORD_MIN_CHARS: usize = 8;
+pub const MIN_AGE: i64 = 18;
+pub const MAX_AGE: i64 = 150;
+pub const PASSWORD_MIN_CHARS: usize = 8;
 /// argon2 hashes any length, but an unbounded password is a cheap way to make
 /// the server burn CPU.
-const PASSWORD_MAX_CHARS: usize = 128;
+pub const PASSWORD_MAX_CHARS: usize = 128;
 
 /// Profile fields as they arrive, before validation.
 #[derive(Debug, Default, Clone)]
@@ -105,13 +107,15 @@ fn age(raw: Option<i64>) -> Result<Option<u8>, Rejection> {
     }
 }
 
+/// The genders by name: matched trimmed and whatever the case.
+const GENDERS: [(&str, Gender); 3] = [("male", Gender::Male), ("female", Gender::Female), ("other", Gender::Other)];
+
 fn gender(raw: Option<&str>) -> Result<Option<Gender>, Rejection> {
-    match raw.map(|g| g.trim().to_lowercase()).as_deref() {
-        None => Ok(None),
-        Some("male") => Ok(Some(Gender::Male)),
-        Some("female") => Ok(Some(Gender::Female)),
-        Some("other") => Ok(Some(Gender::Other)),
-        Some(_) => Err(Rejection::invalid("gender_invalid", "gender must be male, female or other")),
+    let Some(raw) = raw else { return Ok(None) };
+    let named = raw.trim().to_lowercase();
+    match GENDERS.iter().find(|(name, _)| *name == named) {
+        Some((_, gender)) => Ok(Some(*gender)),
+        None => Err(Rejection::invalid("gender_invalid", "gender must be male, female or other")),
     }
 }
 
