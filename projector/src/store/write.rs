@@ -4,13 +4,14 @@
 //! indexes and pruning) because its steps and their order are what keep a
 //! repeated or overlapping batch from landing twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use mongodb::ClientSession;
 use mongodb::bson::{Document, doc};
 use views::{CheckpointDoc, collections};
 
 use super::{StoreError, ViewStore};
-use crate::plan::Plan;
+use crate::plan::{Creation, Plan};
 
 impl ViewStore {
     /// Applies the MongoDB half of a plan in one transaction: the views,
@@ -35,77 +36,99 @@ impl ViewStore {
         Ok(())
     }
 
+    /// The transaction around `write_in_transaction`: any failure inside
+    /// aborts it, so nothing of the batch lands unless all of it does.
     async fn write_views(
         &self,
         plan: &Plan,
         stale: &[String],
         starts: &BTreeMap<(String, i32), i64>,
     ) -> Result<(), StoreError> {
-        let checkpoints: Vec<Document> = plan
-            .checkpoints
-            .iter()
-            .map(|((topic, partition), next)| {
-                doc! {
-                    "q": { "_id": CheckpointDoc::id_for(topic, *partition) },
-                    "u": [ { "$set": {
-                        "topic": topic.as_str(),
-                        "partition": *partition,
-                        "nextOffset": { "$max": [ { "$ifNull": ["$nextOffset", 0_i64] }, *next ] },
-                    } } ],
-                    "upsert": true,
-                }
-            })
-            .collect();
+        let checkpoints = checkpoint_statements(plan);
         let stale: Vec<Document> = stale.iter().map(Self::stale_statement).collect();
         let mut session = self.client.start_session().await?;
         self.leases.note(session.id()).await?;
         session.start_transaction().await?;
-        if let Err(err) = self.check_positions(starts, &plan.fence, &mut session).await {
+        if let Err(err) = self.write_in_transaction(plan, &stale, &checkpoints, starts, &mut session).await {
             let _ = session.abort_transaction().await;
             return Err(err);
         }
-        // Processed-id keys first: if another projector applied these events
-        // meanwhile (a rebalance), the duplicate key aborts this transaction
-        // and the retry finds them processed. `at` (when recorded) is what
-        // pruning goes by (`prune_processed`).
-        if !plan.processed.is_empty() {
-            let at = mongodb::bson::DateTime::now();
-            let ids: Vec<Document> = plan.processed.iter().map(|id| doc! { "_id": id.to_string(), "at": at }).collect();
-            let insert = doc! { "insert": collections::PROCESSED_EVENTS, "documents": ids, "ordered": true };
-            let result = self.db.run_command(insert).session(&mut session).await;
-            if let Err(err) = result.map_err(StoreError::from).and_then(|reply| Self::check_write_errors(&reply)) {
-                let _ = session.abort_transaction().await;
-                return Err(err);
-            }
+        session.commit_transaction().await?;
+        Ok(())
+    }
+
+    /// The transaction's steps, in order: check the positions, record the
+    /// processed ids, create the new documents, then update every
+    /// collection.
+    async fn write_in_transaction(
+        &self,
+        plan: &Plan,
+        stale: &[Document],
+        checkpoints: &[Document],
+        starts: &BTreeMap<(String, i32), i64>,
+        session: &mut ClientSession,
+    ) -> Result<(), StoreError> {
+        self.check_positions(starts, &plan.fence, session).await?;
+        self.record_processed(&plan.processed, session).await?;
+        let fallbacks = self.create_documents(&plan.creations, session).await?;
+        self.update_collections(plan, stale, checkpoints, fallbacks, session).await
+    }
+
+    /// The processed-id keys, before any view: if another projector applied
+    /// these events meanwhile (a rebalance), the duplicate key aborts this
+    /// transaction and the retry finds them processed. `at` (when recorded)
+    /// is what pruning goes by (`prune_processed`).
+    async fn record_processed(&self, processed: &[uuid::Uuid], session: &mut ClientSession) -> Result<(), StoreError> {
+        if processed.is_empty() {
+            return Ok(());
         }
-        let mut fallbacks = std::collections::HashMap::new();
-        for (collection, creations) in &plan.creations {
-            match self.insert_absent(collection, creations, &mut session).await {
-                Ok(otherwise) => {
-                    fallbacks.insert(*collection, otherwise);
-                }
-                Err(err) => {
-                    let _ = session.abort_transaction().await;
-                    return Err(err);
-                }
-            }
+        let at = mongodb::bson::DateTime::now();
+        let ids: Vec<Document> = processed.iter().map(|id| doc! { "_id": id.to_string(), "at": at }).collect();
+        let insert = doc! { "insert": collections::PROCESSED_EVENTS, "documents": ids, "ordered": true };
+        let result = self.db.run_command(insert).session(&mut *session).await;
+        result.map_err(StoreError::from).and_then(|reply| Self::check_write_errors(&reply))
+    }
+
+    /// Inserts each collection's created documents where absent; returns,
+    /// per collection, the statements to run for those that exist.
+    async fn create_documents(
+        &self,
+        creations: &BTreeMap<&'static str, Vec<Creation>>,
+        session: &mut ClientSession,
+    ) -> Result<HashMap<&'static str, Vec<Document>>, StoreError> {
+        let mut fallbacks = HashMap::new();
+        for (collection, creations) in creations {
+            let otherwise = self.insert_absent(collection, creations, session).await?;
+            fallbacks.insert(*collection, otherwise);
         }
+        Ok(fallbacks)
+    }
+
+    /// One `update` command per collection, the fallbacks of created
+    /// documents first.
+    async fn update_collections(
+        &self,
+        plan: &Plan,
+        stale: &[Document],
+        checkpoints: &[Document],
+        mut fallbacks: HashMap<&'static str, Vec<Document>>,
+        session: &mut ClientSession,
+    ) -> Result<(), StoreError> {
         // Collections written by creations alone still run the fallbacks of
         // documents that exist (a repeated batch).
-        let none = Vec::new();
-        let batches = [
+        let batches: [(&str, &[Document]); 12] = [
             (collections::USERS, &plan.users),
             (collections::SESSIONS, &plan.sessions),
             (collections::CONNECTION_REQUESTS, &plan.requests),
             (collections::RELATIONS, &plan.relations),
-            (collections::CONNECTIONS, &none),
+            (collections::CONNECTIONS, &[]),
             (collections::MESSAGES, &plan.messages),
             (collections::PRESENCE, &plan.presence),
             (collections::NOTIFICATIONS, &plan.notifications),
             (collections::NOTIFICATION_COUNTERS, &plan.notification_counters),
             (collections::DAILY_STATS, &plan.daily_stats),
-            (collections::STALE_CACHES, &stale),
-            (collections::CHECKPOINTS, &checkpoints),
+            (collections::STALE_CACHES, stale),
+            (collections::CHECKPOINTS, checkpoints),
         ];
         for (collection, planned) in batches {
             // A created document's fallback precedes any later change to it.
@@ -116,23 +139,16 @@ impl ViewStore {
             }
             let statements = &statements;
             let started = std::time::Instant::now();
-            let result = self.db.run_command(Self::update_command(collection, statements)).session(&mut session).await;
+            let result = self.db.run_command(Self::update_command(collection, statements)).session(&mut *session).await;
             tracing::trace!(
                 collection,
                 statements = statements.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "update"
             );
-            match result.map_err(StoreError::from).and_then(|reply| Self::check_write_errors(&reply)) {
-                Ok(()) => {}
-                Err(err) => {
-                    let _ = session.abort_transaction().await;
-                    return Err(err);
-                }
-            }
+            result.map_err(StoreError::from).and_then(|reply| Self::check_write_errors(&reply))?;
         }
         debug_assert!(fallbacks.is_empty(), "creations in a collection missing from `batches`: {:?}", fallbacks.keys());
-        session.commit_transaction().await?;
         Ok(())
     }
 
@@ -213,4 +229,23 @@ impl ViewStore {
         }
         Ok(otherwise)
     }
+}
+
+/// Each partition's checkpoint statement: the stored next offset raised to
+/// the plan's, never lowered (`$max`).
+fn checkpoint_statements(plan: &Plan) -> Vec<Document> {
+    plan.checkpoints
+        .iter()
+        .map(|((topic, partition), next)| {
+            doc! {
+                "q": { "_id": CheckpointDoc::id_for(topic, *partition) },
+                "u": [ { "$set": {
+                    "topic": topic.as_str(),
+                    "partition": *partition,
+                    "nextOffset": { "$max": [ { "$ifNull": ["$nextOffset", 0_i64] }, *next ] },
+                } } ],
+                "upsert": true,
+            }
+        })
+        .collect()
 }
