@@ -1,6 +1,10 @@
 //! Writes a plan: one MongoDB transaction with the view changes and the
 //! checkpoint (so the checkpoint never runs ahead of the views), then the
 //! Redis caches in one pipeline.
+//!
+//! This file holds the store, its errors and what it reads (the prior state
+//! a batch is planned against, the checkpoints), its indexes and pruning;
+//! `write` applies a plan's MongoDB transaction and `cache` its Redis side.
 
 use std::collections::BTreeMap;
 
@@ -12,10 +16,10 @@ use redis::aio::ConnectionManager;
 use views::keys::RedisKeys;
 use views::{CheckpointDoc, PresenceDoc, collections};
 
-use crate::plan::Plan;
 use platform::mongo::find_by_ids;
 
 mod cache;
+mod write;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -184,168 +188,6 @@ impl ViewStore {
         }
     }
 
-    /// Applies the MongoDB half of a plan in one transaction: the views,
-    /// the processed-id keys, the checkpoints, and `stale` (cache keys to
-    /// drop once Redis is back, while it is not). The caches are refreshed
-    /// separately (`refresh_caches`), so a Redis outage never stops the views.
-    ///
-    /// `starts` holds, per partition, the offset of the batch's first
-    /// record: the transaction checks that the stored checkpoint has reached
-    /// it (else `StoreError::Gap`), so a batch never lands on views that
-    /// lost what came before it. Empty: no check.
-    pub async fn write(
-        &self,
-        plan: &Plan,
-        stale: &[String],
-        starts: &BTreeMap<(String, i32), i64>,
-    ) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        self.write_views(plan, stale, starts).await?;
-        metrics::histogram!("projector_mongo_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(mongo_ms = started.elapsed().as_millis() as u64, "batch stored");
-        Ok(())
-    }
-
-    async fn write_views(
-        &self,
-        plan: &Plan,
-        stale: &[String],
-        starts: &BTreeMap<(String, i32), i64>,
-    ) -> Result<(), StoreError> {
-        let checkpoints: Vec<Document> = plan
-            .checkpoints
-            .iter()
-            .map(|((topic, partition), next)| {
-                doc! {
-                    "q": { "_id": CheckpointDoc::id_for(topic, *partition) },
-                    "u": [ { "$set": {
-                        "topic": topic.as_str(),
-                        "partition": *partition,
-                        "nextOffset": { "$max": [ { "$ifNull": ["$nextOffset", 0_i64] }, *next ] },
-                    } } ],
-                    "upsert": true,
-                }
-            })
-            .collect();
-        let stale: Vec<Document> = stale.iter().map(Self::stale_statement).collect();
-        let mut session = self.client.start_session().await?;
-        self.leases.note(session.id()).await?;
-        session.start_transaction().await?;
-        if let Err(err) = self.check_positions(starts, &plan.fence, &mut session).await {
-            let _ = session.abort_transaction().await;
-            return Err(err);
-        }
-        // Processed-id keys first: if another projector applied these events
-        // meanwhile (a rebalance), the duplicate key aborts this transaction
-        // and the retry finds them processed. `at` (when recorded) is what
-        // pruning goes by (`prune_processed`).
-        if !plan.processed.is_empty() {
-            let at = mongodb::bson::DateTime::now();
-            let ids: Vec<Document> = plan.processed.iter().map(|id| doc! { "_id": id.to_string(), "at": at }).collect();
-            let insert = doc! { "insert": collections::PROCESSED_EVENTS, "documents": ids, "ordered": true };
-            let result = self.db.run_command(insert).session(&mut session).await;
-            if let Err(err) = result.map_err(StoreError::from).and_then(|reply| Self::check_write_errors(&reply)) {
-                let _ = session.abort_transaction().await;
-                return Err(err);
-            }
-        }
-        let mut fallbacks = std::collections::HashMap::new();
-        for (collection, creations) in &plan.creations {
-            match self.insert_absent(collection, creations, &mut session).await {
-                Ok(otherwise) => {
-                    fallbacks.insert(*collection, otherwise);
-                }
-                Err(err) => {
-                    let _ = session.abort_transaction().await;
-                    return Err(err);
-                }
-            }
-        }
-        // Collections written by creations alone still run the fallbacks of
-        // documents that exist (a repeated batch).
-        let none = Vec::new();
-        let batches = [
-            (collections::USERS, &plan.users),
-            (collections::SESSIONS, &plan.sessions),
-            (collections::CONNECTION_REQUESTS, &plan.requests),
-            (collections::RELATIONS, &plan.relations),
-            (collections::CONNECTIONS, &none),
-            (collections::MESSAGES, &plan.messages),
-            (collections::PRESENCE, &plan.presence),
-            (collections::NOTIFICATIONS, &plan.notifications),
-            (collections::NOTIFICATION_COUNTERS, &plan.notification_counters),
-            (collections::DAILY_STATS, &plan.daily_stats),
-            (collections::STALE_CACHES, &stale),
-            (collections::CHECKPOINTS, &checkpoints),
-        ];
-        for (collection, planned) in batches {
-            // A created document's fallback precedes any later change to it.
-            let mut statements = fallbacks.remove(collection).unwrap_or_default();
-            statements.extend(planned.iter().cloned());
-            if statements.is_empty() {
-                continue;
-            }
-            let statements = &statements;
-            let started = std::time::Instant::now();
-            let result = self.db.run_command(Self::update_command(collection, statements)).session(&mut session).await;
-            tracing::trace!(
-                collection,
-                statements = statements.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "update"
-            );
-            match result.map_err(StoreError::from).and_then(|reply| Self::check_write_errors(&reply)) {
-                Ok(()) => {}
-                Err(err) => {
-                    let _ = session.abort_transaction().await;
-                    return Err(err);
-                }
-            }
-        }
-        debug_assert!(fallbacks.is_empty(), "creations in a collection missing from `batches`: {:?}", fallbacks.keys());
-        session.commit_transaction().await?;
-        Ok(())
-    }
-
-    /// Reads the stored checkpoints of the batch's partitions in the
-    /// transaction, and fails
-    /// - with `Gap` when one is below the batch's first offset there
-    ///   (`starts`): the store lost what precedes the batch;
-    /// - with `Moved` when one differs from what the plan assumed (`fence`):
-    ///   its once-only effects were planned against another position.
-    ///
-    /// The transaction also writes each of these checkpoints, so a batch
-    /// another projector commits after this read makes the commit fail
-    /// with a write conflict: what was read here still holds at commit.
-    async fn check_positions(
-        &self,
-        starts: &BTreeMap<(String, i32), i64>,
-        fence: &BTreeMap<(String, i32), i64>,
-        session: &mut mongodb::ClientSession,
-    ) -> Result<(), StoreError> {
-        let partitions: std::collections::BTreeSet<(String, i32)> =
-            starts.keys().chain(fence.keys()).cloned().collect();
-        if partitions.is_empty() {
-            return Ok(());
-        }
-        let stored = self.read_checkpoints(&partitions, Some(session)).await?;
-        let at = |partition: &(String, i32)| stored.get(partition).copied().unwrap_or(0);
-        let gaps: Vec<((String, i32), i64)> = starts
-            .iter()
-            .filter(|(partition, start)| at(partition) < **start)
-            .map(|(partition, _)| (partition.clone(), at(partition)))
-            .collect();
-        if !gaps.is_empty() {
-            return Err(StoreError::Gap { gaps });
-        }
-        let moved: Vec<((String, i32), i64, i64)> = fence
-            .iter()
-            .filter(|(partition, planned)| at(partition) != **planned)
-            .map(|(partition, planned)| (partition.clone(), *planned, at(partition)))
-            .collect();
-        if moved.is_empty() { Ok(()) } else { Err(StoreError::Moved { moved }) }
-    }
-
     /// The stored next offset of each of `partitions` that has a checkpoint,
     /// in `session`'s transaction if given.
     async fn read_checkpoints(
@@ -404,45 +246,6 @@ impl ViewStore {
             .map(|p| (p.user_id, crate::plan::PresenceState { version: p.version, online_until: p.online_until }))
             .collect();
         Ok(crate::plan::Prior { processed: processed?, checkpoints, presence })
-    }
-
-    /// Inserts the created documents that do not exist yet, in the
-    /// transaction; returns the statements to run for those that do (or
-    /// that the batch creates twice).
-    async fn insert_absent(
-        &self,
-        collection: &str,
-        creations: &[crate::plan::Creation],
-        session: &mut mongodb::ClientSession,
-    ) -> Result<Vec<Document>, StoreError> {
-        let ids: Vec<mongodb::bson::Bson> = creations.iter().map(|c| c.id.clone().into()).collect();
-        let mut found = self
-            .db
-            .collection::<Document>(collection)
-            .find(doc! { "_id": { "$in": ids } })
-            .projection(doc! { "_id": 1 })
-            .session(&mut *session)
-            .await?;
-        let mut present = std::collections::HashSet::new();
-        while let Some(document) = found.next(&mut *session).await.transpose()? {
-            if let Ok(id) = document.get_str("_id") {
-                present.insert(id.to_owned());
-            }
-        }
-        let (mut inserts, mut otherwise) = (Vec::new(), Vec::new());
-        for creation in creations {
-            if present.insert(creation.id.clone()) {
-                inserts.push(creation.document.clone());
-            } else {
-                otherwise.push(creation.otherwise.clone());
-            }
-        }
-        if !inserts.is_empty() {
-            let insert = doc! { "insert": collection, "documents": inserts, "ordered": true };
-            let reply = self.db.run_command(insert).session(&mut *session).await?;
-            Self::check_write_errors(&reply)?;
-        }
-        Ok(otherwise)
     }
 
     /// Which of these event ids were already applied (processed-id keys).

@@ -1,0 +1,272 @@
+//! The consume → plan → apply → commit loop, shared by continuous
+//! projection and rebuilds.
+//!
+//! This file holds the worker's settings and stops and the loop that
+//! gathers records into batches. `batch` applies one batch, `verify` keeps
+//! the positions true to the store's checkpoints (seeking back over what
+//! the store lost), and `dead_letters` sets aside records that cannot be
+//! projected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use events::{Topic, TopicNames};
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use tokio::sync::watch;
+use views::generation::{CurrentGeneration, Generation};
+
+use crate::positions::{Positions, StallWatch, StartAtCheckpoints};
+use crate::store::ViewStore;
+
+mod batch;
+mod dead_letters;
+mod verify;
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub max_batch: usize,
+    /// A batch ends when no record arrives for this long...
+    pub linger: Duration,
+    /// ...or when it has been filling for this long.
+    pub max_batch_time: Duration,
+    /// How long a heartbeat keeps a user online.
+    pub presence_ttl: chrono::Duration,
+    /// Failed attempts at a batch, with errors that are not transient,
+    /// before the batch is taken apart to find and dead-letter the poison
+    /// record. Transient errors (outages, conflicts) are retried forever.
+    pub apply_attempts: u32,
+}
+
+/// Why a worker stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Shutdown,
+    /// The pointer moved to another generation (continuous projection).
+    GenerationChanged,
+    /// Every partition reached the end the topics had (a rebuild).
+    CaughtUp,
+    /// The worker must be built afresh (a new consumer, which leaves the
+    /// group and joins again, and positions re-read from the store): some
+    /// partition lagged with nobody advancing it, or a seek failed.
+    Rejoin,
+}
+
+/// What ends a worker besides errors.
+pub struct Stops {
+    pub shutdown: watch::Receiver<bool>,
+    /// Follow the pointer: stop when it leaves `generation`.
+    pub follow: Option<CurrentGeneration>,
+    pub generation: Generation,
+    /// Stop once caught up with the topics' high watermarks.
+    pub when_caught_up: bool,
+}
+
+/// How a worker gets its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitions {
+    /// Shared with the other members of the consumer group; offsets are
+    /// committed for monitoring tools.
+    Group,
+    /// All of them, assigned directly: for a rebuild, which runs alone. No
+    /// group join to wait for, and no wait for the session of a member that
+    /// was killed to expire before a restarted rebuild gets its partitions.
+    All,
+}
+
+impl Stops {
+    /// Resolves on shutdown or a generation switch.
+    async fn interrupted(&mut self) -> Ended {
+        let Stops { shutdown, follow, generation, .. } = self;
+        let switch = async {
+            match follow.as_mut() {
+                Some(follow) => loop {
+                    if follow.changed().await != *generation {
+                        return;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => Ended::Shutdown,
+            () = switch => Ended::GenerationChanged,
+        }
+    }
+}
+
+pub struct Worker {
+    pub consumer: StreamConsumer<StartAtCheckpoints>,
+    pub dead_letters: FutureProducer,
+    pub topics: TopicNames,
+    pub store: ViewStore,
+    pub settings: WorkerSettings,
+    pub positions: Positions,
+    /// Events applied so far, for rates.
+    pub events_applied: Arc<AtomicU64>,
+    pub partitions: Partitions,
+    /// Lagging partitions of other members that stopped moving.
+    pub stalls: StallWatch,
+    /// Set while Redis refreshes fail: batches then record their cache keys
+    /// as stale in the same transaction, and the keys are dropped once
+    /// Redis answers again.
+    pub caches_degraded: AtomicBool,
+    /// Per partition, what the last gap there led to, until a batch lands.
+    pub rewound: std::sync::Mutex<BTreeMap<(String, i32), GapRewind>>,
+}
+
+/// What a gap on a partition led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapRewind {
+    /// Sought back to this stored position.
+    To(i64),
+    /// The same gap came again: the records before the batch are no longer
+    /// in the log (retention), so nothing can fill it and the gap check is
+    /// skipped on this partition.
+    Unfillable,
+}
+
+/// Waits between attempts: 100 ms, doubling up to 5 s.
+struct Backoff(platform::Backoff);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(platform::Backoff::new(Duration::from_millis(100), Duration::from_secs(5)))
+    }
+
+    fn next_ms(&self) -> u64 {
+        self.0.next_delay().as_millis() as u64
+    }
+
+    /// Sleeps, unless the worker is stopped first (then says why).
+    async fn wait(&mut self, stops: &mut Stops) -> Option<Ended> {
+        tokio::select! {
+            () = tokio::time::sleep(self.0.step()) => None,
+            ended = stops.interrupted() => Some(ended),
+        }
+    }
+}
+
+/// How often the worker re-reads the store's checkpoints while it runs
+/// (also while idle): to notice views the store lost, and partitions that
+/// nobody advances.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
+
+impl Worker {
+    /// Runs until stopped. A batch that fails with a transient error
+    /// (outage, conflict) is retried with backoff and never skipped: the
+    /// views may lag, never lose events. One that keeps failing otherwise is
+    /// taken apart, and only the record that fails alone is dead-lettered.
+    pub async fn run(self, mut stops: Stops) -> anyhow::Result<Ended> {
+        let subscribed: Vec<String> = Topic::EVENT_TOPICS.iter().map(|t| self.topics.name(*t)).collect();
+        match self.partitions {
+            Partitions::Group => self.consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?,
+            Partitions::All => {
+                let mut backoff = Backoff::new();
+                let all = loop {
+                    match self.all_partitions(&subscribed) {
+                        Ok(all) => break all,
+                        Err(err) => {
+                            tracing::warn!(error = %err, retry_in_ms = backoff.next_ms(), "reading the topics' partitions failed; retrying");
+                            if let Some(ended) = backoff.wait(&mut stops).await {
+                                return Ok(ended);
+                            }
+                        }
+                    }
+                };
+                tracing::info!(
+                    partitions = all.count(),
+                    "assigned every partition; each starts at its checkpoint, or offset 0 without one"
+                );
+                self.consumer.assign(&all)?;
+            }
+        }
+        if self.store.refreshes_caches() && self.store.has_stale_caches().await.unwrap_or(true) {
+            // A Redis outage before a restart left keys to drop (or MongoDB
+            // cannot say yet): repair before trusting the caches.
+            self.caches_degraded.store(true, Ordering::Relaxed);
+        }
+        let mut consume_errors = Backoff::new();
+        let mut last_verified = Instant::now();
+        loop {
+            if last_verified.elapsed() >= VERIFY_EVERY {
+                last_verified = Instant::now();
+                if let Some(ended) = self.verify().await {
+                    return Ok(ended);
+                }
+            }
+            if stops.when_caught_up && self.positions.total_lag() == Some(0) {
+                return Ok(Ended::CaughtUp);
+            }
+            let first = tokio::select! {
+                m = self.consumer.recv() => m,
+                ended = stops.interrupted() => return Ok(ended),
+                // Idle: wake up to verify the positions (and a rebuild to
+                // re-check whether it has caught up).
+                () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            };
+            let first = match first {
+                Ok(first) => {
+                    consume_errors = Backoff::new();
+                    first
+                }
+                Err(err) => {
+                    // The broker is gone or restarting: librdkafka reconnects
+                    // by itself; wait, and say so once per backoff step.
+                    tracing::warn!(error = %err, retry_in_ms = consume_errors.next_ms(), "consuming failed; waiting for the broker");
+                    metrics::counter!("projector_consume_errors_total").increment(1);
+                    if let Some(ended) = consume_errors.wait(&mut stops).await {
+                        return Ok(ended);
+                    }
+                    continue;
+                }
+            };
+            let mut messages = vec![first];
+            // Quiet traffic: a lone record is applied after one short idle
+            // gap. A backlog: records keep coming, and batches fill up.
+            let deadline = Instant::now() + self.settings.max_batch_time;
+            while messages.len() < self.settings.max_batch {
+                let left = deadline.saturating_duration_since(Instant::now()).min(self.settings.linger);
+                match tokio::time::timeout(left, self.consumer.recv()).await {
+                    Ok(Ok(m)) => messages.push(m),
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "consumer error while filling a batch");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Some(ended) = self.process(&messages, &mut stops).await? {
+                return Ok(ended);
+            }
+        }
+    }
+
+    /// Every partition of `topics`, each at its start offset.
+    fn all_partitions(&self, topics: &[String]) -> anyhow::Result<TopicPartitionList> {
+        let mut all = TopicPartitionList::new();
+        for topic in topics {
+            let metadata = self.consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                all.add_partition_offset(topic, partition.id(), self.positions.start_offset(topic, partition.id()))?;
+                self.positions.register(topic, partition.id());
+            }
+        }
+        Ok(all)
+    }
+
+    /// The partitions this worker consumes now.
+    fn owned(&self) -> BTreeSet<(String, i32)> {
+        match self.partitions {
+            Partitions::All => self.positions.snapshot().into_keys().collect(),
+            Partitions::Group => self
+                .consumer
+                .assignment()
+                .map(|list| list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
