@@ -13,7 +13,7 @@ pub enum ApiError {
     #[error("{}", .0.message)]
     Body(BodyRejection),
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     #[error("this refresh token was already used; its session has ended, log in again")]
     RefreshTokenReused,
 }
@@ -35,7 +35,7 @@ impl IntoResponse for ApiError {
         let command = match self {
             ApiError::Body(rejection) => return rejection.into_response(),
             ApiError::BadRequest { code, message } => {
-                return error_response(StatusCode::BAD_REQUEST, known(code), &message, None);
+                return error_response(StatusCode::BAD_REQUEST, code, &message, None);
             }
             ApiError::RefreshTokenReused => {
                 let message = self.to_string();
@@ -45,12 +45,12 @@ impl IntoResponse for ApiError {
         };
         let message = command.to_string();
         let (status, code, retry_after) = match command {
-            CommandError::Rejected(Rejection::Invalid { code, .. }) => (StatusCode::BAD_REQUEST, known(code), None),
-            CommandError::Rejected(Rejection::Conflict { code, .. }) => (StatusCode::CONFLICT, known(code), None),
-            CommandError::Rejected(Rejection::NotFound { code, .. }) => (StatusCode::NOT_FOUND, known(code), None),
-            CommandError::Rejected(Rejection::Forbidden { code, .. }) => (StatusCode::FORBIDDEN, known(code), None),
+            CommandError::Rejected(Rejection::Invalid { code, .. }) => (StatusCode::BAD_REQUEST, code, None),
+            CommandError::Rejected(Rejection::Conflict { code, .. }) => (StatusCode::CONFLICT, code, None),
+            CommandError::Rejected(Rejection::NotFound { code, .. }) => (StatusCode::NOT_FOUND, code, None),
+            CommandError::Rejected(Rejection::Forbidden { code, .. }) => (StatusCode::FORBIDDEN, code, None),
             CommandError::Rejected(Rejection::LimitReached { code, retry_after_secs, .. }) => {
-                (StatusCode::TOO_MANY_REQUESTS, known(code), Some(retry_after_secs))
+                (StatusCode::TOO_MANY_REQUESTS, code, Some(retry_after_secs))
             }
             CommandError::Rejected(Rejection::SessionNotActive) | CommandError::Unauthenticated => {
                 (StatusCode::UNAUTHORIZED, ErrorCode::InvalidToken, None)
@@ -77,13 +77,4 @@ impl IntoResponse for ApiError {
         };
         error_response(status, code, &message, retry_after)
     }
-}
-
-/// The domain and the handlers name their codes as strings; each is an
-/// `ErrorCode` (docs/api.md lists them all). One that is not would be a bug.
-fn known(code: &'static str) -> ErrorCode {
-    code.parse().unwrap_or_else(|_| {
-        tracing::error!(code, "an error code that platform::error_code::ErrorCode does not have");
-        ErrorCode::InternalError
-    })
 }

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 use events::connection::{ConnectionEvent, ConnectionRequested, ConnectionReviewed, RequestStatus};
 use events::user::Tier;
+use platform::error_code::ErrorCode;
 use uuid::Uuid;
 
 use super::{Aggregate, Recorded, Rejection};
@@ -94,23 +95,23 @@ fn decide_send(
     status: RequestStatus,
 ) -> Result<Vec<ConnectionEvent>, Rejection> {
     if !matches!(status, RequestStatus::Interested | RequestStatus::Ignored) {
-        return Err(Rejection::invalid("status_invalid", "a request is sent as interested or ignored"));
+        return Err(Rejection::invalid(ErrorCode::StatusInvalid, "a request is sent as interested or ignored"));
     }
     if from == to {
-        return Err(Rejection::invalid("cannot_request_self", "you cannot send a request to yourself"));
+        return Err(Rejection::invalid(ErrorCode::CannotRequestSelf, "you cannot send a request to yourself"));
     }
     if !facts.recipient_exists {
-        return Err(Rejection::NotFound { code: "user_not_found", message: "no such user".into() });
+        return Err(Rejection::NotFound { code: ErrorCode::UserNotFound, message: "no such user".into() });
     }
     if existing.is_some() {
         return Err(Rejection::Conflict {
-            code: "request_exists",
+            code: ErrorCode::RequestExists,
             message: "a request between you two already exists".into(),
         });
     }
     if daily_limit(facts.sender_tier).is_some_and(|limit| facts.sent_today >= limit) {
         return Err(Rejection::LimitReached {
-            code: "daily_limit_reached",
+            code: ErrorCode::DailyLimitReached,
             message: format!("the {} tier's daily request limit is reached", facts.sender_tier.as_str()),
             retry_after_secs: seconds_to_utc_midnight(facts.now),
         });
@@ -125,19 +126,19 @@ fn decide_review(
     now: DateTime<Utc>,
 ) -> Result<Vec<ConnectionEvent>, Rejection> {
     if !matches!(status, RequestStatus::Accepted | RequestStatus::Rejected) {
-        return Err(Rejection::invalid("status_invalid", "a request is reviewed as accepted or rejected"));
+        return Err(Rejection::invalid(ErrorCode::StatusInvalid, "a request is reviewed as accepted or rejected"));
     }
-    let state =
-        state.ok_or_else(|| Rejection::NotFound { code: "request_not_found", message: "no such request".into() })?;
+    let state = state
+        .ok_or_else(|| Rejection::NotFound { code: ErrorCode::RequestNotFound, message: "no such request".into() })?;
     if state.to != reviewer {
         return Err(Rejection::Forbidden {
-            code: "not_request_recipient",
+            code: ErrorCode::NotRequestRecipient,
             message: "only the recipient can review a request".into(),
         });
     }
     if state.status != RequestStatus::Interested {
         return Err(Rejection::Conflict {
-            code: "request_not_pending",
+            code: ErrorCode::RequestNotPending,
             message: format!("only an interested request can be reviewed; this one is {}", state.status.as_str()),
         });
     }

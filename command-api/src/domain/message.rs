@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use events::message::{MessageDelivered, MessageEvent, MessageRead, MessageSent};
+use platform::error_code::ErrorCode;
 use uuid::Uuid;
 
 use super::{Aggregate, Recorded, Rejection};
@@ -103,20 +104,20 @@ fn decide_send(
     text: String,
 ) -> Result<Vec<MessageEvent>, Rejection> {
     if text.trim().is_empty() {
-        return Err(Rejection::invalid("text_empty", "text must not be empty"));
+        return Err(Rejection::invalid(ErrorCode::TextEmpty, "text must not be empty"));
     }
     if text.chars().count() > TEXT_MAX_CHARS {
-        return Err(Rejection::invalid("text_too_long", "text must be at most 2000 characters"));
+        return Err(Rejection::invalid(ErrorCode::TextTooLong, "text must be at most 2000 characters"));
     }
     if from == to {
-        return Err(Rejection::invalid("cannot_message_self", "you cannot message yourself"));
+        return Err(Rejection::invalid(ErrorCode::CannotMessageSelf, "you cannot message yourself"));
     }
     if !facts.recipient_exists {
-        return Err(Rejection::NotFound { code: "user_not_found", message: "no such user".into() });
+        return Err(Rejection::NotFound { code: ErrorCode::UserNotFound, message: "no such user".into() });
     }
     if !facts.connected {
         return Err(Rejection::Forbidden {
-            code: "not_connected",
+            code: ErrorCode::NotConnected,
             message: "messages are only between connected users".into(),
         });
     }
@@ -131,11 +132,11 @@ fn decide_delivered(
     recipient: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Vec<MessageEvent>, Rejection> {
-    let message =
-        message.ok_or_else(|| Rejection::NotFound { code: "message_not_found", message: "no such message".into() })?;
+    let message = message
+        .ok_or_else(|| Rejection::NotFound { code: ErrorCode::MessageNotFound, message: "no such message".into() })?;
     if message.to != recipient {
         return Err(Rejection::Forbidden {
-            code: "not_message_recipient",
+            code: ErrorCode::NotMessageRecipient,
             message: "only the recipient marks a message delivered".into(),
         });
     }
@@ -152,11 +153,11 @@ fn decide_read(
     reader: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Vec<MessageEvent>, Rejection> {
-    let message =
-        message.ok_or_else(|| Rejection::NotFound { code: "message_not_found", message: "no such message".into() })?;
+    let message = message
+        .ok_or_else(|| Rejection::NotFound { code: ErrorCode::MessageNotFound, message: "no such message".into() })?;
     if message.to != reader {
         return Err(Rejection::Forbidden {
-            code: "not_message_recipient",
+            code: ErrorCode::NotMessageRecipient,
             message: "only the recipient marks a message read".into(),
         });
     }

@@ -3,6 +3,7 @@
 //! the command service does the IO around it.
 
 use chrono::{DateTime, Utc};
+use platform::error_code::ErrorCode;
 
 pub mod connection;
 pub mod message;
@@ -44,21 +45,21 @@ pub trait Aggregate {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("{message}")]
-    Invalid { code: &'static str, message: String },
+    Invalid { code: ErrorCode, message: String },
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { code: ErrorCode, message: String },
     #[error("{message}")]
-    NotFound { code: &'static str, message: String },
+    NotFound { code: ErrorCode, message: String },
     #[error("{message}")]
-    Forbidden { code: &'static str, message: String },
+    Forbidden { code: ErrorCode, message: String },
     #[error("{message}")]
-    LimitReached { code: &'static str, message: String, retry_after_secs: u64 },
+    LimitReached { code: ErrorCode, message: String, retry_after_secs: u64 },
     #[error("session is not active")]
     SessionNotActive,
 }
 
 impl Rejection {
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(code: ErrorCode, message: impl Into<String>) -> Self {
         Rejection::Invalid { code, message: message.into() }
     }
 }

@@ -4,6 +4,7 @@
 //! marks it read.
 
 use events::notification::{NotificationEvent, NotificationRead};
+use platform::error_code::ErrorCode;
 use uuid::Uuid;
 
 use super::{Aggregate, Recorded, Rejection};
@@ -55,12 +56,12 @@ fn decide_read(
     reader: Uuid,
 ) -> Result<Vec<NotificationEvent>, Rejection> {
     let state = state.ok_or_else(|| Rejection::NotFound {
-        code: "notification_not_found",
+        code: ErrorCode::NotificationNotFound,
         message: "no such notification".into(),
     })?;
     if state.owner != reader {
         return Err(Rejection::Forbidden {
-            code: "not_your_notification",
+            code: ErrorCode::NotYourNotification,
             message: "this notification is not yours".into(),
         });
     }
@@ -91,7 +92,7 @@ mod tests {
         assert!(Notification::decide(&state, read(owner), &()).expect("no-op").is_empty(), "again: nothing");
         assert!(matches!(
             Notification::decide(&Some(unread), read(other), &()),
-            Err(Rejection::Forbidden { code: "not_your_notification", .. })
+            Err(Rejection::Forbidden { code: ErrorCode::NotYourNotification, .. })
         ));
         assert_eq!(given::<Notification>([]).when(read(owner), &()).code(), "notification_not_found");
     }

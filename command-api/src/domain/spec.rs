@@ -80,7 +80,7 @@ where
             | Rejection::Conflict { code, .. }
             | Rejection::NotFound { code, .. }
             | Rejection::Forbidden { code, .. }
-            | Rejection::LimitReached { code, .. } => code,
+            | Rejection::LimitReached { code, .. } => code.as_str(),
             Rejection::SessionNotActive => "session_not_active",
         }
     }

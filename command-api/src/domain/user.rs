@@ -1,5 +1,6 @@
 //! The user aggregate: profile, credentials and sessions.
 
+use platform::error_code::ErrorCode;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -35,7 +36,7 @@ impl Aggregate for User {
         match (state, command) {
             (None, command @ UserCommand::Register { .. }) => decide_registration(facts.email_owner, command),
             (Some(_), UserCommand::Register { .. }) => {
-                Err(Rejection::Conflict { code: "user_exists", message: "user already exists".into() })
+                Err(Rejection::Conflict { code: ErrorCode::UserExists, message: "user already exists".into() })
             }
             // Anything but a sign-up needs the user: a token naming none is no session.
             (None, _) => Err(Rejection::SessionNotActive),
@@ -149,7 +150,7 @@ fn decide_registration(email_owner: Option<Uuid>, command: UserCommand) -> Resul
     };
     if email_owner.is_some() {
         return Err(Rejection::Conflict {
-            code: "email_taken",
+            code: ErrorCode::EmailTaken,
             message: "an account with this email already exists".into(),
         });
     }
@@ -164,7 +165,7 @@ fn decide_existing(state: &UserState, command: UserCommand, now: DateTime<Utc>) 
         UserCommand::Register { .. } => unreachable!("a registration is decided apart"),
         UserCommand::UpdateProfile { patch } => {
             if patch.is_empty() {
-                return Err(Rejection::invalid("empty_update", "send at least one profile field to change"));
+                return Err(Rejection::invalid(ErrorCode::EmptyUpdate, "send at least one profile field to change"));
             }
             let current = &state.profile;
             let merged = ProfileInput {

@@ -31,7 +31,7 @@ pub async fn send_request(
     WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
     let status = parse_status(&status, &[RequestStatus::Interested, RequestStatus::Ignored])?;
-    let to = parse_uuid(&to, "user_id_invalid", "toUserId")?;
+    let to = parse_uuid(&to, ErrorCode::UserIdInvalid, "toUserId")?;
     let outcome = state.service.send_request(&claims, to, status, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -48,7 +48,7 @@ pub async fn review_request(
     WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
     let status = parse_status(&status, &[RequestStatus::Accepted, RequestStatus::Rejected])?;
-    let request_id = parse_uuid(&request_id, "request_id_invalid", "requestId")?;
+    let request_id = parse_uuid(&request_id, ErrorCode::RequestIdInvalid, "requestId")?;
     let outcome = state.service.review_request(&claims, request_id, status, &ctx).await?;
     Ok(respond(&state, outcome))
 }

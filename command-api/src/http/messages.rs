@@ -21,7 +21,7 @@ pub async fn send_message(
     Path(to): Path<String>,
     Write(ctx, body): Write<MessageRequest>,
 ) -> Result<Response, ApiError> {
-    let to = parse_uuid(&to, "user_id_invalid", "toUserId")?;
+    let to = parse_uuid(&to, ErrorCode::UserIdInvalid, "toUserId")?;
     let outcome = state.service.send_message(&claims, to, body.text, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -36,7 +36,7 @@ pub async fn read_message(
     Path(message_id): Path<String>,
     WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
-    let message_id = parse_uuid(&message_id, "message_id_invalid", "messageId")?;
+    let message_id = parse_uuid(&message_id, ErrorCode::MessageIdInvalid, "messageId")?;
     let outcome = state.service.read_message(&claims, message_id, &ctx).await?;
     Ok(respond(&state, outcome))
 }
@@ -51,7 +51,7 @@ pub async fn deliver_message(
     Path(message_id): Path<String>,
     WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
-    let message_id = parse_uuid(&message_id, "message_id_invalid", "messageId")?;
+    let message_id = parse_uuid(&message_id, ErrorCode::MessageIdInvalid, "messageId")?;
     let outcome = state.service.deliver_message(&claims, message_id, &ctx).await?;
     Ok(respond(&state, outcome))
 }

@@ -14,7 +14,7 @@ use blake2::{Blake2s256, Digest};
 use field_rules::FieldRules;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::{Claims, JwtKeys, RefreshClaims, TOKEN_COOKIE};
-use platform::http::{ApiJson, BearerAuth, CorrelationId, ErrorResponse, StandardResponses};
+use platform::http::{ApiJson, BearerAuth, CorrelationId, ErrorCode, ErrorResponse, StandardResponses};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
@@ -136,7 +136,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()));
     let key = key.ok_or_else(|| ApiError::BadRequest {
-        code: "idempotency_key_invalid",
+        code: ErrorCode::IdempotencyKeyInvalid,
         message: format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
     })?;
     Ok(Some(key.to_owned()))
@@ -187,7 +187,7 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Wr
             ApiJson::<serde_json::Value>::from_request(axum::extract::Request::from_parts(parts, body), state).await?;
         // Parsed from the value the fingerprint reads, so both see one body.
         let typed = serde_json::from_value(value.clone()).map_err(|e| ApiError::BadRequest {
-            code: "invalid_field_type",
+            code: ErrorCode::InvalidFieldType,
             message: format!("Failed to deserialize the JSON body into the target type: {e}"),
         })?;
         Ok(Write(command_context(&mut head, state, value)?, typed))
@@ -260,13 +260,13 @@ fn respond(state: &AppState, outcome: CommandOutcome) -> Response {
     response
 }
 
-fn parse_uuid(raw: &str, code: &'static str, what: &str) -> Result<Uuid, ApiError> {
+fn parse_uuid(raw: &str, code: ErrorCode, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest { code, message: format!("{what} must be a UUID") })
 }
 
 fn parse_status(raw: &str, allowed: &[RequestStatus]) -> Result<RequestStatus, ApiError> {
     allowed.iter().copied().find(|s| s.as_str() == raw).ok_or_else(|| ApiError::BadRequest {
-        code: "status_invalid",
+        code: ErrorCode::StatusInvalid,
         message: format!(
             "status must be one of: {}",
             allowed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")

@@ -11,6 +11,6 @@ pub async fn read_notification(
     Path(id): Path<String>,
     WriteNoBody(ctx): WriteNoBody,
 ) -> Result<Response, ApiError> {
-    let id = parse_uuid(&id, "notification_id_invalid", "notificationId")?;
+    let id = parse_uuid(&id, ErrorCode::NotificationIdInvalid, "notificationId")?;
     Ok(respond(&state, state.service.read_notification(&claims, id, &ctx).await?))
 }

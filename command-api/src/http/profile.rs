@@ -47,7 +47,7 @@ pub async fn update_profile(
 ) -> Result<Response, ApiError> {
     if body.email_id.is_some() || body.password.is_some() {
         return Err(ApiError::BadRequest {
-            code: "field_not_editable",
+            code: ErrorCode::FieldNotEditable,
             message: "emailId cannot be changed, and the password changes through PUT /v1/profile/password".into(),
         });
     }
@@ -119,7 +119,7 @@ pub async fn change_membership(
 ) -> Result<Response, ApiError> {
     let tier =
         [Tier::Free, Tier::Silver, Tier::Gold].into_iter().find(|t| t.as_str() == body.tier).ok_or_else(|| {
-            ApiError::BadRequest { code: "tier_invalid", message: "tier must be free, silver or gold".into() }
+            ApiError::BadRequest { code: ErrorCode::TierInvalid, message: "tier must be free, silver or gold".into() }
         })?;
     let outcome = state.service.change_membership(&claims, tier, &ctx).await?;
     Ok(respond(&state, outcome))

@@ -3,6 +3,7 @@
 use events::Event;
 use events::connection::{RequestStatus, pair_key};
 use platform::auth::Claims;
+use platform::error_code::ErrorCode;
 use uuid::Uuid;
 
 use super::{Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, events_of};
@@ -64,9 +65,11 @@ impl CommandService {
                     &ConnectionFacts::at(now),
                 )?;
                 let (Some(pair), Some(existing)) = (pair, existing) else {
-                    return Err(
-                        Rejection::NotFound { code: "request_not_found", message: "no such request".into() }.into()
-                    );
+                    return Err(Rejection::NotFound {
+                        code: ErrorCode::RequestNotFound,
+                        message: "no such request".into(),
+                    }
+                    .into());
                 };
                 Ok(Decision::new(pair, existing.version, events_of(events, Event::Connection)))
             })

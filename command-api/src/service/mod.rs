@@ -5,6 +5,7 @@
 //! only after the broker's acknowledgement record them in the write model
 //! (docs/design.md §2). One module per aggregate holds its commands.
 
+use platform::error_code::ErrorCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -445,7 +446,7 @@ impl CommandService {
             return Ok((CommandOutcome::unchanged(), Vec::new()));
         }
         let Some(actor) = decision.actor.or(retrier) else {
-            return Err(Rejection::invalid("nothing_to_do", "the command has no actor").into());
+            return Err(Rejection::invalid(ErrorCode::NothingToDo, "the command has no actor").into());
         };
         let (envelopes, position) =
             self.commit(&decision.aggregate_id, decision.base_version, actor, decision.events, ctx).await?;
@@ -463,7 +464,7 @@ impl CommandService {
         ctx: &CommandContext,
     ) -> Result<(Vec<Envelope>, Position), CommandError> {
         let Some(topic) = events.first().map(Event::topic) else {
-            return Err(Rejection::invalid("nothing_to_do", "the command changes nothing").into());
+            return Err(Rejection::invalid(ErrorCode::NothingToDo, "the command changes nothing").into());
         };
         let now = Utc::now();
         let metadata = EventMetadata {

@@ -1,6 +1,7 @@
 //! Commands of the user aggregate: sign-up, log-in, refresh, log-out,
 //! profile, password and membership.
 
+use platform::error_code::ErrorCode;
 use std::net::IpAddr;
 
 use chrono::Utc;
@@ -179,7 +180,7 @@ impl CommandService {
         };
         if !verdict {
             return Err(Rejection::invalid(
-                "current_password_incorrect",
+                ErrorCode::CurrentPasswordIncorrect,
                 "currentPassword is not the current password",
             )
             .into());

@@ -2,6 +2,7 @@
 //! `code`, so clients can react without parsing messages.
 
 use events::user::{Gender, Profile};
+use platform::error_code::ErrorCode;
 
 use super::Rejection;
 
@@ -41,7 +42,7 @@ pub fn email(raw: &str) -> Result<String, Rejection> {
     if valid {
         Ok(normalised)
     } else {
-        Err(Rejection::invalid("email_invalid", "emailId must be a valid email address"))
+        Err(Rejection::invalid(ErrorCode::EmailInvalid, "emailId must be a valid email address"))
     }
 }
 
@@ -56,7 +57,7 @@ pub fn password(raw: &str) -> Result<(), Rejection> {
         Ok(())
     } else {
         Err(Rejection::invalid(
-            "password_weak",
+            ErrorCode::PasswordWeak,
             format!(
                 "password must be {PASSWORD_MIN_CHARS}-{PASSWORD_MAX_CHARS} characters with an upper-case letter, a lower-case letter, a digit and a symbol"
             ),
@@ -81,7 +82,7 @@ fn is_invisible(c: char) -> bool {
 
 /// 2-50 characters, at least two of them visible; no control or
 /// direction-changing characters.
-fn name(field: &'static str, codes: (&'static str, &'static str), raw: &str) -> Result<String, Rejection> {
+fn name(field: &'static str, codes: (ErrorCode, ErrorCode), raw: &str) -> Result<String, Rejection> {
     let (length_code, invalid_code) = codes;
     let trimmed = raw.trim();
     if trimmed.chars().any(|c| c.is_control() || is_bidi_control(c)) {
@@ -101,8 +102,8 @@ fn name(field: &'static str, codes: (&'static str, &'static str), raw: &str) -> 
 fn age(raw: Option<i64>) -> Result<Option<u8>, Rejection> {
     match raw {
         None => Ok(None),
-        Some(a) if a < MIN_AGE => Err(Rejection::invalid("age_below_minimum", "age must be at least 18")),
-        Some(a) if a > MAX_AGE => Err(Rejection::invalid("age_invalid", "age must be a plausible human age")),
+        Some(a) if a < MIN_AGE => Err(Rejection::invalid(ErrorCode::AgeBelowMinimum, "age must be at least 18")),
+        Some(a) if a > MAX_AGE => Err(Rejection::invalid(ErrorCode::AgeInvalid, "age must be a plausible human age")),
         Some(a) => Ok(u8::try_from(a).ok()),
     }
 }
@@ -115,7 +116,7 @@ fn gender(raw: Option<&str>) -> Result<Option<Gender>, Rejection> {
     let named = raw.trim().to_lowercase();
     match GENDERS.iter().find(|(name, _)| *name == named) {
         Some((_, gender)) => Ok(Some(*gender)),
-        None => Err(Rejection::invalid("gender_invalid", "gender must be male, female or other")),
+        None => Err(Rejection::invalid(ErrorCode::GenderInvalid, "gender must be male, female or other")),
     }
 }
 
@@ -123,7 +124,7 @@ fn about(raw: Option<&str>) -> Result<Option<String>, Rejection> {
     match raw.map(str::trim) {
         None | Some("") => Ok(None),
         Some(a) if a.chars().count() > ABOUT_MAX_CHARS => {
-            Err(Rejection::invalid("about_too_long", "about must be at most 500 characters"))
+            Err(Rejection::invalid(ErrorCode::AboutTooLong, "about must be at most 500 characters"))
         }
         Some(a) => Ok(Some(a.to_owned())),
     }
@@ -132,15 +133,15 @@ fn about(raw: Option<&str>) -> Result<Option<String>, Rejection> {
 fn skills(raw: Option<&[String]>) -> Result<Vec<String>, Rejection> {
     let raw = raw.unwrap_or_default();
     if raw.len() > SKILLS_MAX {
-        return Err(Rejection::invalid("skills_too_many", "at most 10 skills"));
+        return Err(Rejection::invalid(ErrorCode::SkillsTooMany, "at most 10 skills"));
     }
     raw.iter()
         .map(|s| {
             let s = s.trim();
             match s.chars().count() {
-                0 => Err(Rejection::invalid("skill_empty", "a skill must not be empty")),
+                0 => Err(Rejection::invalid(ErrorCode::SkillEmpty, "a skill must not be empty")),
                 n if n > SKILL_MAX_CHARS => {
-                    Err(Rejection::invalid("skill_too_long", "each skill must be at most 30 characters"))
+                    Err(Rejection::invalid(ErrorCode::SkillTooLong, "each skill must be at most 30 characters"))
                 }
                 _ => Ok(s.to_owned()),
             }
@@ -156,15 +157,15 @@ fn photo_url(raw: Option<&str>) -> Result<Option<String>, Rejection> {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && raw.len() <= 2048 => {
             Ok(Some(raw.to_owned()))
         }
-        _ => Err(Rejection::invalid("photo_url_invalid", "photoUrl must be an http or https URL")),
+        _ => Err(Rejection::invalid(ErrorCode::PhotoUrlInvalid, "photoUrl must be an http or https URL")),
     }
 }
 
 /// Validates every profile field, reporting the first rule broken.
 pub fn profile(input: &ProfileInput) -> Result<Profile, Rejection> {
     Ok(Profile {
-        first_name: name("firstName", ("first_name_length", "first_name_invalid"), &input.first_name)?,
-        last_name: name("lastName", ("last_name_length", "last_name_invalid"), &input.last_name)?,
+        first_name: name("firstName", (ErrorCode::FirstNameLength, ErrorCode::FirstNameInvalid), &input.first_name)?,
+        last_name: name("lastName", (ErrorCode::LastNameLength, ErrorCode::LastNameInvalid), &input.last_name)?,
         age: age(input.age)?,
         gender: gender(input.gender.as_deref())?,
         about: about(input.about.as_deref())?,
@@ -191,7 +192,7 @@ mod tests {
 
     fn code_of(result: Result<impl std::fmt::Debug, Rejection>) -> &'static str {
         match result {
-            Err(Rejection::Invalid { code, .. }) => code,
+            Err(Rejection::Invalid { code, .. }) => code.as_str(),
             other => panic!("expected a validation rejection, got {other:?}"),
         }
     }
