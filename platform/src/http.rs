@@ -245,6 +245,33 @@ async fn admit(State(in_flight): State<InFlight>, req: Request, next: Next) -> R
     }
 }
 
+/// What every service serves besides its API, assembled in one order: the
+/// operations endpoints beside the API, the rate limiter over both (it
+/// passes whatever has no group), `/openapi.json` and `/docs`, then the
+/// common layers (`with_common_layers`).
+pub struct ServiceRoutes<S> {
+    pub api: Router<S>,
+    pub readyz: axum::routing::MethodRouter<S>,
+    pub metrics: axum::routing::MethodRouter<S>,
+    pub rate_limit: crate::rate_limit::RateLimitState,
+    pub openapi: utoipa::openapi::OpenApi,
+    pub in_flight: InFlight,
+}
+
+impl<S: Clone + Send + Sync + 'static> ServiceRoutes<S> {
+    pub fn into_router(self, state: S) -> Router {
+        let served = self
+            .api
+            .route("/healthz", axum::routing::get(healthz))
+            .route("/readyz", self.readyz)
+            .route("/metrics", self.metrics)
+            .layer(axum::middleware::from_fn_with_state(self.rate_limit, crate::rate_limit::enforce))
+            .with_state(state);
+        let documented = served.merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", self.openapi));
+        with_common_layers(documented, self.in_flight)
+    }
+}
+
 /// Adds the layers every API has: JSON fallbacks, the body limit and the
 /// body and request timeouts, the bound on requests in flight, panic
 /// containment, correlation ids and metrics.

@@ -14,10 +14,9 @@ use blake2::{Blake2s256, Digest};
 use field_rules::FieldRules;
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::{Claims, JwtKeys, RefreshClaims, TOKEN_COOKIE};
-use platform::http::{ApiJson, BearerAuth, CorrelationId, ErrorCode, ErrorResponse, StandardResponses};
+use platform::http::{ApiJson, BearerAuth, CorrelationId, ErrorCode, ErrorResponse, ServiceRoutes, StandardResponses};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{OpenApi, ToSchema};
-use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 use views::{ConsistencyKey, ConsistencyToken};
 
@@ -294,7 +293,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
 pub struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
-    let in_flight = state.in_flight.clone();
     let api = Router::new()
         .route("/v1/auth/signup", post(auth::signup))
         .route("/v1/auth/login", post(auth::login))
@@ -310,14 +308,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages/{message_id}/delivered", post(messages::deliver_message))
         .route("/v1/presence/heartbeat", post(presence::heartbeat))
         .route("/v1/presence/offline", post(presence::offline))
-        .route("/v1/notifications/{notification_id}/read", post(notifications::read_notification))
-        .route("/healthz", get(platform::http::healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(state.rate_limit.clone(), platform::rate_limit::enforce))
-        .with_state(state);
-    let documented = api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
-    platform::http::with_common_layers(documented, in_flight)
+        .route("/v1/notifications/{notification_id}/read", post(notifications::read_notification));
+    let routes = ServiceRoutes {
+        api,
+        readyz: get(readyz),
+        metrics: get(metrics),
+        rate_limit: state.rate_limit.clone(),
+        openapi: ApiDoc::openapi(),
+        in_flight: state.in_flight.clone(),
+    };
+    routes.into_router(state)
 }
 
 #[cfg(test)]

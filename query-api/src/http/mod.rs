@@ -16,7 +16,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use platform::auth::JwtKeys;
 use platform::http::{BearerAuth, StandardResponses};
 use utoipa::OpenApi;
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::reader::{ViewReader, ViewSource};
 use crate::streams::StreamHub;
@@ -92,7 +91,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
 pub struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
-    let in_flight = state.in_flight.clone();
     let api = Router::new()
         .merge(profile::router())
         .merge(feed::router())
@@ -101,14 +99,16 @@ pub fn router(state: AppState) -> Router {
         .merge(presence::router())
         .merge(notifications::router())
         .merge(stats::router())
-        .merge(stream::router())
-        .route("/healthz", get(platform::http::healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(state.rate_limit.clone(), platform::rate_limit::enforce))
-        .with_state(state);
-    let documented = api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
-    platform::http::with_common_layers(documented, in_flight)
+        .merge(stream::router());
+    let routes = platform::http::ServiceRoutes {
+        api,
+        readyz: get(readyz),
+        metrics: get(metrics),
+        rate_limit: state.rate_limit.clone(),
+        openapi: ApiDoc::openapi(),
+        in_flight: state.in_flight.clone(),
+    };
+    routes.into_router(state)
 }
 
 #[cfg(test)]
