@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use events::connection::ConnectionEvent;
 use events::message::MessageEvent;
 use events::user::{RevocationReason, Tier, UserEvent};
-use events::{Envelope, Event, EventMetadata};
+use events::{Envelope, Event, EventMetadata, Topic};
 use platform::auth::Claims;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
@@ -442,30 +442,31 @@ impl CommandService {
             }
             decide(&model, Utc::now())?
         };
-        if decision.events.is_empty() {
+        // One record per command, on its aggregate's topic; none at all is
+        // an answer too (a repeat that changes nothing).
+        let Some(topic) = decision.events.first().map(Event::topic) else {
             return Ok((CommandOutcome::unchanged(), Vec::new()));
-        }
+        };
         let Some(actor) = decision.actor.or(retrier) else {
             return Err(Rejection::invalid(ErrorCode::NothingToDo, "the command has no actor").into());
         };
         let (envelopes, position) =
-            self.commit(&decision.aggregate_id, decision.base_version, actor, decision.events, ctx).await?;
+            self.commit(topic, &decision.aggregate_id, decision.base_version, actor, decision.events, ctx).await?;
         Ok((CommandOutcome::committed(&envelopes, position), envelopes))
     }
 
     /// Wraps events in envelopes numbered after `base_version`, appends them
-    /// as one record, and records them in the write model once acknowledged.
+    /// as one record to `topic`, and records them in the write model once
+    /// acknowledged.
     async fn commit(
         &self,
+        topic: Topic,
         aggregate_id: &str,
         base_version: u64,
         actor: Uuid,
         events: Vec<Event>,
         ctx: &CommandContext,
     ) -> Result<(Vec<Envelope>, Position), CommandError> {
-        let Some(topic) = events.first().map(Event::topic) else {
-            return Err(Rejection::invalid(ErrorCode::NothingToDo, "the command changes nothing").into());
-        };
         let now = Utc::now();
         let metadata = EventMetadata {
             actor: Some(actor),
