@@ -79,13 +79,52 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let server = tokio::spawn(platform::http::serve(listener, http::router(state)));
 
-    // Serve /healthz at once, but commands only once the model is caught up:
-    // from the latest snapshot plus each partition's tail, or from offset 0.
-    let started = Instant::now();
+    // Serve /healthz at once, but commands only once the model is caught up.
     let snapshots = SnapshotStore::new(&mongo, &config.mongo.database, SealKey::derive(&config.jwt.secret));
-    let from_snapshot = load_snapshot(&snapshots, &owned_topics, &service).await;
+    let caught_up = catch_up_write_model(&service, &snapshots, &brokers, &owned_topics).await?;
+    if config.snapshot_every > 0 {
+        let snapshotter = Arc::clone(&service);
+        let every = config.snapshot_every;
+        // A start that read more than `every` records of tail writes one soon.
+        let last = if caught_up.from_snapshot > 0 { caught_up.commits.saturating_sub(caught_up.records) } else { 0 };
+        tokio::spawn(async move { write_snapshots(&snapshotter, &snapshots, every, last).await });
+    }
+    let resyncer = Arc::clone(&service);
+    tokio::spawn(async move { resyncer.resync_on_failure(&brokers, &owned_topics).await });
+    let pruner = Arc::clone(&service);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            pruner.prune().await;
+        }
+    });
+    server.await??;
+    Ok(())
+}
+
+/// How the start read the write model.
+struct CaughtUp {
+    /// Records read from the log.
+    records: u64,
+    /// Offset sum of the snapshot it started from (0: none).
+    from_snapshot: i64,
+    /// Commits the model holds.
+    commits: u64,
+}
+
+/// Fills the model from the latest snapshot plus each partition's tail (or
+/// from offset 0), then opens the service to commands.
+async fn catch_up_write_model(
+    service: &CommandService,
+    snapshots: &SnapshotStore,
+    brokers: &str,
+    owned_topics: &[String],
+) -> anyhow::Result<CaughtUp> {
+    let started = Instant::now();
+    let from_snapshot = load_snapshot(snapshots, owned_topics, service).await;
     let records = platform::with_retry("reading the log into the write model", || async {
-        let read = event_log::catch_up(&brokers, &owned_topics, service.model_lock()).await;
+        let read = event_log::catch_up(brokers, owned_topics, service.model_lock()).await;
         if let Err(err) = &read
             && err.is::<event_log::LogBehindModel>()
         {
@@ -107,27 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "write model caught up with the log; ready"
     );
-
-    if config.snapshot_every > 0 {
-        let snapshotter = Arc::clone(&service);
-        let every = config.snapshot_every;
-        // A start that read more than `every` records of tail writes one soon.
-        let last = if from_snapshot > 0 { commits.saturating_sub(records) } else { 0 };
-        tokio::spawn(async move { write_snapshots(&snapshotter, &snapshots, every, last).await });
-    }
-
-    let resyncer = Arc::clone(&service);
-    tokio::spawn(async move { resyncer.resync_on_failure(&brokers, &owned_topics).await });
-    let pruner = Arc::clone(&service);
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(600));
-        loop {
-            every.tick().await;
-            pruner.prune().await;
-        }
-    });
-    server.await??;
-    Ok(())
+    Ok(CaughtUp { records, from_snapshot, commits })
 }
 
 /// Puts the latest usable snapshot into the service's model. Returns the
