@@ -73,12 +73,20 @@ pub async fn profile_reads(run: &Run, tokens: &Arc<Vec<String>>) -> anyhow::Resu
 
 /// Ack → visible: after the command's answer, poll the plain (cached)
 /// read until the new value shows. This is what a client without the
-/// consistency token would see. The lags of 100 edits, sorted.
-pub async fn ack_to_visible(run: &Run, tokens: &[String]) -> anyhow::Result<Vec<Duration>> {
+/// consistency token would see. The lags of `edits` edits, sorted, each
+/// sent `gap` after the previous one became visible (a gap above the
+/// projector's idle pause measures the wake-up from idle).
+pub async fn ack_to_visible(
+    run: &Run,
+    tokens: &[String],
+    edits: usize,
+    gap: Duration,
+) -> anyhow::Result<Vec<Duration>> {
     let mut lags = Vec::new();
-    for i in 0..100 {
+    for i in 0..edits {
+        tokio::time::sleep(gap).await;
         let token = &tokens[i % 64];
-        let marker = format!("lag {} {i}", run.id);
+        let marker = format!("lag {} {} {i}", run.id, gap.as_millis());
         run.api.edit(token, &marker).await?;
         let acked = Instant::now();
         loop {

@@ -14,8 +14,13 @@ mod report;
 mod requests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+
+/// Quiet before each "after idle" edit: above the projector's default idle
+/// pause (2 s).
+pub const IDLE_GAP: Duration = Duration::from_secs(3);
 
 use crate::api::Api;
 
@@ -91,7 +96,10 @@ async fn main() -> anyhow::Result<()> {
     let (redis, redis_get) = floor::redis_get(&args, &run).await?;
     let accounts = accounts::commands(&run).await?;
     let profile_reads = accounts::profile_reads(&run, &accounts.tokens).await?;
-    let visible = accounts::ack_to_visible(&run, &accounts.tokens).await?;
+    let visible = accounts::ack_to_visible(&run, &accounts.tokens, 100, Duration::ZERO).await?;
+    // Above the projector's default idle pause (2 s): each edit finds it
+    // paused, so this is the wake-up (projector/src/wake.rs).
+    let visible_after_idle = accounts::ack_to_visible(&run, &accounts.tokens, 10, IDLE_GAP).await?;
     let requests = requests::measure_requests(&run).await?;
     let pairs = messages::pairs(&requests);
     let messages = messages::send(&run, &pairs).await?;
@@ -105,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         accounts,
         profile_reads,
         visible,
+        visible_after_idle,
         requests,
         messages,
         history,

@@ -17,6 +17,8 @@ pub struct Report {
     pub profile_reads: Pair,
     /// Ack → visible in a cached read, sorted.
     pub visible: Vec<Duration>,
+    /// The same, each edit after `IDLE_GAP` of quiet, sorted.
+    pub visible_after_idle: Vec<Duration>,
     pub requests: Requests,
     pub messages: Pair,
     pub history: History,
@@ -58,6 +60,14 @@ impl Report {
             lag_ms(0.5),
             lag_ms(0.99),
             lag_ms(1.0)
+        );
+        let idle_ms = |p: f64| percentile_ms(&self.visible_after_idle, p);
+        println!(
+            "ack -> visible after {} s idle (projector paused, woken by the append; {} edits): p50 {:.2} ms, max {:.2} ms",
+            crate::IDLE_GAP.as_secs(),
+            self.visible_after_idle.len(),
+            idle_ms(0.5),
+            idle_ms(1.0)
         );
         println!("(signup and login include argon2id hashing: 19 MiB, 2 passes, on this machine's cores)");
     }

@@ -51,6 +51,13 @@ pub struct Tuning {
     /// librdkafka default (500 ms) would become the projection lag.
     #[arg(long, env = "DEVCONNECT_PROJECTOR_FETCH_WAIT", default_value = "10ms", value_parser = parse_duration, global = true)]
     pub fetch_wait: Duration,
+    /// After this long without a record (and nothing left to apply), the
+    /// projector pauses its partitions: no fetch at all until the command
+    /// API announces an append or the watermark poll sees records
+    /// (`wake.rs`). An idle Tansu otherwise answers a fetch every
+    /// `fetch_wait`, at most of a core. `0s` never pauses.
+    #[arg(long, env = "DEVCONNECT_PROJECTOR_IDLE_PAUSE", default_value = "2s", value_parser = parse_duration, global = true)]
+    pub idle_pause: Duration,
     /// How long a heartbeat keeps a user online.
     #[arg(long, env = "DEVCONNECT_PRESENCE_TTL", default_value = "5m", value_parser = parse_duration, global = true)]
     pub presence_ttl: Duration,

@@ -9,6 +9,7 @@ pub mod prune;
 pub mod redrive;
 pub mod replay;
 pub mod store;
+pub mod wake;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -43,6 +44,8 @@ pub struct Pipeline {
     /// This process's transaction sessions, so a successor can abort
     /// what it leaves open if it dies mid-batch.
     pub leases: leases::SessionLeases,
+    /// Woken by the command API's append announcements (`wake.rs`).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Pipeline {
@@ -59,7 +62,7 @@ impl Pipeline {
         let keys = RedisKeys::new(config.redis.prefix.clone());
         let generations = Generations::new(mongo.clone(), &config.mongo.database);
         let leases = leases::SessionLeases::new(&mongo, &config.mongo.database);
-        Ok(Self { config, topics, mongo, redis, keys, generations, leases })
+        Ok(Self { config, topics, mongo, redis, keys, generations, leases, wake: Arc::default() })
     }
 
     pub fn event_topics(&self) -> Vec<String> {
@@ -115,10 +118,10 @@ impl Pipeline {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "2000")
             .create_with_context(StartAtCheckpoints { positions: positions.clone() })?;
-        let dead_letters = platform::kafka::event_producer(&self.config.kafka.brokers, Duration::from_secs(30))?;
         Ok(Worker {
             consumer,
-            dead_letters,
+            dead_letters: tokio::sync::OnceCell::new(),
+            dead_letter_brokers: self.config.kafka.brokers.clone(),
             topics: self.topics.clone(),
             store,
             settings: WorkerSettings {
@@ -127,6 +130,7 @@ impl Pipeline {
                 max_batch_time: tuning.max_batch_time,
                 presence_ttl: chrono::Duration::from_std(tuning.presence_ttl).unwrap_or(chrono::Duration::minutes(5)),
                 apply_attempts: tuning.apply_attempts.max(1),
+                idle_pause: tuning.idle_pause,
             },
             positions,
             events_applied: Arc::new(AtomicU64::new(0)),
@@ -134,6 +138,7 @@ impl Pipeline {
             stalls: StallWatch::new(tuning.stall_after),
             caches_degraded: AtomicBool::new(false),
             rewound: std::sync::Mutex::default(),
+            wake: Arc::clone(&self.wake),
         })
     }
 }
@@ -223,6 +228,11 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let pipeline = Pipeline::connect(config).await?;
     let _heartbeat = pipeline.leases.spawn_heartbeat();
+    let _wake_listener = wake::spawn_listener(
+        pipeline.config.redis.url.clone(),
+        pipeline.keys.log_appended(),
+        Arc::clone(&pipeline.wake),
+    );
     let current = platform::with_retry("reading the view generation", || async {
         Ok(CurrentGeneration::follow(pipeline.generations.clone(), pipeline.config.mongo.generation_poll).await?)
     })

@@ -71,6 +71,14 @@ impl RedisKeys {
         format!("{}feed:users:rebuilding", self.views)
     }
 
+    /// Pub/sub channel on which the command API announces each append, so a
+    /// projector idling with its partitions paused resumes at once
+    /// (`projector/src/wake.rs`). Outside generations: it names the log,
+    /// not a view.
+    pub fn log_appended(&self) -> String {
+        format!("{}log:appended", self.prefix)
+    }
+
     /// A revoked session, written through by the command API the moment a
     /// logout or password change is appended, so it takes effect before the
     /// projector catches up. Outside generations: a view switch must not

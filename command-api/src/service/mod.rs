@@ -498,10 +498,31 @@ impl CommandService {
             }
         };
         self.write().record(&envelopes, position.clone());
+        self.announce_append();
         for envelope in &envelopes {
             metrics::counter!("events_appended_total", "type" => envelope.event_type()).increment(1);
         }
         Ok((envelopes, position))
+    }
+}
+
+impl CommandService {
+    /// Tells idle projectors to fetch (`projector/src/wake.rs`). Best
+    /// effort and off the request's path: a lost announcement costs a
+    /// projector about a second of lag (its watermark poll), never a record.
+    fn announce_append(&self) {
+        let mut redis = self.redis.clone();
+        let channel = self.keys.log_appended();
+        tokio::spawn(async move {
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(&channel).arg(1);
+            match tokio::time::timeout(std::time::Duration::from_secs(1), publish.query_async::<i64>(&mut redis)).await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => tracing::debug!(error = %err, "announcing an append failed"),
+                Err(_) => tracing::debug!("announcing an append timed out"),
+            }
+        });
     }
 }
 

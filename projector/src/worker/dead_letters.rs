@@ -38,12 +38,21 @@ impl Worker {
         let topic = self.topics.name(Topic::DeadLetters);
         let key = message.key().unwrap_or_default();
         let mut backoff = platform::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        // Made on the first dead letter: an idle librdkafka producer's
+        // polling thread costs about 1 % of a core, for a topic that is
+        // almost never written.
+        let producer = self
+            .dead_letters
+            .get_or_try_init(|| async {
+                platform::kafka::event_producer(&self.dead_letter_brokers, Duration::from_secs(30))
+            })
+            .await?;
         loop {
             let record = FutureRecord::to(&topic)
                 .key(key)
                 .payload(message.payload().unwrap_or_default())
                 .headers(dead_letter_headers(message, reason));
-            match self.dead_letters.send(record, Duration::from_secs(30)).await {
+            match producer.send(record, Duration::from_secs(30)).await {
                 Ok(_) => break,
                 Err((err, _)) => {
                     tracing::warn!(error = %err, retry_in_ms = backoff.next_delay().as_millis() as u64, "dead-lettering failed; retrying");

@@ -16,7 +16,7 @@ use events::{Topic, TopicNames};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use views::generation::{CurrentGeneration, Generation};
 
 use crate::positions::{Positions, StallWatch, StartAtCheckpoints};
@@ -39,6 +39,9 @@ pub struct WorkerSettings {
     /// before the batch is taken apart to find and dead-letter the poison
     /// record. Transient errors (outages, conflicts) are retried forever.
     pub apply_attempts: u32,
+    /// Idle this long, a group member pauses its partitions (`wake.rs`);
+    /// zero never pauses.
+    pub idle_pause: Duration,
 }
 
 /// Why a worker stopped.
@@ -100,7 +103,9 @@ impl Stops {
 
 pub struct Worker {
     pub consumer: StreamConsumer<StartAtCheckpoints>,
-    pub dead_letters: FutureProducer,
+    /// The dead-letter producer, made when first needed.
+    pub dead_letters: tokio::sync::OnceCell<FutureProducer>,
+    pub dead_letter_brokers: String,
     pub topics: TopicNames,
     pub store: ViewStore,
     pub settings: WorkerSettings,
@@ -116,6 +121,72 @@ pub struct Worker {
     pub caches_degraded: AtomicBool,
     /// Per partition, what the last gap there led to, until a batch lands.
     pub rewound: std::sync::Mutex<BTreeMap<(String, i32), GapRewind>>,
+    /// Woken when the command API announces an append (`wake.rs`).
+    pub wake: Arc<Notify>,
+}
+
+/// Pausing the partitions while nothing happens (`wake.rs`): a paused
+/// consumer sends the broker no fetch at all.
+struct IdlePause {
+    /// `None`: never pause (a rebuild, or switched off).
+    after: Option<Duration>,
+    paused: bool,
+    last_record: Instant,
+}
+
+impl IdlePause {
+    fn new(after: Option<Duration>) -> Self {
+        Self { after, paused: false, last_record: Instant::now() }
+    }
+
+    /// Pauses once idle for `after` with nothing left to apply, and resumes
+    /// when the watermark poll shows records (the safety net for a lost
+    /// announcement). While paused it pauses again each turn: partitions a
+    /// rebalance assigned meanwhile start unpaused.
+    fn decide(&mut self, consumer: &StreamConsumer<StartAtCheckpoints>, positions: &Positions) {
+        let Some(after) = self.after else { return };
+        let caught_up = positions.total_lag() == Some(0);
+        if self.paused && !caught_up {
+            self.wake(consumer, "records are waiting");
+        } else if self.paused || (caught_up && self.last_record.elapsed() >= after) {
+            if !self.paused {
+                tracing::debug!("idle: pausing the partitions until an append");
+            }
+            self.paused = set_paused(consumer, true);
+            metrics::gauge!("projector_idle_paused").set(if self.paused { 1.0 } else { 0.0 });
+        }
+    }
+
+    fn wake(&mut self, consumer: &StreamConsumer<StartAtCheckpoints>, why: &str) {
+        tracing::debug!(why, "resuming the partitions");
+        set_paused(consumer, false);
+        self.paused = false;
+        metrics::gauge!("projector_idle_paused").set(0.0);
+        self.last_record = Instant::now();
+    }
+
+    fn saw_record(&mut self, consumer: &StreamConsumer<StartAtCheckpoints>) {
+        if self.paused {
+            // A partition assigned while paused delivered: fetch them all.
+            self.wake(consumer, "a record arrived");
+        }
+        self.last_record = Instant::now();
+    }
+}
+
+/// Pauses or resumes every assigned partition; true when they are now
+/// paused.
+fn set_paused(consumer: &StreamConsumer<StartAtCheckpoints>, pause: bool) -> bool {
+    let result = consumer
+        .assignment()
+        .and_then(|assigned| if pause { consumer.pause(&assigned) } else { consumer.resume(&assigned) });
+    match result {
+        Ok(()) => pause,
+        Err(err) => {
+            tracing::warn!(error = %err, pause, "pausing or resuming the partitions failed; fetching meanwhile");
+            false
+        }
+    }
 }
 
 /// What a gap on a partition led to.
@@ -191,6 +262,9 @@ impl Worker {
         }
         let mut consume_errors = Backoff::new();
         let mut last_verified = Instant::now();
+        let mut idle = IdlePause::new(
+            (self.partitions == Partitions::Group).then_some(self.settings.idle_pause).filter(|p| !p.is_zero()),
+        );
         loop {
             if last_verified.elapsed() >= VERIFY_EVERY {
                 last_verified = Instant::now();
@@ -201,9 +275,14 @@ impl Worker {
             if stops.when_caught_up && self.positions.total_lag() == Some(0) {
                 return Ok(Ended::CaughtUp);
             }
+            idle.decide(&self.consumer, &self.positions);
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
                 ended = stops.interrupted() => return Ok(ended),
+                () = self.wake.notified(), if idle.paused => {
+                    idle.wake(&self.consumer, "an append was announced");
+                    continue;
+                }
                 // Idle: wake up to verify the positions (and a rebuild to
                 // re-check whether it has caught up).
                 () = tokio::time::sleep(Duration::from_millis(200)) => continue,
@@ -211,6 +290,7 @@ impl Worker {
             let first = match first {
                 Ok(first) => {
                     consume_errors = Backoff::new();
+                    idle.saw_record(&self.consumer);
                     first
                 }
                 Err(err) => {
