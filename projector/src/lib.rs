@@ -143,6 +143,82 @@ impl Pipeline {
     }
 }
 
+/// The projector's own endpoints: health, readiness, progress, metrics.
+async fn spawn_ops_server(
+    listen: std::net::SocketAddr,
+    ops: OpsState,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let router = axum::Router::new()
+        .route("/healthz", get(platform::http::healthz))
+        .route("/readyz", get(readyz))
+        .route("/progress", get(progress_report))
+        .route("/metrics", get(metrics_report))
+        .with_state(ops);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    Ok(tokio::spawn(platform::http::serve(
+        listener,
+        platform::http::with_common_layers(router, platform::http::InFlight::new(64)),
+    )))
+}
+
+/// What the continuous projection does after a worker ends.
+struct Restarts {
+    /// Before building a worker again after a failure.
+    failures: platform::Backoff,
+    /// Rejoins that brought nothing (no event applied in between). Tansu
+    /// 0.6 can keep a group stuck on a dead leader that no leave or join
+    /// clears (docs/self-healing.md, "Partition ownership"); after two
+    /// fruitless rejoins this member moves to a group of its own
+    /// (`group_suffix`). Safe: where a partition starts is the store's
+    /// checkpoint, never the group's offsets, and applying is idempotent.
+    fruitless_rejoins: u32,
+    group_suffix: String,
+}
+
+impl Restarts {
+    fn new() -> Self {
+        Self {
+            failures: platform::Backoff::new(Duration::from_millis(500), Duration::from_secs(5)),
+            fruitless_rejoins: 0,
+            group_suffix: String::new(),
+        }
+    }
+
+    /// Breaks on a shutdown; otherwise the next worker may be built.
+    async fn after(
+        &mut self,
+        ended: anyhow::Result<Ended>,
+        applied: u64,
+        current: &CurrentGeneration,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> std::ops::ControlFlow<()> {
+        match ended {
+            Ok(Ended::GenerationChanged) => {
+                tracing::info!(generation = %current.get(), "the view generation changed; moving to it");
+            }
+            Ok(Ended::Rejoin) => {
+                self.fruitless_rejoins = if applied == 0 { self.fruitless_rejoins + 1 } else { 1 };
+                if self.fruitless_rejoins > 2 {
+                    self.group_suffix = format!(".r{}", chrono::Utc::now().timestamp_millis());
+                    self.fruitless_rejoins = 0;
+                    tracing::warn!(group_suffix = %self.group_suffix, "rejoining did not help; moving to a consumer group of its own");
+                } else {
+                    tracing::info!("building the consumer afresh (leaving and joining the group)");
+                }
+            }
+            Ok(Ended::Shutdown | Ended::CaughtUp) => return std::ops::ControlFlow::Break(()),
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), retry_in_ms = self.failures.next_delay().as_millis() as u64, "the projection stopped; starting it again");
+                tokio::select! {
+                    () = self.failures.wait() => {}
+                    _ = shutdown.changed() => return std::ops::ControlFlow::Break(()),
+                }
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
 /// What the ops endpoints look at: the worker of the moment.
 #[derive(Clone)]
 struct OpsState {
@@ -239,17 +315,7 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
     .await?;
 
     let ops = OpsState { metrics, active: Arc::default(), ready_lag: pipeline.config.tuning.ready_lag };
-    let router = axum::Router::new()
-        .route("/healthz", get(platform::http::healthz))
-        .route("/readyz", get(readyz))
-        .route("/progress", get(progress_report))
-        .route("/metrics", get(metrics_report))
-        .with_state(ops.clone());
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let server = tokio::spawn(platform::http::serve(
-        listener,
-        platform::http::with_common_layers(router, platform::http::InFlight::new(64)),
-    ));
+    let server = spawn_ops_server(listen, ops.clone()).await?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -259,21 +325,14 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
     // Nothing but a shutdown ends this loop: a worker that fails (the
     // broker, MongoDB or Redis gone) is built afresh after a backoff, and
     // its partitions start again at the store's checkpoints.
-    let mut failures = platform::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
-    // Rejoins that brought nothing (no event applied in between), and the
-    // group suffix: Tansu 0.6 can keep a group stuck on a dead leader that
-    // no leave or join clears (docs/self-healing.md, "Partition ownership"); after
-    // two fruitless rejoins this member moves to a group of its own. Safe:
-    // where a partition starts is the store's checkpoint, never the
-    // group's offsets, and applying is idempotent.
-    let mut fruitless_rejoins = 0;
-    let mut group_suffix = String::new();
+    let mut restarts = Restarts::new();
     loop {
         let generation = current.get();
         let store = pipeline.store(&generation).await?;
-        let worker = pipeline.worker(&generation, store.clone(), true, &group_suffix, Partitions::Group).await?;
+        let suffix = restarts.group_suffix.clone();
+        let worker = pipeline.worker(&generation, store.clone(), true, &suffix, Partitions::Group).await?;
         let applied = Arc::clone(&worker.events_applied);
-        let group = format!("{}{group_suffix}", generation.consumer_group(&pipeline.config.group_id));
+        let group = format!("{}{suffix}", generation.consumer_group(&pipeline.config.group_id));
         let poller = positions::spawn_watermark_poller(
             &pipeline.config.kafka.brokers,
             pipeline.event_topics(),
@@ -301,30 +360,9 @@ async fn project_continuously(config: Config) -> anyhow::Result<()> {
         let ended = worker.run(stops).await;
         poller.abort();
         pruner.abort();
-        match ended {
-            Ok(Ended::GenerationChanged) => {
-                tracing::info!(generation = %current.get(), "the view generation changed; moving to it");
-            }
-            Ok(Ended::Rejoin) => {
-                fruitless_rejoins =
-                    if applied.load(std::sync::atomic::Ordering::Relaxed) == 0 { fruitless_rejoins + 1 } else { 1 };
-                if fruitless_rejoins > 2 {
-                    group_suffix = format!(".r{}", chrono::Utc::now().timestamp_millis());
-                    fruitless_rejoins = 0;
-                    tracing::warn!(%group_suffix, "rejoining did not help; moving to a consumer group of its own");
-                } else {
-                    tracing::info!("building the consumer afresh (leaving and joining the group)");
-                }
-            }
-            Ok(Ended::Shutdown | Ended::CaughtUp) => break,
-            Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), retry_in_ms = failures.next_delay().as_millis() as u64, "the projection stopped; starting it again");
-                let mut shutdown = stopped.clone();
-                tokio::select! {
-                    () = failures.wait() => {}
-                    _ = shutdown.changed() => break,
-                }
-            }
+        let applied = applied.load(std::sync::atomic::Ordering::Relaxed);
+        if restarts.after(ended, applied, &current, &mut stopped.clone()).await.is_break() {
+            break;
         }
     }
     server.await??;

@@ -35,22 +35,7 @@ pub async fn run(pipeline: Pipeline, args: RedriveArgs) -> anyhow::Result<()> {
         .set("auto.offset.reset", "earliest")
         .create()?;
 
-    // Where this run starts (the group's committed offsets) and ends (the
-    // topic's end now).
-    let positions = Positions::default();
-    let (probe, topic, known) = (consumer_for_probe(brokers)?, dead_letters.clone(), positions.clone());
-    tokio::task::spawn_blocking(move || read_high_watermarks(&probe, &[topic], &known, Duration::from_secs(10)))
-        .await??;
-    let mut partitions = TopicPartitionList::new();
-    for (topic, partition) in positions.snapshot().keys() {
-        partitions.add_partition(topic, *partition);
-    }
-    let committed = consumer.committed_offsets(partitions, Duration::from_secs(10))?;
-    for element in committed.elements() {
-        if let Offset::Offset(next) = element.offset() {
-            positions.set_applied(element.topic(), element.partition(), next);
-        }
-    }
+    let positions = run_bounds(&consumer, brokers, &dead_letters).await?;
     let waiting = positions.total_lag().unwrap_or(0);
     tracing::info!(topic = %dead_letters, waiting, dry_run = args.dry_run, "re-driving dead letters");
     if waiting == 0 {
@@ -112,6 +97,26 @@ pub async fn run(pipeline: Pipeline, args: RedriveArgs) -> anyhow::Result<()> {
     }
     tracing::info!(redriven, skipped, dry_run = args.dry_run, "dead letters re-driven");
     Ok(())
+}
+
+/// Where this run starts (the group's committed offsets) and ends (the
+/// topic's end now), per partition of `topic`.
+async fn run_bounds(consumer: &StreamConsumer, brokers: &str, topic: &str) -> anyhow::Result<Positions> {
+    let positions = Positions::default();
+    let (probe, topic, known) = (consumer_for_probe(brokers)?, topic.to_owned(), positions.clone());
+    tokio::task::spawn_blocking(move || read_high_watermarks(&probe, &[topic], &known, Duration::from_secs(10)))
+        .await??;
+    let mut partitions = TopicPartitionList::new();
+    for (topic, partition) in positions.snapshot().keys() {
+        partitions.add_partition(topic, *partition);
+    }
+    let committed = consumer.committed_offsets(partitions, Duration::from_secs(10))?;
+    for element in committed.elements() {
+        if let Offset::Offset(next) = element.offset() {
+            positions.set_applied(element.topic(), element.partition(), next);
+        }
+    }
+    Ok(positions)
 }
 
 fn consumer_for_probe(brokers: &str) -> anyhow::Result<rdkafka::consumer::BaseConsumer> {

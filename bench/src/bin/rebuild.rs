@@ -172,98 +172,109 @@ impl History {
                 let i = self.rng.below(n);
                 self.user_event(i, UserEvent::MembershipChanged(MembershipChanged { tier: Tier::Gold }))
             }
-            13..18 => {
-                let (a, b) = self.two_users();
-                let (from, to) = (self.users[a], self.users[b]);
-                let pair = pair_key(from, to);
-                let version = self.pair_versions.entry(pair.clone()).or_insert(0);
-                *version += 1;
-                let request_id = Uuid::now_v7();
-                let status = if self.rng.below(4) == 0 { RequestStatus::Ignored } else { RequestStatus::Interested };
-                if status == RequestStatus::Interested {
-                    self.open_requests.push((request_id, from, to));
-                }
-                let requested = ConnectionRequested { request_id, from_user_id: from, to_user_id: to, status };
-                let envelope =
-                    envelope(pair, *version, Some(from), Event::Connection(ConnectionEvent::Requested(requested)));
-                if status == RequestStatus::Interested {
-                    self.unread_notifications.push((b, envelope.event_id));
-                }
-                vec![envelope]
-            }
-            18..22 if !self.open_requests.is_empty() => {
-                let (request_id, from, to) = self.open_requests.swap_remove(self.rng.below(self.open_requests.len()));
-                let pair = pair_key(from, to);
-                let version = self.pair_versions.entry(pair.clone()).or_insert(0);
-                *version += 1;
-                let status = if self.rng.below(3) == 0 { RequestStatus::Rejected } else { RequestStatus::Accepted };
-                if status == RequestStatus::Accepted {
-                    self.connected.push((from, to));
-                }
-                let reviewed = ConnectionReviewed { request_id, status, reviewed_at: Utc::now() };
-                let envelope =
-                    envelope(pair, *version, Some(to), Event::Connection(ConnectionEvent::Reviewed(reviewed)));
-                if status == RequestStatus::Accepted {
-                    self.unread_notifications.push((self.index(from), envelope.event_id));
-                }
-                vec![envelope]
-            }
-            22..52 if !self.connected.is_empty() => {
-                let (a, b) = self.connected[self.rng.below(self.connected.len())];
-                let (from, to) = if self.rng.below(2) == 0 { (a, b) } else { (b, a) };
-                let pair = pair_key(from, to);
-                let version = self.conversation_versions.entry(pair.clone()).or_insert(0);
-                *version += 1;
-                let message_id = Uuid::now_v7();
-                self.unread_messages.push((message_id, from, to, false));
-                let text = format!("message {message_id} about rust and kafka");
-                let sent = MessageSent { message_id, from_user_id: from, to_user_id: to, text };
-                let envelope = envelope(pair, *version, Some(from), Event::Message(MessageEvent::Sent(sent)));
-                if self.rng.below(2) == 0 {
-                    self.unread_notifications.push((self.index(to), envelope.event_id));
-                }
-                vec![envelope]
-            }
-            52..70 if !self.unread_messages.is_empty() => {
-                let at = self.rng.below(self.unread_messages.len());
-                let (message_id, from, to, delivered) = self.unread_messages[at];
-                let pair = pair_key(from, to);
-                let version = self.conversation_versions.entry(pair.clone()).or_insert(0);
-                *version += 1;
-                let event = if delivered {
-                    self.unread_messages.swap_remove(at);
-                    MessageEvent::Read(MessageRead { message_id, read_at: Utc::now() })
-                } else {
-                    self.unread_messages[at].3 = true;
-                    MessageEvent::Delivered(MessageDelivered { message_id, delivered_at: Utc::now() })
-                };
-                vec![envelope(pair, *version, Some(to), Event::Message(event))]
-            }
-            70..73 if !self.unread_notifications.is_empty() => {
-                let (owner, notification_id) =
-                    self.unread_notifications.swap_remove(self.rng.below(self.unread_notifications.len()));
-                self.notification_versions[owner] += 1;
-                let user = self.users[owner];
-                let read = NotificationEvent::Read(NotificationRead { notification_id });
-                vec![envelope(
-                    user.to_string(),
-                    self.notification_versions[owner],
-                    Some(user),
-                    Event::Notification(read),
-                )]
-            }
-            _ => {
-                let i = self.rng.below(n);
-                self.presence_versions[i] += 1;
-                let user = self.users[i];
-                let signal = if self.rng.below(12) == 0 {
-                    PresenceEvent::Offline(PresenceSignal {})
-                } else {
-                    PresenceEvent::Heartbeat(PresenceSignal {})
-                };
-                vec![envelope(user.to_string(), self.presence_versions[i], Some(user), Event::Presence(signal))]
-            }
+            13..18 => self.request(),
+            18..22 if !self.open_requests.is_empty() => self.review(),
+            22..52 if !self.connected.is_empty() => self.message(),
+            52..70 if !self.unread_messages.is_empty() => self.mark_message(),
+            70..73 if !self.unread_notifications.is_empty() => self.read_notification(),
+            _ => self.presence(),
         }
+    }
+
+    /// A connection request (a quarter of them ignored).
+    fn request(&mut self) -> Vec<Envelope> {
+        let (a, b) = self.two_users();
+        let (from, to) = (self.users[a], self.users[b]);
+        let pair = pair_key(from, to);
+        let version = self.pair_versions.entry(pair.clone()).or_insert(0);
+        *version += 1;
+        let request_id = Uuid::now_v7();
+        let status = if self.rng.below(4) == 0 { RequestStatus::Ignored } else { RequestStatus::Interested };
+        if status == RequestStatus::Interested {
+            self.open_requests.push((request_id, from, to));
+        }
+        let requested = ConnectionRequested { request_id, from_user_id: from, to_user_id: to, status };
+        let envelope = envelope(pair, *version, Some(from), Event::Connection(ConnectionEvent::Requested(requested)));
+        if status == RequestStatus::Interested {
+            self.unread_notifications.push((b, envelope.event_id));
+        }
+        vec![envelope]
+    }
+
+    /// A review of an open request (a third rejected).
+    fn review(&mut self) -> Vec<Envelope> {
+        let (request_id, from, to) = self.open_requests.swap_remove(self.rng.below(self.open_requests.len()));
+        let pair = pair_key(from, to);
+        let version = self.pair_versions.entry(pair.clone()).or_insert(0);
+        *version += 1;
+        let status = if self.rng.below(3) == 0 { RequestStatus::Rejected } else { RequestStatus::Accepted };
+        if status == RequestStatus::Accepted {
+            self.connected.push((from, to));
+        }
+        let reviewed = ConnectionReviewed { request_id, status, reviewed_at: Utc::now() };
+        let envelope = envelope(pair, *version, Some(to), Event::Connection(ConnectionEvent::Reviewed(reviewed)));
+        if status == RequestStatus::Accepted {
+            self.unread_notifications.push((self.index(from), envelope.event_id));
+        }
+        vec![envelope]
+    }
+
+    /// A message between connected users.
+    fn message(&mut self) -> Vec<Envelope> {
+        let (a, b) = self.connected[self.rng.below(self.connected.len())];
+        let (from, to) = if self.rng.below(2) == 0 { (a, b) } else { (b, a) };
+        let pair = pair_key(from, to);
+        let version = self.conversation_versions.entry(pair.clone()).or_insert(0);
+        *version += 1;
+        let message_id = Uuid::now_v7();
+        self.unread_messages.push((message_id, from, to, false));
+        let text = format!("message {message_id} about rust and kafka");
+        let sent = MessageSent { message_id, from_user_id: from, to_user_id: to, text };
+        let envelope = envelope(pair, *version, Some(from), Event::Message(MessageEvent::Sent(sent)));
+        if self.rng.below(2) == 0 {
+            self.unread_notifications.push((self.index(to), envelope.event_id));
+        }
+        vec![envelope]
+    }
+
+    /// A delivery, then a read, of an unread message.
+    fn mark_message(&mut self) -> Vec<Envelope> {
+        let at = self.rng.below(self.unread_messages.len());
+        let (message_id, from, to, delivered) = self.unread_messages[at];
+        let pair = pair_key(from, to);
+        let version = self.conversation_versions.entry(pair.clone()).or_insert(0);
+        *version += 1;
+        let event = if delivered {
+            self.unread_messages.swap_remove(at);
+            MessageEvent::Read(MessageRead { message_id, read_at: Utc::now() })
+        } else {
+            self.unread_messages[at].3 = true;
+            MessageEvent::Delivered(MessageDelivered { message_id, delivered_at: Utc::now() })
+        };
+        vec![envelope(pair, *version, Some(to), Event::Message(event))]
+    }
+
+    /// A notification read.
+    fn read_notification(&mut self) -> Vec<Envelope> {
+        let (owner, notification_id) =
+            self.unread_notifications.swap_remove(self.rng.below(self.unread_notifications.len()));
+        self.notification_versions[owner] += 1;
+        let user = self.users[owner];
+        let read = NotificationEvent::Read(NotificationRead { notification_id });
+        vec![envelope(user.to_string(), self.notification_versions[owner], Some(user), Event::Notification(read))]
+    }
+
+    /// A heartbeat, now and then an offline.
+    fn presence(&mut self) -> Vec<Envelope> {
+        let i = self.rng.below(self.users.len());
+        self.presence_versions[i] += 1;
+        let user = self.users[i];
+        let signal = if self.rng.below(12) == 0 {
+            PresenceEvent::Offline(PresenceSignal {})
+        } else {
+            PresenceEvent::Heartbeat(PresenceSignal {})
+        };
+        vec![envelope(user.to_string(), self.presence_versions[i], Some(user), Event::Presence(signal))]
     }
 }
 
@@ -340,14 +351,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (None, HashMap::new())
     };
-    let mut mix: Vec<_> = mix.into_iter().collect();
-    mix.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-    if !mix.is_empty() {
-        let total: usize = mix.iter().map(|(_, n)| n).sum();
-        let shares: Vec<String> =
-            mix.iter().map(|(t, n)| format!("{t} {:.1}%", *n as f64 * 100.0 / total as f64)).collect();
-        println!("mix: {}", shares.join(", "));
-    }
+    print_mix(mix);
 
     let (floor_args, floor_topics) = (args.clone(), topics.clone());
     let (raw_records, raw_bytes, raw_time) =
@@ -361,40 +365,7 @@ async fn main() -> anyhow::Result<()> {
     let client = mongodb::Client::with_uri_str(&args.mongo_uri).await?;
     let generations = views::generation::Generations::new(client.clone(), &run);
     let before = generations.current_or_create().await?;
-    let log_path = std::env::temp_dir().join(format!("{run}-replay.log"));
-    let log = std::fs::File::create(&log_path)?;
-    let started = Instant::now();
-    let mut replay = tokio::process::Command::new(&args.projector)
-        .args(["replay", "--progress", "log", "--drop-after", "0s"])
-        .env("DEVCONNECT_KAFKA_BROKERS", &args.kafka_brokers)
-        .env("DEVCONNECT_TOPIC_PREFIX", &prefix)
-        .env("DEVCONNECT_TOPIC_PARTITIONS", args.partitions.to_string())
-        .env("DEVCONNECT_MONGO_URI", &args.mongo_uri)
-        .env("DEVCONNECT_MONGO_DATABASE", &run)
-        .env("DEVCONNECT_REDIS_URL", &args.redis_url)
-        .env("DEVCONNECT_REDIS_PREFIX", format!("{run}:"))
-        .env("DEVCONNECT_PROJECTOR_GROUP", format!("{run}-projector"))
-        .envs(args.projector_env.iter().filter_map(|kv| kv.split_once('=')))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()?;
-    let switched = loop {
-        if let Some(status) = replay.try_wait()? {
-            anyhow::ensure!(status.success(), "the replay failed; its log: {}", log_path.display());
-        }
-        let pointer = generations.pointer().await?;
-        if pointer.is_some_and(|p| p.current != before) {
-            break started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    replay.wait().await?;
-    let text = std::fs::read_to_string(&log_path)?;
-    let applied: u64 = text
-        .lines()
-        .filter(|l| l.contains("readers switched"))
-        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("events=")?.parse().ok()))
-        .ok_or_else(|| anyhow::anyhow!("no summary in {}", log_path.display()))?;
+    let (switched, applied, log_path) = timed_replay(&args, &run, &generations, &before).await?;
     let rebuild_rate = applied as f64 / switched.as_secs_f64();
     let events_per_record = applied as f64 / raw_records as f64;
 
@@ -413,17 +384,87 @@ async fn main() -> anyhow::Result<()> {
     println!("replay log: {}", log_path.display());
 
     if !args.keep {
-        // The replay dropped the generation it replaced; this drops the one
-        // it built, every Redis key of the run, and the pointer's database.
-        if let Some(pointer) = generations.pointer().await? {
-            client.database(&pointer.current.database(&run)).drop().await?;
-        }
-        let mut redis = platform::redis_conn::connect(&args.redis_url)?;
-        views::generation::delete_keys_matching(&mut redis, &format!("{run}:*")).await?;
-        client.database(&run).drop().await?;
-        // Not deleted: Tansu 0.6 answers DeleteTopics by losing its storage
-        // task (every later request fails until a restart), measured.
+        drop_run(&args, &run, &client, &generations).await?;
         println!("dropped the run's views (its topics stay: {prefix}*)");
     }
+    Ok(())
+}
+
+/// The mix of event types seeded, largest first.
+fn print_mix(mix: HashMap<&'static str, usize>) {
+    let mut mix: Vec<_> = mix.into_iter().collect();
+    mix.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    if !mix.is_empty() {
+        let total: usize = mix.iter().map(|(_, n)| n).sum();
+        let shares: Vec<String> =
+            mix.iter().map(|(t, n)| format!("{t} {:.1}%", *n as f64 * 100.0 / total as f64)).collect();
+        println!("mix: {}", shares.join(", "));
+    }
+}
+
+/// Runs `projector replay` on the run's topics, as an operator would;
+/// returns the time until readers switched, the events applied and the
+/// replay's log.
+async fn timed_replay(
+    args: &Args,
+    run: &str,
+    generations: &views::generation::Generations,
+    before: &views::generation::Generation,
+) -> anyhow::Result<(Duration, u64, std::path::PathBuf)> {
+    let log_path = std::env::temp_dir().join(format!("{run}-replay.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let started = Instant::now();
+    let mut replay = tokio::process::Command::new(&args.projector)
+        .args(["replay", "--progress", "log", "--drop-after", "0s"])
+        .env("DEVCONNECT_KAFKA_BROKERS", &args.kafka_brokers)
+        .env("DEVCONNECT_TOPIC_PREFIX", format!("{run}-"))
+        .env("DEVCONNECT_TOPIC_PARTITIONS", args.partitions.to_string())
+        .env("DEVCONNECT_MONGO_URI", &args.mongo_uri)
+        .env("DEVCONNECT_MONGO_DATABASE", run)
+        .env("DEVCONNECT_REDIS_URL", &args.redis_url)
+        .env("DEVCONNECT_REDIS_PREFIX", format!("{run}:"))
+        .env("DEVCONNECT_PROJECTOR_GROUP", format!("{run}-projector"))
+        .envs(args.projector_env.iter().filter_map(|kv| kv.split_once('=')))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()?;
+    let switched = loop {
+        if let Some(status) = replay.try_wait()? {
+            anyhow::ensure!(status.success(), "the replay failed; its log: {}", log_path.display());
+        }
+        let pointer = generations.pointer().await?;
+        if pointer.is_some_and(|p| &p.current != before) {
+            break started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    replay.wait().await?;
+    let text = std::fs::read_to_string(&log_path)?;
+    let applied: u64 = text
+        .lines()
+        .filter(|l| l.contains("readers switched"))
+        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("events=")?.parse().ok()))
+        .ok_or_else(|| anyhow::anyhow!("no summary in {}", log_path.display()))?;
+    Ok((switched, applied, log_path))
+}
+
+/// The replay dropped the generation it replaced; this drops the one it
+/// built, every Redis key of the run, and the pointer's database.
+async fn drop_run(
+    args: &Args,
+    run: &str,
+    client: &mongodb::Client,
+    generations: &views::generation::Generations,
+) -> anyhow::Result<()> {
+    // The replay dropped the generation it replaced; this drops the one
+    // it built, every Redis key of the run, and the pointer's database.
+    if let Some(pointer) = generations.pointer().await? {
+        client.database(&pointer.current.database(run)).drop().await?;
+    }
+    let mut redis = platform::redis_conn::connect(&args.redis_url)?;
+    views::generation::delete_keys_matching(&mut redis, &format!("{run}:*")).await?;
+    client.database(run).drop().await?;
+    // Not deleted: Tansu 0.6 answers DeleteTopics by losing its storage
+    // task (every later request fails until a restart), measured.
     Ok(())
 }

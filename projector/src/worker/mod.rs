@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use events::{Topic, TopicNames};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::{Notify, watch};
 use views::generation::{CurrentGeneration, Generation};
@@ -232,28 +233,8 @@ impl Worker {
     /// views may lag, never lose events. One that keeps failing otherwise is
     /// taken apart, and only the record that fails alone is dead-lettered.
     pub async fn run(self, mut stops: Stops) -> anyhow::Result<Ended> {
-        let subscribed: Vec<String> = Topic::EVENT_TOPICS.iter().map(|t| self.topics.name(*t)).collect();
-        match self.partitions {
-            Partitions::Group => self.consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?,
-            Partitions::All => {
-                let mut backoff = Backoff::new();
-                let all = loop {
-                    match self.all_partitions(&subscribed) {
-                        Ok(all) => break all,
-                        Err(err) => {
-                            tracing::warn!(error = %err, retry_in_ms = backoff.next_ms(), "reading the topics' partitions failed; retrying");
-                            if let Some(ended) = backoff.wait(&mut stops).await {
-                                return Ok(ended);
-                            }
-                        }
-                    }
-                };
-                tracing::info!(
-                    partitions = all.count(),
-                    "assigned every partition; each starts at its checkpoint, or offset 0 without one"
-                );
-                self.consumer.assign(&all)?;
-            }
+        if let Some(ended) = self.take_partitions(&mut stops).await? {
+            return Ok(ended);
         }
         if self.store.refreshes_caches() && self.store.has_stale_caches().await.unwrap_or(true) {
             // A Redis outage before a restart left keys to drop (or MongoDB
@@ -304,25 +285,59 @@ impl Worker {
                     continue;
                 }
             };
-            let mut messages = vec![first];
-            // Quiet traffic: a lone record is applied after one short idle
-            // gap. A backlog: records keep coming, and batches fill up.
-            let deadline = Instant::now() + self.settings.max_batch_time;
-            while messages.len() < self.settings.max_batch {
-                let left = deadline.saturating_duration_since(Instant::now()).min(self.settings.linger);
-                match tokio::time::timeout(left, self.consumer.recv()).await {
-                    Ok(Ok(m)) => messages.push(m),
-                    Ok(Err(err)) => {
-                        tracing::warn!(error = %err, "consumer error while filling a batch");
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
+            let messages = self.fill_batch(first).await;
             if let Some(ended) = self.process(&messages, &mut stops).await? {
                 return Ok(ended);
             }
         }
+    }
+
+    /// Subscribes (a group member) or assigns every partition (a rebuild).
+    /// `Some` when stopped before it could.
+    async fn take_partitions(&self, stops: &mut Stops) -> anyhow::Result<Option<Ended>> {
+        let subscribed: Vec<String> = Topic::EVENT_TOPICS.iter().map(|t| self.topics.name(*t)).collect();
+        if self.partitions == Partitions::Group {
+            self.consumer.subscribe(&subscribed.iter().map(String::as_str).collect::<Vec<_>>())?;
+            return Ok(None);
+        }
+        let mut backoff = Backoff::new();
+        let all = loop {
+            match self.all_partitions(&subscribed) {
+                Ok(all) => break all,
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = backoff.next_ms(), "reading the topics' partitions failed; retrying");
+                    if let Some(ended) = backoff.wait(stops).await {
+                        return Ok(Some(ended));
+                    }
+                }
+            }
+        };
+        tracing::info!(
+            partitions = all.count(),
+            "assigned every partition; each starts at its checkpoint, or offset 0 without one"
+        );
+        self.consumer.assign(&all)?;
+        Ok(None)
+    }
+
+    /// A batch starting with `first`. Quiet traffic: a lone record is
+    /// applied after one short idle gap. A backlog: records keep coming,
+    /// and batches fill up.
+    async fn fill_batch<'a>(&'a self, first: BorrowedMessage<'a>) -> Vec<BorrowedMessage<'a>> {
+        let mut messages = vec![first];
+        let deadline = Instant::now() + self.settings.max_batch_time;
+        while messages.len() < self.settings.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now()).min(self.settings.linger);
+            match tokio::time::timeout(left, self.consumer.recv()).await {
+                Ok(Ok(m)) => messages.push(m),
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "consumer error while filling a batch");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        messages
     }
 
     /// Every partition of `topics`, each at its start offset.

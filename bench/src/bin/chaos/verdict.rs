@@ -48,43 +48,61 @@ impl Verdict {
 }
 
 /// Compares what the views hold with what the workload was told.
+/// A pair's message history against what was acknowledged.
+struct HistoryCheck<'a> {
+    /// Distinct message ids the views hold.
+    seen: HashSet<&'a str>,
+    /// Ids held more than once (each repeat counted).
+    duplicate_ids: usize,
+    /// Acknowledged ids the views lack.
+    missing: usize,
+    /// 1 when the message left unknown at the deadline landed (once).
+    landed: usize,
+    /// Messages no 201 named and not the unknown one, with a description.
+    extra: usize,
+    extras: Vec<String>,
+}
+
+fn check_history<'a>(pair: &Pair, view: &'a PairView) -> HistoryCheck<'a> {
+    let acked: HashSet<&str> = pair.acked.iter().map(|(id, _)| id.as_str()).collect();
+    let acked_texts: HashSet<&str> = pair.acked.iter().map(|(_, t)| t.as_str()).collect();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut text_of: HashMap<&str, &str> = HashMap::new();
+    for (id, text) in &view.history {
+        *seen.entry(id.as_str()).or_default() += 1;
+        text_of.insert(id.as_str(), text.as_str());
+    }
+    let duplicate_ids: usize = seen.values().map(|n| n - 1).sum();
+    let missing = acked.iter().filter(|id| !seen.contains_key(*id)).count();
+    // Messages the views hold that no 201 named: the one left unknown at
+    // the deadline may have landed (once); any other is extra.
+    let (mut landed, mut extra, mut extras) = (0usize, 0usize, Vec::new());
+    let mut unacked: Vec<&str> = seen.keys().copied().filter(|id| !acked.contains(id)).collect();
+    unacked.sort_unstable();
+    for id in unacked {
+        let text = text_of.get(id).copied().unwrap_or_default();
+        if landed == 0 && pair.unknown_message.as_deref() == Some(text) {
+            landed = 1;
+        } else {
+            extra += 1;
+            let kind = if acked_texts.contains(text) || pair.unknown_message.as_deref() == Some(text) {
+                "a second append of"
+            } else {
+                "unexplained"
+            };
+            extras.push(format!("{id} ({kind} {text:?})"));
+        }
+    }
+    HistoryCheck { seen: seen.into_keys().collect(), duplicate_ids, missing, landed, extra, extras }
+}
+
 pub fn evaluate(pairs: &[Pair], views: &[PairView], stats_delta: i64) -> Verdict {
     let mut v = Verdict::default();
     let mut all: HashSet<&str> = HashSet::new();
     for (pair, view) in pairs.iter().zip(views) {
-        let acked: HashSet<&str> = pair.acked.iter().map(|(id, _)| id.as_str()).collect();
-        let acked_texts: HashSet<&str> = pair.acked.iter().map(|(_, t)| t.as_str()).collect();
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        let mut text_of: HashMap<&str, &str> = HashMap::new();
-        for (id, text) in &view.history {
-            *seen.entry(id.as_str()).or_default() += 1;
-            text_of.insert(id.as_str(), text.as_str());
-        }
-        all.extend(seen.keys().copied());
-        let duplicate_ids: usize = seen.values().map(|n| n - 1).sum();
-        let missing = acked.iter().filter(|id| !seen.contains_key(*id)).count();
-        // Messages the views hold that no 201 named: the one left unknown
-        // at the deadline may have landed (once); any other is extra.
-        let mut landed = 0usize;
-        let mut extra = 0usize;
-        let mut extras = Vec::new();
-        let mut unacked: Vec<&str> = seen.keys().copied().filter(|id| !acked.contains(id)).collect();
-        unacked.sort_unstable();
-        for id in unacked {
-            let text = text_of.get(id).copied().unwrap_or_default();
-            if landed == 0 && pair.unknown_message.as_deref() == Some(text) {
-                landed = 1;
-            } else {
-                extra += 1;
-                let kind = if acked_texts.contains(text) || pair.unknown_message.as_deref() == Some(text) {
-                    "a second append of"
-                } else {
-                    "unexplained"
-                };
-                extras.push(format!("{id} ({kind} {text:?})"));
-            }
-        }
-        let valid = acked.len() - missing + landed;
+        let HistoryCheck { seen, duplicate_ids, missing, landed, extra, extras } = check_history(pair, view);
+        all.extend(seen.iter().copied());
+        let valid = pair.acked.len() - missing + landed;
         let distinct = seen.len();
         // The recipient: one connection request plus one per message.
         let mut unread_note = String::new();
