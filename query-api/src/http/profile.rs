@@ -11,8 +11,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 use views::UserDoc;
 
+use super::auth::OwnProfileCached;
 use super::{ApiError, AppState, Caller, Consistency};
-use crate::reader::ViewReader;
+use crate::reader::{Freshness, ViewReader};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/profile", get(own_profile)).route("/v1/users/{user_id}", get(public_profile))
@@ -65,9 +66,15 @@ pub struct OwnProfile {
 pub async fn own_profile(
     State(reader): State<ViewReader>,
     Caller(claims): Caller,
+    cached: Option<axum::Extension<OwnProfileCached>>,
     Consistency(freshness): Consistency,
 ) -> Result<Json<OwnProfile>, ApiError> {
-    let user = reader.user(&claims.sub.to_string(), freshness).await?.ok_or_else(|| ApiError::NotFound {
+    let user = match cached {
+        // Fetched with the session check: one Redis round trip in all.
+        Some(axum::Extension(OwnProfileCached(user))) if freshness == Freshness::CacheFirst => Some(user),
+        _ => reader.user(&claims.sub.to_string(), freshness).await?,
+    };
+    let user = user.ok_or_else(|| ApiError::NotFound {
         code: ErrorCode::UserNotFound,
         message: "your profile is not in the views yet; send X-Consistency-Token to wait for it".into(),
     })?;
