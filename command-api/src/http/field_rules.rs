@@ -100,11 +100,6 @@ fn apply(schema: &mut RefOr<Schema>, rule: &Rule) -> bool {
                 ArrayItems::False => false,
             }
         }
-        (RefOr::T(Schema::OneOf(one_of)), rule) => {
-            // Every variant that fits (not only the first).
-            let applied: Vec<bool> = one_of.items.iter_mut().map(|variant| apply(variant, rule)).collect();
-            applied.contains(&true)
-        }
         _ => false,
     }
 }
