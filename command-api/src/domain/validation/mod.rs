@@ -178,7 +178,7 @@ pub fn profile(input: &ProfileInput) -> Result<Profile, Rejection> {
 mod tests {
     use super::*;
 
-    fn valid_input() -> ProfileInput {
+    pub(super) fn valid_input() -> ProfileInput {
         ProfileInput {
             first_name: "Ada".into(),
             last_name: "Lovelace".into(),
