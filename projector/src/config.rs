@@ -128,6 +128,15 @@ pub struct ReplayArgs {
     /// Keep the old generation instead of dropping it.
     #[arg(long)]
     pub keep_old: bool,
+    /// Events folded in memory per chunk by a rebuild into a new
+    /// generation before it writes them (docs/design.md §16): the memory
+    /// bound of a rebuild. Larger chunks write fewer statements.
+    #[arg(long, env = "DEVCONNECT_REPLAY_CHUNK_EVENTS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub chunk_events: u64,
+    /// Rebuild with one guarded statement per event, as the live
+    /// projector writes, instead of folding chunks (slower; for comparison).
+    #[arg(long)]
+    pub per_event: bool,
     /// Progress display: a bar on a terminal, log lines otherwise.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressStyle,

@@ -1,6 +1,7 @@
 //! The projector: consumes the event topics and builds the views.
 //! It never decides anything (ARCHITECTURE.md).
 
+pub mod coalesce;
 pub mod config;
 pub mod leases;
 pub mod plan;

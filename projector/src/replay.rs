@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle as BarStyle};
 
 use crate::Pipeline;
+use crate::coalesce::{self, CoalesceSettings};
 use crate::config::{ProgressStyle, ReplayArgs};
 use crate::positions::{self, Positions};
 use crate::worker::{Ended, Partitions, Stops};
@@ -37,6 +38,29 @@ pub async fn run(pipeline: Pipeline, args: ReplayArgs) -> anyhow::Result<()> {
         "rebuilding the views from the topics"
     );
     let store = pipeline.store(&generation).await?.for_rebuild();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        platform::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    // A new generation is first filled by folding the log into final
+    // documents; the per-event worker then applies what arrived meanwhile.
+    let coalesced = Arc::new(AtomicU64::new(0));
+    if !args.in_place && !args.per_event {
+        let positions = Positions::default();
+        let progress = Progress::start(args.progress, positions.clone(), Arc::clone(&coalesced));
+        let settings = CoalesceSettings {
+            chunk_events: usize::try_from(args.chunk_events).unwrap_or(usize::MAX),
+            presence_ttl: chrono::Duration::from_std(pipeline.config.tuning.presence_ttl)
+                .unwrap_or(chrono::Duration::minutes(5)),
+        };
+        let outcome = coalesce::run(&pipeline, &store, settings, &coalesced, &positions, stopped.clone()).await;
+        progress.finish();
+        if outcome?.interrupted {
+            tracing::warn!(%generation, "rebuild interrupted; run it again to resume where it stopped");
+            return Ok(());
+        }
+    }
     // In place, everything is re-applied from offset 0 (over whatever is
     // there); a new generation starts where its own checkpoints are.
     let suffix = if args.in_place { ".replay-in-place" } else { "" };
@@ -50,17 +74,11 @@ pub async fn run(pipeline: Pipeline, args: ReplayArgs) -> anyhow::Result<()> {
         Duration::from_millis(500),
     )?;
     let progress = Progress::start(args.progress, positions.clone(), Arc::clone(&events));
-
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        platform::shutdown_signal().await;
-        let _ = stop.send(true);
-    });
     let stops = Stops { shutdown: stopped, follow: None, generation: generation.clone(), when_caught_up: true };
     let ended = worker.run(stops).await;
     poller.abort();
     progress.finish();
-    let applied = events.load(Ordering::Relaxed);
+    let applied = events.load(Ordering::Relaxed) + coalesced.load(Ordering::Relaxed);
     match ended? {
         Ended::CaughtUp => {}
         Ended::Shutdown | Ended::GenerationChanged | Ended::Rejoin => {

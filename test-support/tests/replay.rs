@@ -235,8 +235,8 @@ async fn a_rebuild_switches_readers_to_identical_views_and_drops_the_old_ones() 
 async fn a_rebuild_killed_at_random_points_resumes_to_identical_views() {
     let env = TestEnv::start().await;
     mixed_workload(&env).await;
-    // Enough history that a rebuild in batches of 3 takes seconds, so the
-    // kills land in the middle of it.
+    // Enough history that a rebuild in chunks of one event takes seconds, so
+    // the kills land in the middle of it.
     let ids: Vec<String> = env
         .views_db()
         .await
@@ -260,7 +260,9 @@ async fn a_rebuild_killed_at_random_points_resumes_to_identical_views() {
     for _ in 0..3 {
         let mut proc = env.projector_operation(
             &["replay", "--progress", "log", "--drop-after", "1s"],
-            &[("DEVCONNECT_PROJECTOR_MAX_BATCH", "3")],
+            // Chunks of one event: the kills land between and inside
+            // chunk writes, and later chunks find earlier ones' documents.
+            &[("DEVCONNECT_PROJECTOR_MAX_BATCH", "3"), ("DEVCONNECT_REPLAY_CHUNK_EVENTS", "1")],
         );
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         let after = Duration::from_millis(300 + (seed >> 33) % 1_500);

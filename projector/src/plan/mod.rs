@@ -21,7 +21,7 @@ use events::message::MessageEvent;
 use events::user::UserEvent;
 use events::{Envelope, Event};
 use mongodb::bson::{Bson, Document, doc};
-use views::{LiveUpdate, PresenceView};
+use views::{LiveUpdate, PresenceView, collections};
 
 use self::connection::plan_connection_event;
 use self::counted::plan_counted;
@@ -104,6 +104,26 @@ pub struct Plan {
     pub events: usize,
 }
 
+impl Plan {
+    /// Each view collection with its update statements, in the order a
+    /// batch applies them (after the collection's creations). Every
+    /// collection a plan writes is listed, also those only creations fill.
+    pub fn statements_by_collection(&self) -> [(&'static str, &[Document]); 10] {
+        [
+            (collections::USERS, &self.users),
+            (collections::SESSIONS, &self.sessions),
+            (collections::CONNECTION_REQUESTS, &self.requests),
+            (collections::RELATIONS, &self.relations),
+            (collections::CONNECTIONS, &[]),
+            (collections::MESSAGES, &self.messages),
+            (collections::PRESENCE, &self.presence),
+            (collections::NOTIFICATIONS, &self.notifications),
+            (collections::NOTIFICATION_COUNTERS, &self.notification_counters),
+            (collections::DAILY_STATS, &self.daily_stats),
+        ]
+    }
+}
+
 /// Events with counted effects (counters, notifications): applied once per
 /// event id, which the processed-id keys record (docs/design.md §3).
 pub fn counted(envelope: &Envelope) -> bool {
@@ -175,6 +195,7 @@ pub fn plan(records: &[Record], presence_ttl: chrono::Duration, prior: &Prior) -
     let mut unread: BTreeMap<String, i64> = BTreeMap::new();
     let mut per_day: BTreeMap<String, BTreeMap<&'static str, i64>> = BTreeMap::new();
     let mut presence = PresenceChanges::default();
+    let mut planned_once: HashSet<uuid::Uuid> = HashSet::new();
     for record in records {
         let partition = (record.topic.clone(), record.partition);
         let stored = prior.checkpoints.get(&partition).copied().unwrap_or(0);
@@ -188,7 +209,7 @@ pub fn plan(records: &[Record], presence_ttl: chrono::Duration, prior: &Prior) -
             if fresh
                 && counted(envelope)
                 && !prior.processed.contains(&envelope.event_id)
-                && !plan.processed.contains(&envelope.event_id)
+                && planned_once.insert(envelope.event_id)
             {
                 plan.processed.push(envelope.event_id);
                 plan_counted(&mut plan, &mut unread, &mut per_day, envelope);

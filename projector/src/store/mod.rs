@@ -18,8 +18,11 @@ use views::{CheckpointDoc, PresenceDoc, collections};
 
 use platform::mongo::find_by_ids;
 
+mod bulk;
 mod cache;
 mod write;
+
+pub use bulk::{COUNTED_COLLECTIONS, ChunkCommit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,6 +42,9 @@ pub enum StoreError {
     /// meanwhile, or the store lost some. The batch is planned again.
     #[error("a checkpoint moved while the batch was planned: {moved:?} (partition, planned, stored)")]
     Moved { moved: Vec<((String, i32), i64, i64)> },
+    /// The store holds what the caller was sure it did not.
+    #[error("{0}")]
+    Unexpected(String),
 }
 
 /// MongoDB server error codes the projector reacts to.
@@ -54,6 +60,7 @@ impl StoreError {
         use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
         match self {
             StoreError::Redis(_) | StoreError::Gap { .. } | StoreError::Moved { .. } => true,
+            StoreError::Unexpected(_) => false,
             // A duplicate key means another projector (mid-rebalance) got
             // there first: the retry re-plans and skips what it applied.
             StoreError::WriteErrors { codes, .. } => codes.iter().any(|c| [WRITE_CONFLICT, DUPLICATE_KEY].contains(c)),
@@ -79,7 +86,9 @@ impl StoreError {
                 matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == WRITE_CONFLICT)
                     || err.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
             }
-            StoreError::Redis(_) | StoreError::Gap { .. } | StoreError::Moved { .. } => false,
+            StoreError::Redis(_) | StoreError::Gap { .. } | StoreError::Moved { .. } | StoreError::Unexpected(_) => {
+                false
+            }
         }
     }
 }

@@ -116,20 +116,9 @@ impl ViewStore {
     ) -> Result<(), StoreError> {
         // Collections written by creations alone still run the fallbacks of
         // documents that exist (a repeated batch).
-        let batches: [(&str, &[Document]); 12] = [
-            (collections::USERS, &plan.users),
-            (collections::SESSIONS, &plan.sessions),
-            (collections::CONNECTION_REQUESTS, &plan.requests),
-            (collections::RELATIONS, &plan.relations),
-            (collections::CONNECTIONS, &[]),
-            (collections::MESSAGES, &plan.messages),
-            (collections::PRESENCE, &plan.presence),
-            (collections::NOTIFICATIONS, &plan.notifications),
-            (collections::NOTIFICATION_COUNTERS, &plan.notification_counters),
-            (collections::DAILY_STATS, &plan.daily_stats),
-            (collections::STALE_CACHES, stale),
-            (collections::CHECKPOINTS, checkpoints),
-        ];
+        let extra: [(&str, &[Document]); 2] =
+            [(collections::STALE_CACHES, stale), (collections::CHECKPOINTS, checkpoints)];
+        let batches = plan.statements_by_collection().into_iter().chain(extra);
         for (collection, planned) in batches {
             // A created document's fallback precedes any later change to it.
             let mut statements = fallbacks.remove(collection).unwrap_or_default();
@@ -231,21 +220,21 @@ impl ViewStore {
     }
 }
 
-/// Each partition's checkpoint statement: the stored next offset raised to
-/// the plan's, never lowered (`$max`).
+/// Each partition's checkpoint statement (`checkpoint_statement`).
 fn checkpoint_statements(plan: &Plan) -> Vec<Document> {
-    plan.checkpoints
-        .iter()
-        .map(|((topic, partition), next)| {
-            doc! {
-                "q": { "_id": CheckpointDoc::id_for(topic, *partition) },
-                "u": [ { "$set": {
-                    "topic": topic.as_str(),
-                    "partition": *partition,
-                    "nextOffset": { "$max": [ { "$ifNull": ["$nextOffset", 0_i64] }, *next ] },
-                } } ],
-                "upsert": true,
-            }
-        })
-        .collect()
+    plan.checkpoints.iter().map(checkpoint_statement).collect()
+}
+
+/// A partition's checkpoint statement: the stored next offset raised to
+/// `next`, never lowered (`$max`).
+pub(super) fn checkpoint_statement(((topic, partition), next): (&(String, i32), &i64)) -> Document {
+    doc! {
+        "q": { "_id": CheckpointDoc::id_for(topic, *partition) },
+        "u": [ { "$set": {
+            "topic": topic.as_str(),
+            "partition": *partition,
+            "nextOffset": { "$max": [ { "$ifNull": ["$nextOffset", 0_i64] }, *next ] },
+        } } ],
+        "upsert": true,
+    }
 }

@@ -1,0 +1,166 @@
+//! The writes of a coalescing rebuild (`crate::coalesce`): bulk inserts of
+//! final documents, statements for documents already stored, and per chunk
+//! one small transaction with what must land exactly once (counters, daily
+//! stats, checkpoints, the chunk's stamp).
+//!
+//! Processed-id keys are written ahead of their chunk's transaction, so
+//! their inserts overlap the reading of the log; each carries its chunk's
+//! stamp as `at`, and keys stamped after the last committed chunk belong to
+//! a chunk that never committed: `discard_uncommitted` deletes them before
+//! anything relies on them (docs/design.md §16).
+
+use futures::TryStreamExt;
+use mongodb::bson::{DateTime as BsonDateTime, Document, doc};
+use views::collections;
+
+use super::write::checkpoint_statement;
+use super::{DUPLICATE_KEY, StoreError, ViewStore};
+
+/// Where a coalescing rebuild records the stamp of its last committed
+/// chunk. Dropped when the coalescing ends, so the finished generation
+/// holds views only.
+const PROGRESS: &str = "coalesce_progress";
+const PROGRESS_ID: &str = "coalesce";
+
+/// Most documents or statements sent in one command.
+const COMMAND_BATCH: usize = 10_000;
+
+/// Collections whose statements are not idempotent (`$inc`): written only
+/// in a chunk's transaction.
+pub const COUNTED_COLLECTIONS: [&str; 2] = [collections::NOTIFICATION_COUNTERS, collections::DAILY_STATS];
+
+/// What a chunk's transaction writes.
+#[derive(Debug)]
+pub struct ChunkCommit {
+    /// Per counted collection: new documents and statements for stored ones.
+    pub inserts: Vec<(&'static str, Vec<Document>)>,
+    pub statements: Vec<(&'static str, Vec<Document>)>,
+    /// Next offset per (topic, partition).
+    pub checkpoints: std::collections::BTreeMap<(String, i32), i64>,
+    pub stamp: BsonDateTime,
+}
+
+impl ViewStore {
+    /// Every `_id` in `collection`, as strings.
+    pub async fn stored_ids(&self, collection: &str) -> Result<Vec<String>, StoreError> {
+        let cursor = self.db.collection::<Document>(collection).find(doc! {}).projection(doc! { "_id": 1 }).await?;
+        let documents: Vec<Document> = cursor.try_collect().await?;
+        Ok(documents.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect())
+    }
+
+    /// Inserts documents the store does not hold. A duplicate means the
+    /// caller's idea of the store is wrong: an error, never skipped, except
+    /// on a `retry` of the same documents, where it is the part of the
+    /// first attempt that landed before it failed.
+    pub async fn insert_new(&self, collection: &str, documents: &[Document], retry: bool) -> Result<(), StoreError> {
+        for batch in documents.chunks(COMMAND_BATCH) {
+            let insert = doc! { "insert": collection, "documents": batch, "ordered": false };
+            let reply = self.db.run_command(insert).await?;
+            match Self::check_write_errors(&reply) {
+                Err(StoreError::WriteErrors { codes, .. }) if retry && codes.iter().all(|c| *c == DUPLICATE_KEY) => {}
+                Err(StoreError::WriteErrors { codes, detail }) if codes.contains(&DUPLICATE_KEY) => {
+                    return Err(StoreError::Unexpected(format!("a document to insert is already stored: {detail}")));
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs idempotent statements (version-guarded, `$addToSet`) in order.
+    pub async fn run_statements(&self, collection: &str, statements: &[Document]) -> Result<(), StoreError> {
+        for batch in statements.chunks(COMMAND_BATCH) {
+            let reply = self.db.run_command(Self::update_command(collection, batch)).await?;
+            Self::check_write_errors(&reply)?;
+        }
+        Ok(())
+    }
+
+    /// Processed-id keys stamped with their chunk; a key already there (a
+    /// killed run wrote it) is left as it is.
+    pub async fn record_processed_stamped(&self, ids: &[uuid::Uuid], stamp: BsonDateTime) -> Result<(), StoreError> {
+        for batch in ids.chunks(COMMAND_BATCH) {
+            let documents: Vec<Document> = batch.iter().map(|id| doc! { "_id": id.to_string(), "at": stamp }).collect();
+            let insert = doc! { "insert": collections::PROCESSED_EVENTS, "documents": documents, "ordered": false };
+            let reply = self.db.run_command(insert).await?;
+            match Self::check_write_errors(&reply) {
+                Err(StoreError::WriteErrors { codes, .. }) if codes.iter().all(|c| *c == DUPLICATE_KEY) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A chunk's once-only part, in one transaction: counters and daily
+    /// stats, the checkpoints, and the chunk's stamp.
+    pub async fn commit_chunk(&self, commit: &ChunkCommit) -> Result<(), StoreError> {
+        let mut session = self.client.start_session().await?;
+        self.leases.note(session.id()).await?;
+        session.start_transaction().await?;
+        let outcome = async {
+            for (collection, documents) in &commit.inserts {
+                let insert = doc! { "insert": *collection, "documents": documents, "ordered": true };
+                Self::check_write_errors(&self.db.run_command(insert).session(&mut session).await?)?;
+            }
+            let checkpoints: Vec<Document> = commit.checkpoints.iter().map(checkpoint_statement).collect();
+            let progress = vec![doc! {
+                "q": { "_id": PROGRESS_ID },
+                "u": { "$set": { "committed": commit.stamp } },
+                "upsert": true,
+            }];
+            let updates = commit.statements.iter().map(|(c, s)| (*c, s.as_slice()));
+            let fixed = [(collections::CHECKPOINTS, checkpoints.as_slice()), (PROGRESS, progress.as_slice())];
+            for (collection, statements) in updates.chain(fixed) {
+                let reply =
+                    self.db.run_command(Self::update_command(collection, statements)).session(&mut session).await?;
+                Self::check_write_errors(&reply)?;
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        if let Err(err) = outcome {
+            let _ = session.abort_transaction().await;
+            return Err(err);
+        }
+        session.commit_transaction().await?;
+        Ok(())
+    }
+
+    /// Deletes the processed-id keys of chunks that never committed, and
+    /// returns the stamp of the last one that did (`begin_coalescing`).
+    /// Without one, no coalescing is under way: every key counts.
+    pub async fn discard_uncommitted(&self) -> Result<Option<BsonDateTime>, StoreError> {
+        let progress = self.db.collection::<Document>(PROGRESS).find_one(doc! { "_id": PROGRESS_ID }).await?;
+        let Some(committed) = progress.and_then(|p| p.get_datetime("committed").ok().copied()) else {
+            return Ok(None);
+        };
+        let filter = doc! { "at": { "$gt": committed } };
+        let deleted = self.db.collection::<Document>(collections::PROCESSED_EVENTS).delete_many(filter).await?;
+        if deleted.deleted_count > 0 {
+            tracing::info!(keys = deleted.deleted_count, "discarded processed ids of a chunk that never committed");
+        }
+        Ok(Some(committed))
+    }
+
+    /// Records that a coalescing starts past `base`: every key stamped
+    /// later belongs to a chunk and counts only once that chunk commits.
+    pub async fn begin_coalescing(&self, base: BsonDateTime) -> Result<(), StoreError> {
+        let set = doc! { "$set": { "committed": base } };
+        self.db.collection::<Document>(PROGRESS).update_one(doc! { "_id": PROGRESS_ID }, set).upsert(true).await?;
+        Ok(())
+    }
+
+    /// The coalescing is over: its progress record goes. (Deleted, not
+    /// dropped: SecantusDB's collection drop waits on an orphaned
+    /// transaction that holds the record, and never returns.)
+    pub async fn end_coalescing(&self) -> Result<(), StoreError> {
+        self.db.collection::<Document>(PROGRESS).delete_one(doc! { "_id": PROGRESS_ID }).await?;
+        Ok(())
+    }
+
+    /// Every processed event id in the store.
+    pub async fn processed_ids(&self) -> Result<Vec<uuid::Uuid>, StoreError> {
+        let ids = self.stored_ids(collections::PROCESSED_EVENTS).await?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+}
