@@ -1,7 +1,10 @@
 //! Rebuild benchmark: seeds a realistic mix of events into topics of their
 //! own, measures the raw consume rate of those topics (the floor: records
 //! read and dropped), then runs `projector replay` over them and measures
-//! the rebuild rate and the time until readers are switched over.
+//! the rebuild rate and the time until readers are switched over. Then
+//! the store's own floor: the rebuilt documents inserted again into a
+//! scratch database (same indexes, same batches), so the last line's ratio
+//! is the rebuild's documents/s over the store's bulk-insert documents/s.
 //!
 //! Everything lives under a fresh run id (topic prefix, MongoDB database,
 //! Redis prefix), so it neither disturbs nor is disturbed by the dev stack's
@@ -365,9 +368,15 @@ async fn main() -> anyhow::Result<()> {
     let client = mongodb::Client::with_uri_str(&args.mongo_uri).await?;
     let generations = views::generation::Generations::new(client.clone(), &run);
     let before = generations.current_or_create().await?;
-    let (switched, applied, log_path) = timed_replay(&args, &run, &generations, &before).await?;
+    let (switched, applied, log_path, peak_rss) = timed_replay(&args, &run, &generations, &before).await?;
     let rebuild_rate = applied as f64 / switched.as_secs_f64();
     let events_per_record = applied as f64 / raw_records as f64;
+    let rebuilt = generations.pointer().await?.map(|p| p.current.database(&run));
+    let rebuilt = rebuilt.ok_or_else(|| anyhow::anyhow!("no generation after the rebuild"))?;
+    let floor = insert_floor(&client, &rebuilt, &format!("{run}_floor")).await?;
+    let documents = floor.documents;
+    let floor_rate = documents as f64 / floor.seconds;
+    let rebuild_docs_rate = documents as f64 / switched.as_secs_f64();
 
     println!();
     println!("| measure | value |");
@@ -381,13 +390,66 @@ async fn main() -> anyhow::Result<()> {
     println!("| rebuild, to switch-over | {rebuild_rate:.0} events/s |");
     println!("| ratio rebuild / raw consume | {:.3} |", rebuild_rate / (raw_rate * events_per_record));
     println!("| time until switch-over | {:.1} s |", switched.as_secs_f64());
+    println!("| replay peak resident memory | {:.0} MB |", peak_rss as f64 / 1e6);
+    println!("| final documents | {documents} ({}) |", floor.per_collection.join(", "));
+    println!(
+        "| bulk-insert floor: the same documents, same indexes, batches of 10 000 | {floor_rate:.0} docs/s ({:.1} s) |",
+        floor.seconds
+    );
     println!("replay log: {}", log_path.display());
 
     if !args.keep {
         drop_run(&args, &run, &client, &generations).await?;
         println!("dropped the run's views (its topics stay: {prefix}*)");
     }
+    println!(
+        "rebuild: {applied} events in {:.1} s = {rebuild_rate:.0} events/s; {documents} documents; floor {floor_rate:.0} docs/s; ratio {:.2}",
+        switched.as_secs_f64(),
+        rebuild_docs_rate / floor_rate
+    );
     Ok(())
+}
+
+/// The store's own bulk-insert rate for the rebuilt documents: every
+/// document of `source` inserted again into `scratch`, collection by
+/// collection, with the same indexes, in batches of 10 000 (as the
+/// rebuild sends them). Reading them is not timed. `scratch` is dropped.
+struct Floor {
+    documents: u64,
+    seconds: f64,
+    per_collection: Vec<String>,
+}
+
+async fn insert_floor(client: &mongodb::Client, source: &str, scratch: &str) -> anyhow::Result<Floor> {
+    use futures::TryStreamExt;
+    use mongodb::bson::{Document, doc};
+    let (source, scratch) = (client.database(source), client.database(scratch));
+    let mut names = source.list_collection_names().await?;
+    names.sort();
+    let (mut documents, mut seconds, mut per_collection) = (0u64, 0.0, Vec::new());
+    for name in names {
+        let from = source.collection::<Document>(&name);
+        let docs: Vec<Document> = from.find(doc! {}).await?.try_collect().await?;
+        if docs.is_empty() {
+            continue;
+        }
+        let indexes: Vec<mongodb::IndexModel> = from.list_indexes().await?.try_collect().await?;
+        let to = scratch.collection::<Document>(&name);
+        for index in indexes {
+            if index.keys != doc! { "_id": 1 } {
+                to.create_index(mongodb::IndexModel::builder().keys(index.keys).build()).await?;
+            }
+        }
+        let started = Instant::now();
+        for batch in docs.chunks(10_000) {
+            scratch.run_command(doc! { "insert": &name, "documents": batch, "ordered": false }).await?;
+        }
+        seconds += started.elapsed().as_secs_f64();
+        documents += docs.len() as u64;
+        per_collection.push(format!("{name} {}", docs.len()));
+    }
+    scratch.drop().await?;
+    Ok(Floor { documents, seconds, per_collection })
 }
 
 /// The mix of event types seeded, largest first.
@@ -403,14 +465,14 @@ fn print_mix(mix: HashMap<&'static str, usize>) {
 }
 
 /// Runs `projector replay` on the run's topics, as an operator would;
-/// returns the time until readers switched, the events applied and the
-/// replay's log.
+/// returns the time until readers switched, the events applied, the
+/// replay's log and its peak resident memory.
 async fn timed_replay(
     args: &Args,
     run: &str,
     generations: &views::generation::Generations,
     before: &views::generation::Generation,
-) -> anyhow::Result<(Duration, u64, std::path::PathBuf)> {
+) -> anyhow::Result<(Duration, u64, std::path::PathBuf, u64)> {
     let log_path = std::env::temp_dir().join(format!("{run}-replay.log"));
     let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
@@ -428,7 +490,10 @@ async fn timed_replay(
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()?;
+    let pid = replay.id();
+    let mut peak_rss = 0u64;
     let switched = loop {
+        peak_rss = peak_rss.max(pid.map_or(0, resident_peak));
         if let Some(status) = replay.try_wait()? {
             anyhow::ensure!(status.success(), "the replay failed; its log: {}", log_path.display());
         }
@@ -438,6 +503,9 @@ async fn timed_replay(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // The peak so far covers the rebuild; what follows is the old
+    // generation's drop.
+    peak_rss = peak_rss.max(pid.map_or(0, resident_peak));
     replay.wait().await?;
     let text = std::fs::read_to_string(&log_path)?;
     let applied: u64 = text
@@ -445,7 +513,18 @@ async fn timed_replay(
         .filter(|l| l.contains("readers switched"))
         .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("events=")?.parse().ok()))
         .ok_or_else(|| anyhow::anyhow!("no summary in {}", log_path.display()))?;
-    Ok((switched, applied, log_path))
+    Ok((switched, applied, log_path, peak_rss))
+}
+
+/// The peak resident set of a process so far (`VmHWM`), in bytes; 0 once
+/// it is gone.
+fn resident_peak(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// The replay dropped the generation it replaced; this drops the one it

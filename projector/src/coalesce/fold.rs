@@ -11,7 +11,7 @@ use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
-use mongodb::bson::{Bson, Document};
+use mongodb::bson::{Bson, Document, RawDocumentBuf};
 
 use super::evaluate::{Unsupported, apply_update};
 use crate::plan::Plan;
@@ -19,8 +19,10 @@ use crate::plan::Plan;
 #[derive(Debug)]
 enum Folded {
     /// Not in the store: the document so far (`None`: the statements so
-    /// far leave it absent, as the server would).
-    New(Option<Document>),
+    /// far leave it absent, as the server would). Encoded: a `Document`
+    /// takes about five times the memory, and most documents of a chunk
+    /// are created once and changed rarely.
+    New(Option<RawDocumentBuf>),
     /// In the store: the statements to run there, in order.
     Stored(Vec<Document>),
 }
@@ -29,7 +31,7 @@ enum Folded {
 #[derive(Debug, Default)]
 pub struct Chunk {
     /// Per collection: final documents the store does not hold.
-    pub inserts: BTreeMap<&'static str, Vec<Document>>,
+    pub inserts: BTreeMap<&'static str, Vec<RawDocumentBuf>>,
     /// Per collection: statements for documents the store holds, grouped
     /// by document, each document's in event order.
     pub statements: BTreeMap<&'static str, Vec<Document>>,
@@ -92,10 +94,10 @@ impl Fold {
                 let stored = self.stored.contains(&self.key(collection, &creation.id));
                 let folded = self.entry(collection, &creation.id, stored);
                 match folded {
-                    Folded::New(None) => *folded = Folded::New(Some(creation.document.clone())),
+                    Folded::New(None) => *folded = Folded::New(Some(encode(&creation.document)?)),
                     Folded::New(Some(current)) => {
-                        let current = std::mem::take(current);
-                        *folded = Folded::New(apply_update(Some(current), &creation.otherwise)?);
+                        let updated = apply_update(Some(decode(current)?), &creation.otherwise)?;
+                        *folded = Folded::New(updated.as_ref().map(encode).transpose()?);
                     }
                     Folded::Stored(pending) => pending.push(creation.otherwise.clone()),
                 }
@@ -104,7 +106,10 @@ impl Fold {
                 let id = statement_id(statement)?;
                 let stored = self.stored.contains(&self.key(collection, &id));
                 match self.entry(collection, &id, stored) {
-                    Folded::New(current) => *current = apply_update(current.take(), statement)?,
+                    Folded::New(current) => {
+                        let before = current.take().map(|raw| decode(&raw)).transpose()?;
+                        *current = apply_update(before, statement)?.as_ref().map(encode).transpose()?;
+                    }
                     Folded::Stored(pending) => pending.push(statement.clone()),
                 }
             }
@@ -148,6 +153,15 @@ impl Fold {
         }
         chunk
     }
+}
+
+fn encode(document: &Document) -> Result<RawDocumentBuf, Unsupported> {
+    RawDocumentBuf::from_document(document)
+        .map_err(|err| Unsupported(format!("a document that does not encode: {err}")))
+}
+
+fn decode(raw: &RawDocumentBuf) -> Result<Document, Unsupported> {
+    raw.to_document().map_err(|err| Unsupported(format!("a document that does not decode: {err}")))
 }
 
 fn statement_id(statement: &Document) -> Result<String, Unsupported> {
@@ -234,7 +248,8 @@ mod tests {
             vec![vec![registered(user)], vec![updated(user, 2, "second")], vec![updated(user, 3, "third")]],
         );
         let chunk = fold.take_chunk();
-        let users = &chunk.inserts[collections::USERS];
+        let users: Vec<Document> =
+            chunk.inserts[collections::USERS].iter().map(|u| decode(u).expect("decodes")).collect();
         assert_eq!(users.len(), 1);
         assert_eq!(about(&users[0]), "third");
         assert_eq!(users[0].get_i64("version").expect("version"), 3);
@@ -272,7 +287,8 @@ mod tests {
         let mut fold = Fold::default();
         fold_in(&mut fold, vec![vec![message(a, b, 1)], vec![message(a, b, 2)], vec![message(b, a, 3)]]);
         let chunk = fold.take_chunk();
-        let counters = &chunk.inserts[collections::NOTIFICATION_COUNTERS];
+        let counters: Vec<Document> =
+            chunk.inserts[collections::NOTIFICATION_COUNTERS].iter().map(|c| decode(c).expect("decodes")).collect();
         let unread = |user: Uuid| {
             let counter = counters.iter().find(|c| c.get_str("_id").ok() == Some(&user.to_string())).expect("counter");
             counter.get_i64("unread").expect("unread")

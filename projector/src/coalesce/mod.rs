@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use events::decode_record;
-use mongodb::bson::DateTime as BsonDateTime;
+use mongodb::bson::{DateTime as BsonDateTime, RawDocumentBuf};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -201,7 +201,9 @@ fn assigned_consumer(
         .set("enable.partition.eof", "false")
         // Tansu holds every fetch for the whole wait (docs/stack.md).
         .set("fetch.wait.max.ms", "10")
-        .set("queued.max.messages.kbytes", "262144")
+        // Folding is slower than fetching: a deep prefetch queue would
+        // only hold memory (librdkafka's default is 64 MB).
+        .set("queued.max.messages.kbytes", "16384")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for ((topic, partition), (start, _)) in targets {
@@ -421,6 +423,7 @@ async fn write_chunk(
         ChunkCommit { inserts: Vec::new(), statements: Vec::new(), checkpoints: checkpoints.clone(), stamp };
     for counted in COUNTED_COLLECTIONS {
         if let Some((collection, documents)) = chunk.inserts.remove_entry(counted) {
+            let documents = documents.iter().map(RawDocumentBuf::to_document).collect::<Result<_, _>>()?;
             commit.inserts.push((collection, documents));
         }
         if let Some((collection, statements)) = chunk.statements.remove_entry(counted) {

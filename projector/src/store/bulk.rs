@@ -10,7 +10,7 @@
 //! anything relies on them (docs/design.md §16).
 
 use futures::TryStreamExt;
-use mongodb::bson::{DateTime as BsonDateTime, Document, doc};
+use mongodb::bson::{DateTime as BsonDateTime, Document, RawDocumentBuf, doc};
 use views::collections;
 
 use super::write::checkpoint_statement;
@@ -52,8 +52,16 @@ impl ViewStore {
     /// caller's idea of the store is wrong: an error, never skipped, except
     /// on a `retry` of the same documents, where it is the part of the
     /// first attempt that landed before it failed.
-    pub async fn insert_new(&self, collection: &str, documents: &[Document], retry: bool) -> Result<(), StoreError> {
+    pub async fn insert_new(
+        &self,
+        collection: &str,
+        documents: &[RawDocumentBuf],
+        retry: bool,
+    ) -> Result<(), StoreError> {
         for batch in documents.chunks(COMMAND_BATCH) {
+            let batch = batch.iter().map(RawDocumentBuf::to_document).collect::<Result<Vec<_>, _>>();
+            let batch =
+                batch.map_err(|err| StoreError::Unexpected(format!("a folded document does not decode: {err}")))?;
             let insert = doc! { "insert": collection, "documents": batch, "ordered": false };
             let reply = self.db.run_command(insert).await?;
             match Self::check_write_errors(&reply) {
