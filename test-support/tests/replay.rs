@@ -317,6 +317,31 @@ async fn in_place_replays_change_nothing_and_rebuild_after_a_total_loss() {
 }
 
 #[tokio::test]
+async fn a_rebuild_hands_an_undecodable_record_to_the_per_event_path() {
+    let env = TestEnv::start().await;
+    let (a, a_token) = env.user("ada").await;
+    env.produce_raw(Topic::UserEvents, &a, b"{ not an event", &[]).await;
+    // Written after the poison: the coalescing stops before it, and the
+    // per-event worker applies the rest (and dead-letters the poison).
+    let (_, b_token) = env.user("bob").await;
+    let edit =
+        env.command(Method::PATCH, "/v1/profile", Some(&json!({"about": "after the poison"})), Some(&a_token)).await;
+    let read = env.query("/v1/profile", &a_token, Some(&ok(&edit, "edit"))).await;
+    assert_eq!(read.body["about"], "after the poison", "{:?}", read.body);
+    let _ = b_token;
+    env.projector_caught_up().await;
+    let generation = env.current_generation().await;
+    let before = settled_snapshot(&env, &generation).await;
+
+    let log = replay(&env, &[]).await;
+    assert!(log.contains("coalescing stops before it"), "{log}");
+    assert!(log.contains("readers switched"), "{log}");
+    let rebuilt = env.current_generation().await;
+    assert_ne!(rebuilt, generation);
+    assert_same_views(&settled_snapshot(&env, &rebuilt).await, &before, "a rebuild past a poison record");
+}
+
+#[tokio::test]
 async fn a_rebuild_of_empty_topics_switches_to_empty_views() {
     // A new deployment: nothing to apply, nothing to cache, still a switch.
     let env = TestEnv::start().await;

@@ -130,7 +130,10 @@ pub async fn run(
             // deleted now, so the per-event path does not take them as applied.
             // The writer's error is the cause when the reader only saw it stop.
             let err = written.err().or(read.err()).unwrap_or_else(|| anyhow::anyhow!("unknown"));
-            tracing::warn!(error = %err, "coalescing stopped; the per-event path continues from the checkpoints");
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "coalescing stopped; the per-event path continues from the checkpoints"
+            );
             // Done before the per-event path records a key of its own.
             retrying.run("discarding uncommitted keys", |_| store.discard_uncommitted()).await?;
             retrying.run("ending the coalescing", |_| store.end_coalescing()).await?;
