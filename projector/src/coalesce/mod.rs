@@ -13,7 +13,8 @@
 //! the next run finds stored (it loads their ids) and re-applies
 //! idempotently, and processed-id keys it discards (`discard_uncommitted`).
 //!
-//! Memory: one chunk of folded documents (`--chunk-events`), plus 16 bytes
+//! Memory: two chunks of folded documents at most (`--chunk-events`; one
+//! written while the next is read), plus 16 bytes
 //! per stored document and per counted event of the whole log (the ids
 //! that tell stored documents and duplicate events apart).
 
@@ -62,8 +63,17 @@ pub struct Coalesced {
 
 /// What the writer task is given, in order.
 enum Job {
-    Processed { ids: Vec<uuid::Uuid>, stamp: BsonDateTime },
-    Chunk { chunk: Chunk, checkpoints: BTreeMap<(String, i32), i64>, stamp: BsonDateTime },
+    Processed {
+        ids: Vec<uuid::Uuid>,
+        stamp: BsonDateTime,
+    },
+    Chunk {
+        chunk: Chunk,
+        checkpoints: BTreeMap<(String, i32), i64>,
+        stamp: BsonDateTime,
+        /// Held until the chunk is written (`Reader::chunk_slot`).
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    },
 }
 
 /// Reads, folds and writes up to the end the log had at the start.
@@ -114,6 +124,7 @@ pub async fn run(
         pending_processed: Vec::new(),
         chunk_checkpoints: BTreeMap::new(),
         stamp: next_stamp(base),
+        chunk_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         outcome: Coalesced::default(),
     };
     let read = reader.read(&consumer, targets, &mut shutdown).await;
@@ -233,6 +244,10 @@ struct Reader {
     chunk_checkpoints: BTreeMap<(String, i32), i64>,
     /// The current chunk's stamp.
     stamp: BsonDateTime,
+    /// One permit: a folded chunk waits for the previous one to be
+    /// written, so at most two chunks are in memory (one being written,
+    /// one being read) and reading still overlaps writing.
+    chunk_slot: Arc<tokio::sync::Semaphore>,
     outcome: Coalesced,
 }
 
@@ -335,7 +350,8 @@ impl Reader {
         self.outcome.chunks += 1;
         let stamp = self.stamp;
         self.stamp = next_stamp(stamp);
-        self.send(Job::Chunk { chunk, checkpoints, stamp }).await
+        let slot = Arc::clone(&self.chunk_slot).acquire_owned().await?;
+        self.send(Job::Chunk { chunk, checkpoints, stamp, _slot: slot }).await
     }
 
     async fn send(&self, job: Job) -> anyhow::Result<()> {
@@ -358,7 +374,7 @@ async fn write_jobs(
             Job::Processed { ids, stamp } => {
                 retrying.run("recording processed ids", |_| store.record_processed_stamped(&ids, stamp)).await?;
             }
-            Job::Chunk { chunk, checkpoints, stamp } => {
+            Job::Chunk { chunk, checkpoints, stamp, _slot } => {
                 let started = Instant::now();
                 let (documents, statements, chunk_events) = (chunk.documents(), chunk.statement_count(), chunk.events);
                 write_chunk(&retrying, chunk, &checkpoints, stamp).await?;
