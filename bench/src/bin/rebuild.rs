@@ -442,7 +442,10 @@ async fn insert_floor(client: &mongodb::Client, source: &str, scratch: &str) -> 
         }
         let started = Instant::now();
         for batch in docs.chunks(10_000) {
-            scratch.run_command(doc! { "insert": &name, "documents": batch, "ordered": false }).await?;
+            let reply = scratch.run_command(doc! { "insert": &name, "documents": batch, "ordered": false }).await?;
+            // A rejected document would make the floor look faster than it is.
+            let rejected = reply.get_array("writeErrors").map_or(0, Vec::len);
+            anyhow::ensure!(rejected == 0, "the floor's insert into {name} rejected {rejected} documents: {reply}");
         }
         seconds += started.elapsed().as_secs_f64();
         documents += docs.len() as u64;

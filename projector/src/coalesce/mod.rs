@@ -411,7 +411,8 @@ impl Retrying<'_> {
         F: FnMut(bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let mut delay = Duration::from_millis(100);
+        // The worker's schedule (`worker::Backoff`).
+        let mut backoff = platform::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut retry = false;
         loop {
             match write(retry).await {
@@ -419,8 +420,7 @@ impl Retrying<'_> {
                 Err(err) if err.is_transient() && !*self.shutdown.borrow() => {
                     tracing::warn!(error = %err, what, "a coalescing write failed; retrying");
                     self.store.reap_orphaned_transactions().await;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                     retry = true;
                 }
                 Err(err) => return Err(anyhow::Error::new(err).context(what.to_owned())),

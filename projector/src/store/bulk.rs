@@ -17,8 +17,8 @@ use super::write::checkpoint_statement;
 use super::{DUPLICATE_KEY, StoreError, ViewStore};
 
 /// Where a coalescing rebuild records the stamp of its last committed
-/// chunk. Dropped when the coalescing ends, so the finished generation
-/// holds views only.
+/// chunk. Deleted when the coalescing ends (`end_coalescing`), so the
+/// finished generation holds views only.
 const PROGRESS: &str = "coalesce_progress";
 const PROGRESS_ID: &str = "coalesce";
 
@@ -102,9 +102,7 @@ impl ViewStore {
     /// A chunk's once-only part, in one transaction: counters and daily
     /// stats, the checkpoints, and the chunk's stamp.
     pub async fn commit_chunk(&self, commit: &ChunkCommit) -> Result<(), StoreError> {
-        let mut session = self.client.start_session().await?;
-        self.leases.note(session.id()).await?;
-        session.start_transaction().await?;
+        let mut session = self.begin_transaction().await?;
         let outcome = async {
             for (collection, documents) in &commit.inserts {
                 let insert = doc! { "insert": *collection, "documents": documents, "ordered": true };
@@ -126,12 +124,7 @@ impl ViewStore {
             Ok::<_, StoreError>(())
         }
         .await;
-        if let Err(err) = outcome {
-            let _ = session.abort_transaction().await;
-            return Err(err);
-        }
-        session.commit_transaction().await?;
-        Ok(())
+        Self::end_transaction(session, outcome).await
     }
 
     /// Deletes the processed-id keys of chunks that never committed, and

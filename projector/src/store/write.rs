@@ -46,10 +46,26 @@ impl ViewStore {
     ) -> Result<(), StoreError> {
         let checkpoints = checkpoint_statements(plan);
         let stale: Vec<Document> = stale.iter().map(Self::stale_statement).collect();
+        let mut session = self.begin_transaction().await?;
+        let outcome = self.write_in_transaction(plan, &stale, &checkpoints, starts, &mut session).await;
+        Self::end_transaction(session, outcome).await
+    }
+
+    /// A transaction on a session the leases know of, so a successor can
+    /// abort it if this process dies before `end_transaction`.
+    pub(super) async fn begin_transaction(&self) -> Result<ClientSession, StoreError> {
         let mut session = self.client.start_session().await?;
         self.leases.note(session.id()).await?;
         session.start_transaction().await?;
-        if let Err(err) = self.write_in_transaction(plan, &stale, &checkpoints, starts, &mut session).await {
+        Ok(session)
+    }
+
+    /// Commits if `outcome` is a success, else aborts and returns its error.
+    pub(super) async fn end_transaction(
+        mut session: ClientSession,
+        outcome: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if let Err(err) = outcome {
             let _ = session.abort_transaction().await;
             return Err(err);
         }
