@@ -149,7 +149,7 @@ return 0
 ";
 
 /// Longest a rate check waits for Redis before counting locally.
-const REDIS_BUDGET: Duration = Duration::from_millis(250);
+pub const REDIS_BUDGET: Duration = Duration::from_millis(250);
 
 /// After a Redis failure, how long to count locally before trying again.
 const REDIS_PAUSE: Duration = Duration::from_secs(1);
@@ -183,6 +183,14 @@ struct LocalCounters {
     redis_down_since: Option<Instant>,
 }
 
+/// A hit added to a caller's pipeline (`RateLimiter::pipe_hit`), waiting
+/// for its reply (`RateLimiter::settle`).
+#[derive(Debug)]
+pub struct PendingHit {
+    key: String,
+    rule: Rule,
+}
+
 pub struct RateLimiter {
     redis: ConnectionManager,
     /// Redis key prefix (the deployment's `DEVCONNECT_REDIS_PREFIX`).
@@ -208,27 +216,58 @@ impl RateLimiter {
 
     /// Counts a request of `who` in `group`: `Err(retry after)` past the limit.
     pub async fn hit(&self, group: &Group, who: &str) -> Result<(), Duration> {
+        let mut pipe = redis::pipe();
+        let pending = match self.pipe_hit(&mut pipe, group, who) {
+            Ok(pending) => pending,
+            Err(counted_here) => return counted_here,
+        };
+        let mut redis = self.redis.clone();
+        let reply = match tokio::time::timeout(REDIS_BUDGET, pipe.query_async::<(i64,)>(&mut redis)).await {
+            Ok(Ok((wait_ms,))) => Ok(wait_ms),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", REDIS_BUDGET.as_millis())),
+        };
+        self.settle(pending, reply)
+    }
+
+    /// Adds the hit to `pipe`, so that a caller can count it in a round
+    /// trip to Redis it makes anyway (the query API's session check), then
+    /// hands the hit's reply to `settle`. While Redis is known to be down
+    /// the hit is counted in this process at once: `Err(the result)`.
+    pub fn pipe_hit(
+        &self,
+        pipe: &mut redis::Pipeline,
+        group: &Group,
+        who: &str,
+    ) -> Result<PendingHit, Result<(), Duration>> {
         let rule = self.rules.get(group);
         let key = format!("{}ratelimit:{who}:{}", self.prefix, group.name);
-        let skip_redis = self.local().redis_down_since.is_some_and(|since| since.elapsed() < REDIS_PAUSE);
-        if !skip_redis {
-            let mut redis = self.redis.clone();
-            let window_ms = rule.window.as_millis().max(1) as u64;
-            let script = redis::Script::new(HIT);
-            let mut invocation = script.key(&key);
-            invocation.arg(rule.limit).arg(window_ms);
-            match tokio::time::timeout(REDIS_BUDGET, invocation.invoke_async::<i64>(&mut redis)).await {
-                Ok(Ok(wait_ms)) => {
-                    if self.local().redis_down_since.take().is_some() {
-                        tracing::info!("redis is back; rate limits are shared again");
-                    }
-                    return if wait_ms > 0 { Err(Duration::from_millis(wait_ms as u64)) } else { Ok(()) };
+        if self.local().redis_down_since.is_some_and(|since| since.elapsed() < REDIS_PAUSE) {
+            return Err(self.local().windows.hit(key, rule, Instant::now()));
+        }
+        let window_ms = rule.window.as_millis().max(1) as u64;
+        // EVAL, not EVALSHA: a pipeline cannot load the script after a
+        // Redis restart answered NOSCRIPT.
+        pipe.cmd("EVAL").arg(HIT).arg(1).arg(&key).arg(rule.limit).arg(window_ms);
+        Ok(PendingHit { key, rule })
+    }
+
+    /// The outcome of a hit added by `pipe_hit`, from Redis' reply (the
+    /// milliseconds to wait, 0 within the limit) or why there was none;
+    /// without a reply the hit is counted in this process.
+    pub fn settle(&self, hit: PendingHit, reply: Result<i64, String>) -> Result<(), Duration> {
+        match reply {
+            Ok(wait_ms) => {
+                if self.local().redis_down_since.take().is_some() {
+                    tracing::info!("redis is back; rate limits are shared again");
                 }
-                Ok(Err(err)) => self.redis_failed(&err.to_string()),
-                Err(_) => self.redis_failed("no answer within 250 ms"),
+                if wait_ms > 0 { Err(Duration::from_millis(wait_ms as u64)) } else { Ok(()) }
+            }
+            Err(error) => {
+                self.redis_failed(&error);
+                self.local().windows.hit(hit.key, hit.rule, Instant::now())
             }
         }
-        self.local().windows.hit(key, rule, Instant::now())
     }
 
     fn redis_failed(&self, error: &str) {

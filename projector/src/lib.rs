@@ -104,6 +104,7 @@ impl Pipeline {
                 platform::with_retry("reading checkpoints", || async { Ok(store.checkpoints().await?) }).await?;
             for checkpoint in checkpoints {
                 positions.set_applied(&checkpoint.topic, checkpoint.partition, checkpoint.next_offset);
+                positions.set_refresh_from(&checkpoint.topic, checkpoint.partition, checkpoint.refresh_from);
             }
         }
         let group = format!("{}{group_suffix}", generation.consumer_group(&self.config.group_id));
@@ -139,6 +140,7 @@ impl Pipeline {
             stalls: StallWatch::new(tuning.stall_after),
             caches_degraded: AtomicBool::new(false),
             rewound: std::sync::Mutex::default(),
+            cache_loss: worker::CacheLossWatch::default(),
             wake: Arc::clone(&self.wake),
         })
     }

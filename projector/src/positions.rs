@@ -19,6 +19,11 @@ pub struct PartitionPosition {
     pub applied: Option<i64>,
     /// Offset the next record written will get; `None` until first read.
     pub high: Option<i64>,
+    /// Where the last batch stored here began, when its cache refresh may
+    /// not have happened (`CheckpointDoc::refresh_from`): a newly assigned
+    /// partition starts here and applies that batch again, which changes
+    /// nothing in MongoDB and refreshes the caches it touched.
+    pub refresh_from: Option<i64>,
 }
 
 impl PartitionPosition {
@@ -46,10 +51,24 @@ impl Positions {
         self.0.read().unwrap_or_else(PoisonError::into_inner).get(&(topic.to_owned(), partition))?.applied
     }
 
-    /// Where a consumer of this partition starts: the next offset to apply,
-    /// or offset 0 when nothing was applied.
+    /// Where a consumer of this partition starts: the first offset of the
+    /// last stored batch if its cache refresh may be missing, else the next
+    /// offset to apply, or offset 0 when nothing was applied.
     pub fn start_offset(&self, topic: &str, partition: i32) -> Offset {
-        self.applied(topic, partition).map_or(Offset::Beginning, Offset::Offset)
+        let all = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(position) = all.get(&(topic.to_owned(), partition)) else { return Offset::Beginning };
+        match (position.refresh_from, position.applied) {
+            (Some(from), Some(applied)) if from < applied => Offset::Offset(from),
+            (_, Some(applied)) => Offset::Offset(applied),
+            (_, None) => Offset::Beginning,
+        }
+    }
+
+    /// Notes where the last stored batch of a partition began
+    /// (`PartitionPosition::refresh_from`); `None` once this process has
+    /// refreshed the caches of its own batch there.
+    pub fn set_refresh_from(&self, topic: &str, partition: i32, from: Option<i64>) {
+        self.with(|all| all.entry((topic.to_owned(), partition)).or_default().refresh_from = from);
     }
 
     /// Records an applied position; positions never move back.
@@ -282,6 +301,7 @@ mod tests {
     #[test]
     fn a_partition_stalls_when_it_lags_unowned_and_unmoving() {
         let watch = StallWatch::new(Duration::from_secs(10));
+        let position = |applied, high| PartitionPosition { applied, high, refresh_from: None };
         let start = std::time::Instant::now();
         let at = |secs| start + Duration::from_secs(secs);
         let ours = ("t".to_owned(), 0);
@@ -289,20 +309,34 @@ mod tests {
         let idle = ("t".to_owned(), 2);
         let owned: std::collections::BTreeSet<_> = [ours.clone()].into();
         let mut positions = BTreeMap::new();
-        positions.insert(ours.clone(), PartitionPosition { applied: Some(1), high: Some(9) });
-        positions.insert(theirs.clone(), PartitionPosition { applied: Some(3), high: Some(9) });
-        positions.insert(idle.clone(), PartitionPosition { applied: Some(9), high: Some(9) });
+        positions.insert(ours.clone(), position(Some(1), Some(9)));
+        positions.insert(theirs.clone(), position(Some(3), Some(9)));
+        positions.insert(idle.clone(), position(Some(9), Some(9)));
         assert!(watch.observe(&positions, &owned, at(0)).is_empty(), "given: nothing seen yet");
         assert!(watch.observe(&positions, &owned, at(9)).is_empty(), "not yet for long enough");
         assert_eq!(watch.observe(&positions, &owned, at(10)), vec![theirs.clone()], "lagging, unowned, unmoving");
 
-        positions.insert(theirs.clone(), PartitionPosition { applied: Some(4), high: Some(9) });
+        positions.insert(theirs.clone(), position(Some(4), Some(9)));
         assert!(watch.observe(&positions, &owned, at(11)).is_empty(), "it moved: the clock starts again");
         assert!(watch.observe(&positions, &owned, at(20)).is_empty());
         assert_eq!(watch.observe(&positions, &owned, at(21)), vec![theirs.clone()]);
 
         let now_ours: std::collections::BTreeSet<_> = [ours, theirs].into();
         assert!(watch.observe(&positions, &now_ours, at(40)).is_empty(), "owned partitions never stall here");
+    }
+
+    #[test]
+    fn a_partition_starts_at_the_batch_whose_caches_may_be_missing() {
+        let positions = Positions::default();
+        assert_eq!(positions.start_offset("a", 0), Offset::Beginning, "nothing applied");
+        positions.set_applied("a", 0, 40);
+        assert_eq!(positions.start_offset("a", 0), Offset::Offset(40));
+        positions.set_refresh_from("a", 0, Some(25));
+        assert_eq!(positions.start_offset("a", 0), Offset::Offset(25), "the last batch again, for its caches");
+        positions.set_refresh_from("a", 0, Some(40));
+        assert_eq!(positions.start_offset("a", 0), Offset::Offset(40), "a batch with nothing to refresh");
+        positions.set_refresh_from("a", 0, None);
+        assert_eq!(positions.start_offset("a", 0), Offset::Offset(40), "refreshed by this process");
     }
 
     #[test]

@@ -89,7 +89,6 @@ pub async fn run(pipeline: Pipeline, args: ReplayArgs) -> anyhow::Result<()> {
     let warming = Instant::now();
     let cached = store.warm_caches().await?;
     tracing::info!(writes = cached, seconds = warming.elapsed().as_secs_f64(), "caches warmed");
-    store.mark_feed_directory_complete().await?;
     let rebuilt_in = started.elapsed();
     let rate = applied as f64 / rebuilt_in.as_secs_f64().max(0.001);
     if args.in_place {

@@ -85,6 +85,11 @@ pub struct CheckpointDoc {
     pub topic: String,
     pub partition: i32,
     pub next_offset: i64,
+    /// The first offset of the last batch applied here. Its cache refresh
+    /// follows the transaction, so a projector that died in between may
+    /// have left it undone: the partition's next owner starts here.
+    #[serde(default)]
+    pub refresh_from: Option<i64>,
 }
 
 impl CheckpointDoc {
@@ -137,6 +142,38 @@ pub struct ConnectionDoc {
 impl ConnectionDoc {
     pub fn id_for(user_id: &str, other_user_id: &str) -> String {
         format!("{user_id}:{other_user_id}")
+    }
+
+    /// The connection as a member of the user's cached list
+    /// (`RedisKeys::connections`): `<connectedAt>|<requestId>|<otherUserId>`.
+    /// The time is `sortable_time` (fixed width), so the members' byte order
+    /// is the list's order, newest last.
+    pub fn cache_member(&self) -> String {
+        format!("{}|{}", Self::cache_position(&self.connected_at, &self.request_id), self.other_user_id)
+    }
+
+    /// The prefix of `cache_member` that orders it: a page "before" a
+    /// cursor is every member below this.
+    pub fn cache_position(connected_at: &DateTime<Utc>, request_id: &str) -> String {
+        format!("{}|{request_id}", sortable_time::format(connected_at))
+    }
+
+    /// Reads a `cache_member` back (`None` for the completeness marker or
+    /// anything malformed).
+    pub fn from_cache_member(user_id: &str, member: &str) -> Option<ConnectionDoc> {
+        let mut parts = member.splitn(3, '|');
+        let connected_at = DateTime::parse_from_rfc3339(parts.next()?).ok()?.with_timezone(&Utc);
+        let request_id = parts.next()?.to_owned();
+        let other_user_id = parts.next()?.to_owned();
+        Some(ConnectionDoc {
+            id: Self::id_for(user_id, &other_user_id),
+            user_id: user_id.to_owned(),
+            other_user_id,
+            request_id,
+            connected_at,
+            // The list needs no version: its members never change.
+            version: 0,
+        })
     }
 }
 
@@ -335,5 +372,42 @@ mod tests {
             "status": "interested", "createdAt": "2025-03-01T10:00:56.1Z", "reviewedAt": null, "version": 1});
         let old: ConnectionRequestDoc = serde_json::from_value(old).expect("old request");
         assert_eq!(old.created_at, times[1]);
+    }
+
+    #[test]
+    fn cached_connection_members_sort_as_the_collection_does_and_read_back() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc);
+        let connection = |when: &str, request: &str, other: &str| ConnectionDoc {
+            id: ConnectionDoc::id_for("me", other),
+            user_id: "me".into(),
+            other_user_id: other.into(),
+            request_id: request.into(),
+            connected_at: at(when),
+            version: 0,
+        };
+        // Oldest first, as (connectedAt, requestId) orders them.
+        let list = [
+            connection("2025-03-01T10:00:56Z", "r9", "x"),
+            connection("2025-03-01T10:00:56.5Z", "r1", "y"),
+            connection("2025-03-01T10:00:56.5Z", "r2", "a"),
+            connection("2025-03-01T10:00:57Z", "r0", "z"),
+        ];
+        let members: Vec<String> = list.iter().map(ConnectionDoc::cache_member).collect();
+        let mut sorted = members.clone();
+        sorted.push(crate::keys::CONNECTIONS_COMPLETE.to_owned());
+        sorted.sort();
+        assert_eq!(sorted[0], crate::keys::CONNECTIONS_COMPLETE, "the marker sorts below every connection");
+        assert_eq!(sorted[1..], members[..]);
+        for (member, doc) in members.iter().zip(&list) {
+            assert_eq!(ConnectionDoc::from_cache_member("me", member).as_ref(), Some(doc));
+            // "Before" a cursor is every member below its position.
+            let position = ConnectionDoc::cache_position(&doc.connected_at, &doc.request_id);
+            assert!(position.as_str() < member.as_str());
+            assert_eq!(
+                members.iter().filter(|m| m.as_str() < position.as_str()).count(),
+                list.iter().position(|d| d == doc).unwrap_or(0)
+            );
+        }
+        assert_eq!(ConnectionDoc::from_cache_member("me", crate::keys::CONNECTIONS_COMPLETE), None);
     }
 }

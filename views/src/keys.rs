@@ -7,6 +7,16 @@
 /// loses the claim that it is complete.
 pub const FEED_DIRECTORY_COMPLETE: &str = "~complete";
 
+/// The member of a cached `related:` set that says it holds everyone the
+/// user has a request with (the same idea as `FEED_DIRECTORY_COMPLETE`: a
+/// lost key loses the claim with it). Not a user id, which is a UUID.
+pub const RELATED_COMPLETE: &str = "~complete";
+
+/// The member of a cached `connections:` list that says it holds every
+/// connection. `!` sorts before every digit, so it is the last member
+/// newest first and a page reaching it has reached the end.
+pub const CONNECTIONS_COMPLETE: &str = "!complete";
+
 #[derive(Debug, Clone, Default)]
 pub struct RedisKeys {
     /// The deployment prefix: live streams and technical state.
@@ -64,6 +74,35 @@ impl RedisKeys {
     /// profiles by `_id` only.
     pub fn feed_directory(&self) -> String {
         format!("{}feed:users", self.views)
+    }
+
+    /// Everyone the user has a request with, either direction (what the
+    /// feed leaves out): a Redis set, plus `RELATED_COMPLETE` once filled.
+    /// Add-only, like the `relations` document it caches; no expiry.
+    pub fn related(&self, user_id: &str) -> String {
+        format!("{}related:{user_id}", self.views)
+    }
+
+    /// The user's connections, newest first: a sorted set with every score
+    /// 0 whose members are `ConnectionDoc::cache_member`, so Redis orders
+    /// them by (connected at, request id) exactly as the `connections`
+    /// collection's index does; plus `CONNECTIONS_COMPLETE` once filled.
+    /// Add-only; no expiry.
+    pub fn connections(&self, user_id: &str) -> String {
+        format!("{}connections:{user_id}", self.views)
+    }
+
+    /// Set when the projector has filled every cache of this generation from
+    /// MongoDB (`warm_caches`). Its absence means Redis lost its data (or
+    /// never had it): the projector then fills everything again, so keys
+    /// without expiry are never left half-missing for good.
+    pub fn caches_filled(&self) -> String {
+        format!("{}caches:filled", self.views)
+    }
+
+    /// Held by the projector that is filling the caches.
+    pub fn caches_filling(&self) -> String {
+        format!("{}caches:filling", self.views)
     }
 
     /// Held by whoever is rebuilding the feed directory.

@@ -70,10 +70,11 @@ pub mod collections {
     pub const REVOCATIONS: &str = "revocations";
 }
 
-/// Cache lifetimes (docs/domain.md "Redis keys").
+/// Cache lifetimes (docs/domain.md "Redis keys"). Profiles, the feed
+/// directory and the relation sets never expire (`cache::Expiry::Never`):
+/// steady-state reads must not wait on MongoDB.
 pub mod ttl {
     use std::time::Duration;
-    pub const USER: Duration = Duration::from_secs(30 * 60);
     pub const CONVERSATION: Duration = Duration::from_secs(60 * 60);
     /// How long a cached presence document is kept; whether the user is
     /// online is read from its `onlineUntil`, not from this.

@@ -32,6 +32,8 @@ pub(super) fn plan_connection_event(plan: &mut Plan, envelope: &Envelope, event:
             create(plan, collections::CONNECTION_REQUESTS, &doc.request_id, version, to_bson(&doc));
             plan.relations.push(add_to_set(&doc.from_user_id, "related", &doc.to_user_id));
             plan.relations.push(add_to_set(&doc.to_user_id, "related", &doc.from_user_id));
+            plan.related_added.push((doc.from_user_id.clone(), doc.to_user_id.clone()));
+            plan.related_added.push((doc.to_user_id.clone(), doc.from_user_id.clone()));
         }
         ConnectionEvent::Reviewed(r) => {
             let fields = doc! { "status": r.status.as_str(), "reviewedAt": to_bson(&r.reviewed_at) };
@@ -51,6 +53,7 @@ pub(super) fn plan_connection_event(plan: &mut Plan, envelope: &Envelope, event:
                         connected_at: envelope.occurred_at,
                         version,
                     };
+                    plan.connections_added.push((doc.user_id.clone(), doc.cache_member()));
                     create(plan, collections::CONNECTIONS, &doc.id, version, to_bson(&doc));
                 }
             }

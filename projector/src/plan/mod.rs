@@ -89,6 +89,13 @@ pub struct Plan {
     pub presence_changes: Vec<(String, PresenceView)>,
     /// Next offset to apply per (topic, partition).
     pub checkpoints: BTreeMap<(String, i32), i64>,
+    /// The offset of the batch's first record per partition. Stored with
+    /// the checkpoint as `refreshFrom`: the caches this batch touched are
+    /// refreshed only after its transaction, so a projector that dies in
+    /// between leaves them behind, and whoever starts the partition next
+    /// applies the batch again from here (a no-op in MongoDB) to refresh
+    /// them (`positions::PartitionPosition::refresh_from`).
+    pub first_offsets: BTreeMap<(String, i32), i64>,
     /// The stored checkpoint this plan assumed, per partition holding
     /// once-only effects (`Prior::checkpoints`): the transaction applies the
     /// plan only if the store still says exactly this (else
@@ -101,6 +108,15 @@ pub struct Plan {
     /// with the ids of their messages this batch changed.
     pub touched_conversations: BTreeMap<String, BTreeSet<String>>,
     pub touched_presence: BTreeSet<String>,
+    /// Users this batch registered: their `related:` set and
+    /// `connections:` list start out complete (a request to or from them
+    /// can only follow the registration, and adds its own member).
+    pub registered: Vec<String>,
+    /// Members to add to cached `related:` sets: (user, other user).
+    pub related_added: Vec<(String, String)>,
+    /// Members to add to cached `connections:` lists: (user,
+    /// `ConnectionDoc::cache_member`).
+    pub connections_added: Vec<(String, String)>,
     pub events: usize,
 }
 
@@ -224,6 +240,8 @@ pub fn plan(records: &[Record], presence_ttl: chrono::Duration, prior: &Prior) -
                 }
             }
         }
+        let first = plan.first_offsets.entry(partition.clone()).or_insert(record.offset);
+        *first = (*first).min(record.offset);
         let next = plan.checkpoints.entry(partition).or_insert(0);
         *next = (*next).max(record.offset + 1);
     }

@@ -39,6 +39,7 @@ pub(super) fn plan_user_event(plan: &mut Plan, envelope: &Envelope, event: &User
             };
             create(plan, collections::USERS, user_id, version, to_bson(&doc));
             plan.touched_users.insert(user_id.to_owned());
+            plan.registered.push(user_id.to_owned());
         }
         // The password hash is the command API's alone (docs/design.md §5). The
         // event still advances the version, so later events stay ordered.

@@ -108,7 +108,11 @@ impl ViewStore {
                 let insert = doc! { "insert": *collection, "documents": documents, "ordered": true };
                 Self::check_write_errors(&self.db.run_command(insert).session(&mut session).await?)?;
             }
-            let checkpoints: Vec<Document> = commit.checkpoints.iter().map(checkpoint_statement).collect();
+            let checkpoints: Vec<Document> = commit
+                .checkpoints
+                .iter()
+                .map(|(partition, next)| checkpoint_statement(partition, *next, None))
+                .collect();
             let progress = vec![doc! {
                 "q": { "_id": PROGRESS_ID },
                 "u": { "$set": { "committed": commit.stamp } },

@@ -6,7 +6,10 @@
 use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
-use views::{ConversationCache, MessageDoc, PresenceDoc, SessionDoc, UserDoc, collections};
+use views::cache::Expiry;
+use views::{
+    ConnectionDoc, ConversationCache, MessageDoc, PresenceDoc, RelationsDoc, SessionDoc, UserDoc, collections,
+};
 
 use platform::mongo::find_by_ids;
 
@@ -16,15 +19,33 @@ use crate::plan::Plan;
 impl ViewStore {
     /// Fills this generation's caches from its MongoDB views, as per-batch
     /// refreshes would have left them: every user (and the feed directory),
-    /// every live session, every presence, and each conversation's newest
-    /// messages. One scan per collection, written in pipelines of 1000.
+    /// every user's relation set and connection list (with their
+    /// completeness markers), every live session, every presence, and each
+    /// conversation's newest messages. One scan per collection, written in
+    /// pipelines of 1000. Also run after Redis lost its data (`verify`).
     pub async fn warm_caches(&self) -> Result<u64, StoreError> {
         let mut written = 0;
+        let mut pipe = redis::pipe();
+        // Relations first, each user's completeness marker after: a marker
+        // must never stand in a key before the members MongoDB held.
+        let mut relations = self.db.collection::<RelationsDoc>(collections::RELATIONS).find(doc! {}).await?;
+        while let Some(relations) = relations.try_next().await? {
+            for chunk in relations.related.chunks(1000) {
+                pipe.cmd("SADD").arg(self.keys.related(&relations.user_id)).arg(chunk).ignore();
+                written += self.flush_when_full(&mut pipe).await?;
+            }
+        }
+        let mut connections = self.db.collection::<ConnectionDoc>(collections::CONNECTIONS).find(doc! {}).await?;
+        while let Some(connection) = connections.try_next().await? {
+            pipe.zadd(self.keys.connections(&connection.user_id), connection.cache_member(), 0).ignore();
+            written += self.flush_when_full(&mut pipe).await?;
+        }
         let mut users = self.db.collection::<UserDoc>(collections::USERS).find(doc! {}).await?;
         let directory = self.keys.feed_directory();
-        let mut pipe = redis::pipe();
         while let Some(user) = users.try_next().await? {
             self.cache_user(&mut pipe, &directory, &user);
+            pipe.sadd(self.keys.related(&user.user_id), views::keys::RELATED_COMPLETE).ignore();
+            pipe.zadd(self.keys.connections(&user.user_id), views::keys::CONNECTIONS_COMPLETE, 0).ignore();
             written += self.flush_when_full(&mut pipe).await?;
         }
         let now = Utc::now();
@@ -61,13 +82,50 @@ impl ViewStore {
                 newest.push(message);
             }
         }
-        if pipe.is_empty() {
-            // Nothing projected at all (empty topics): nothing to cache.
-            return Ok(written);
-        }
+        // Every user was scanned, and the projector adds each new one as it
+        // goes: the directory is complete, and so is every cache.
+        pipe.zadd(&directory, views::keys::FEED_DIRECTORY_COMPLETE, -1).ignore();
+        pipe.set(self.keys.caches_filled(), 1).ignore();
         let mut redis = self.redis.clone();
         pipe.query_async::<()>(&mut redis).await?;
         Ok(written + pipe.len() as u64)
+    }
+
+    /// Whether this generation's caches are known to be whole: filled once
+    /// (`warm_caches`) and not lost since (the marker goes with the data).
+    pub async fn caches_filled(&self) -> Result<bool, StoreError> {
+        let mut redis = self.redis.clone();
+        Ok(redis::cmd("EXISTS").arg(self.keys.caches_filled()).query_async::<bool>(&mut redis).await?)
+    }
+
+    /// Drops the fill marker, so that the caches count as lost until a
+    /// projector has filled them again.
+    pub async fn forget_caches_filled(&self) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        Ok(redis::cmd("DEL").arg(self.keys.caches_filled()).query_async::<()>(&mut redis).await?)
+    }
+
+    /// Redis' `run_id`, which changes on every restart: a restart with
+    /// persistence may have lost its last writes and keep the marker.
+    pub async fn redis_run_id(&self) -> Result<Option<String>, StoreError> {
+        let mut redis = self.redis.clone();
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut redis).await?;
+        Ok(info.lines().find_map(|line| line.strip_prefix("run_id:")).map(|id| id.trim().to_owned()))
+    }
+
+    /// Fills every cache again unless another projector is doing it now
+    /// (a lock that expires, in case that one dies). Returns whether it ran.
+    pub async fn refill_caches(&self) -> Result<bool, StoreError> {
+        let mut redis = self.redis.clone();
+        let lock = self.keys.caches_filling();
+        let taken: Option<String> =
+            redis::cmd("SET").arg(&lock).arg(1).arg("NX").arg("EX").arg(600).query_async(&mut redis).await?;
+        if taken.is_none() {
+            return Ok(false);
+        }
+        let filled = self.warm_caches().await;
+        let _: Result<(), _> = redis::cmd("DEL").arg(&lock).query_async(&mut redis).await;
+        filled.map(|_| true)
     }
 
     // What each view looks like in Redis, in one place for the per-batch
@@ -79,7 +137,7 @@ impl ViewStore {
     pub(super) fn cache_user(&self, pipe: &mut redis::Pipeline, directory: &str, user: &UserDoc) {
         pipe.zadd(directory, &user.user_id, 0).ignore();
         let json = serde_json::to_string(user).unwrap_or_default();
-        views::cache::pipe_set_if_newer(pipe, &self.keys.user(&user.user_id), user.version, &json, views::ttl::USER);
+        views::cache::pipe_set_if_newer(pipe, &self.keys.user(&user.user_id), user.version, &json, Expiry::Never);
     }
 
     /// A session until it expires; false (nothing cached) once it has.
@@ -91,20 +149,21 @@ impl ViewStore {
     ) -> bool {
         let Ok(ttl) = (session.expires_at - now).to_std() else { return false };
         let json = serde_json::to_string(session).unwrap_or_default();
-        views::cache::pipe_set_if_newer(pipe, &self.keys.session(&session.session_id), session.version, &json, ttl);
+        let key = self.keys.session(&session.session_id);
+        views::cache::pipe_set_if_newer(pipe, &key, session.version, &json, Expiry::After(ttl));
         true
     }
 
     pub(super) fn cache_presence(&self, pipe: &mut redis::Pipeline, presence: &PresenceDoc) {
         let json = serde_json::to_string(presence).unwrap_or_default();
         let key = self.keys.presence(&presence.user_id);
-        views::cache::pipe_set_if_newer(pipe, &key, presence.version, &json, views::ttl::PRESENCE);
+        views::cache::pipe_set_if_newer(pipe, &key, presence.version, &json, Expiry::After(views::ttl::PRESENCE));
     }
 
     pub(super) fn cache_conversation(&self, pipe: &mut redis::Pipeline, pair: &str, cache: &ConversationCache) {
         let json = serde_json::to_string(cache).unwrap_or_default();
         let key = self.keys.conversation(pair);
-        views::cache::pipe_set_if_newer(pipe, &key, cache.version, &json, views::ttl::CONVERSATION);
+        views::cache::pipe_set_if_newer(pipe, &key, cache.version, &json, Expiry::After(views::ttl::CONVERSATION));
     }
 
     /// Sends the pipeline once it holds 1000 commands; returns how many it sent.
@@ -119,20 +178,6 @@ impl ViewStore {
         Ok(sent)
     }
 
-    /// Marks the feed directory as holding every projected user. True at
-    /// the end of a rebuild: every batch's Redis writes were acknowledged
-    /// before its offsets moved, and every user's registration was applied.
-    pub async fn mark_feed_directory_complete(&self) -> Result<(), StoreError> {
-        let mut redis = self.redis.clone();
-        redis::cmd("ZADD")
-            .arg(self.keys.feed_directory())
-            .arg(-1)
-            .arg(views::keys::FEED_DIRECTORY_COMPLETE)
-            .query_async::<()>(&mut redis)
-            .await?;
-        Ok(())
-    }
-
     /// Whether this store refreshes caches per batch (not while rebuilding).
     pub fn refreshes_caches(&self) -> bool {
         self.mode == Mode::Live
@@ -145,7 +190,13 @@ impl ViewStore {
         let sessions = plan.touched_sessions.iter().map(|id| self.keys.session(id));
         let presence = plan.touched_presence.iter().map(|id| self.keys.presence(id));
         let conversations = plan.touched_conversations.keys().map(|pair| self.keys.conversation(pair));
-        users.chain(sessions).chain(presence).chain(conversations).collect()
+        let related = plan.related_added.iter().map(|(user, _)| self.keys.related(user));
+        let connections = plan.connections_added.iter().map(|(user, _)| self.keys.connections(user));
+        let mut keys: Vec<String> =
+            users.chain(sessions).chain(presence).chain(conversations).chain(related).chain(connections).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// Records cache keys that may now be stale (their refresh failed).
@@ -229,6 +280,21 @@ impl ViewStore {
                 self.cache_presence(&mut pipe, &presence);
                 writes += 1;
             }
+        }
+        // Add-only, and added whether or not the key is filled yet: a
+        // reader filling it from MongoDB meanwhile merges with these.
+        for user in &plan.registered {
+            pipe.sadd(self.keys.related(user), views::keys::RELATED_COMPLETE).ignore();
+            pipe.zadd(self.keys.connections(user), views::keys::CONNECTIONS_COMPLETE, 0).ignore();
+            writes += 1;
+        }
+        for (user, other) in &plan.related_added {
+            pipe.sadd(self.keys.related(user), other).ignore();
+            writes += 1;
+        }
+        for (user, member) in &plan.connections_added {
+            pipe.zadd(self.keys.connections(user), member, 0).ignore();
+            writes += 1;
         }
         writes += self.update_conversation_caches(plan, &mut pipe).await?;
         writes += self.publish_stream_entries(plan, &mut pipe).await?;

@@ -236,20 +236,27 @@ impl ViewStore {
     }
 }
 
-/// Each partition's checkpoint statement (`checkpoint_statement`).
+/// Each partition's checkpoint statement (`checkpoint_statement`), with
+/// where the batch started there (`Plan::first_offsets`).
 fn checkpoint_statements(plan: &Plan) -> Vec<Document> {
-    plan.checkpoints.iter().map(checkpoint_statement).collect()
+    plan.checkpoints
+        .iter()
+        .map(|(partition, next)| checkpoint_statement(partition, *next, plan.first_offsets.get(partition).copied()))
+        .collect()
 }
 
 /// A partition's checkpoint statement: the stored next offset raised to
-/// `next`, never lowered (`$max`).
-pub(super) fn checkpoint_statement(((topic, partition), next): (&(String, i32), &i64)) -> Document {
+/// `next`, never lowered (`$max`), and `refreshFrom`, the first offset of
+/// the batch whose cache refresh follows this transaction (`next` when the
+/// batch holds no record there, or writes no caches).
+pub(super) fn checkpoint_statement((topic, partition): &(String, i32), next: i64, first: Option<i64>) -> Document {
     doc! {
         "q": { "_id": CheckpointDoc::id_for(topic, *partition) },
         "u": [ { "$set": {
             "topic": topic.as_str(),
             "partition": *partition,
-            "nextOffset": { "$max": [ { "$ifNull": ["$nextOffset", 0_i64] }, *next ] },
+            "nextOffset": { "$max": [ { "$ifNull": ["$nextOffset", 0_i64] }, next ] },
+            "refreshFrom": first.unwrap_or(next),
         } } ],
         "upsert": true,
     }

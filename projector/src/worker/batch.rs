@@ -121,6 +121,9 @@ impl Worker {
         }
         for ((topic, partition), next) in &checkpoints {
             self.positions.set_applied(topic, *partition, *next);
+            // Its caches are refreshed (or recorded as stale): a later
+            // assignment of this partition to this process starts past it.
+            self.positions.set_refresh_from(topic, *partition, None);
         }
         self.events_applied.fetch_add(events as u64, Ordering::Relaxed);
         metrics::counter!("projector_events_applied_total").increment(events as u64);

@@ -124,6 +124,19 @@ pub struct Worker {
     pub rewound: std::sync::Mutex<BTreeMap<(String, i32), GapRewind>>,
     /// Woken when the command API announces an append (`wake.rs`).
     pub wake: Arc<Notify>,
+    /// Whether Redis lost the caches since they were filled (`verify`).
+    pub cache_loss: CacheLossWatch,
+}
+
+/// What tells the worker that Redis lost cached views: keys without expiry
+/// (profiles, relation sets) are not refilled by time passing, so a loss
+/// must be noticed and repaired.
+#[derive(Debug, Default)]
+pub struct CacheLossWatch {
+    /// Redis' `run_id` when last checked: a restart changes it.
+    run_id: std::sync::Mutex<Option<String>>,
+    /// A refill from MongoDB is under way in this process.
+    refilling: Arc<AtomicBool>,
 }
 
 /// Pausing the partitions while nothing happens (`wake.rs`): a paused

@@ -4,6 +4,7 @@
 //! lost applied batches, by applying them again from the log.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ impl Worker {
                 }
                 Err(err) => tracing::debug!(error = %err, "caches not repaired yet"),
             }
+        } else if self.store.refreshes_caches() {
+            self.refill_lost_caches().await;
         }
         let checkpoints = match self.store.checkpoints().await {
             Ok(checkpoints) => checkpoints,
@@ -41,6 +44,8 @@ impl Worker {
                 return None;
             }
         };
+        let refresh_from: BTreeMap<(String, i32), Option<i64>> =
+            checkpoints.iter().map(|c| ((c.topic.clone(), c.partition), c.refresh_from)).collect();
         let stored: BTreeMap<(String, i32), i64> =
             checkpoints.into_iter().map(|c| ((c.topic, c.partition), c.next_offset)).collect();
         let owned = self.owned();
@@ -49,6 +54,8 @@ impl Worker {
             if !owned.contains(&partition) {
                 if let Some(next) = in_store {
                     self.positions.rewind(&partition.0, partition.1, next);
+                    let from = refresh_from.get(&partition).copied().flatten();
+                    self.positions.set_refresh_from(&partition.0, partition.1, from);
                 }
                 continue;
             }
@@ -83,6 +90,52 @@ impl Worker {
             }
         }
         None
+    }
+
+    /// Fills every cache again from MongoDB, in the background, when Redis
+    /// lost them: the fill marker is gone (a flush, a restart without
+    /// persistence), or Redis restarted (its `run_id` changed), which with
+    /// persistence may have lost its last writes while keeping the marker.
+    /// Reads meanwhile fall back to MongoDB key by key, as before.
+    async fn refill_lost_caches(&self) {
+        let watch = &self.cache_loss;
+        if watch.refilling.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(run_id) = self.store.redis_run_id().await else { return };
+        let restarted = {
+            let mut seen = watch.run_id.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let restarted = seen.is_some() && *seen != run_id;
+            *seen = run_id;
+            restarted
+        };
+        if restarted {
+            tracing::warn!("redis restarted; its last writes may be lost, so every cache is filled again");
+            // Whoever fills must finish: without the marker, every
+            // projector retries until one does.
+            if let Err(err) = self.store.forget_caches_filled().await {
+                tracing::debug!(error = %err, "redis unavailable; checking again later");
+                return;
+            }
+        }
+        match self.store.caches_filled().await {
+            Ok(false) => {}
+            Ok(true) | Err(_) => return,
+        }
+        watch.refilling.store(true, Ordering::Relaxed);
+        let (store, refilling) = (self.store.clone(), Arc::clone(&watch.refilling));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match store.refill_caches().await {
+                Ok(true) => {
+                    metrics::counter!("projector_cache_refills_total").increment(1);
+                    tracing::info!(seconds = started.elapsed().as_secs_f64(), "caches filled from MongoDB");
+                }
+                Ok(false) => tracing::debug!("another projector is filling the caches"),
+                Err(err) => tracing::warn!(error = %err, "filling the caches failed; trying again"),
+            }
+            refilling.store(false, Ordering::Relaxed);
+        });
     }
 
     /// The store lost batches before this one: drop the batch, and seek

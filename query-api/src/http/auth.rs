@@ -5,6 +5,7 @@ use axum::http::request::Parts;
 use platform::auth::Claims;
 
 use super::{ApiError, AppState};
+use crate::reader::{CallerLookup, RateHit};
 
 /// A caller with a valid token whose session is not known to be revoked.
 ///
@@ -14,6 +15,9 @@ use super::{ApiError, AppState};
 /// the durable revocation records (held in memory, polled), Redis'
 /// `revoked:` keys and the session view each refuse on their own. Until
 /// the records were loaded once, nobody is let in (fail closed).
+///
+/// It also counts the request in its rate-limit group (`caller_group`),
+/// in the same Redis round trip as the session check.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Claims);
 
@@ -30,7 +34,19 @@ impl FromRequestParts<AppState> for Caller {
         if state.revocations.is_revoked(&session_id) {
             return Err(ApiError::Unauthenticated);
         }
-        let (session, own) = state.views.reader().session_and_own_profile(&session_id, &claims.sub.to_string()).await?;
+        let group = crate::rate_groups::caller_group(parts.uri.path());
+        let hit = group.map(|group| RateHit {
+            limiter: &state.rate_limit.limiter,
+            group,
+            who: format!("user:{}", claims.sub),
+        });
+        let CallerLookup { session, own, rate } =
+            state.views.reader().caller_lookup(&session_id, &claims.sub.to_string(), hit).await?;
+        if let Err(retry_after) = rate {
+            let group = group.map_or("reads", |g| g.name);
+            metrics::counter!("rate_limited_total", "group" => group).increment(1);
+            return Err(ApiError::RateLimited { group, retry_after });
+        }
         match session {
             Some(session) if session.revoked || session.user_id != claims.sub.to_string() => {
                 Err(ApiError::Unauthenticated)

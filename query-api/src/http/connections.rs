@@ -49,11 +49,11 @@ pub struct ConnectionPage {
 pub async fn connections(
     State(reader): State<ViewReader>,
     Caller(claims): Caller,
-    _consistency: Consistency,
+    Consistency(freshness): Consistency,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<ConnectionPage>, ApiError> {
     let (limit, before) = list_paging(&params, List::Connections)?;
-    let found = reader.connections(&claims.sub.to_string(), before.as_ref(), limit).await?;
+    let found = reader.connections(&claims.sub.to_string(), before.as_ref(), limit, freshness).await?;
     let (connections, next_before) =
         page_of(found, limit, List::Connections, |c| Cursor { at: c.connected_at, id: c.request_id.clone() });
     let others: Vec<String> = connections.iter().map(|c| c.other_user_id.clone()).collect();

@@ -23,6 +23,8 @@ pub enum ApiError {
     TooManyStreams(#[from] OpenError),
     #[error("sessions cannot be checked yet; retry shortly")]
     RevocationsUnknown,
+    #[error("too many {group} requests; retry later")]
+    RateLimited { group: &'static str, retry_after: std::time::Duration },
 }
 
 impl IntoResponse for ApiError {
@@ -34,6 +36,11 @@ impl IntoResponse for ApiError {
             }
             ApiError::BadRequest { code, .. } => error_response(StatusCode::BAD_REQUEST, code, &message, None),
             ApiError::NotFound { code, .. } => error_response(StatusCode::NOT_FOUND, code, &message, None),
+            ApiError::RateLimited { retry_after, .. } => {
+                // As the rate-limit middleware answers.
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                error_response(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, &message, Some(seconds))
+            }
             ApiError::RevocationsUnknown => {
                 error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::DependencyUnavailable, &message, Some(1))
             }

@@ -10,81 +10,106 @@ use mongodb::bson::{Bson, Document, doc};
 use super::{ReadError, ViewReader};
 use views::{UserDoc, collections};
 
+/// One round trip for a feed page's ids: checks that the directory and
+/// the viewer's `related:` set are complete, finds each excluded member's
+/// rank, and returns the window that holds the page once they are skipped.
+/// Replies `{"ok", ids...}`, or `{"no-directory"}` / `{"no-related"}`.
+/// KEYS: directory, related set. ARGV: first rank of the page (as if
+/// nobody were excluded), page size, directory marker, related marker,
+/// viewer.
+const FEED_PAGE: &str = r"
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then return {'no-directory'} end
+if redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 0 then return {'no-related'} end
+local excluded = redis.call('SMEMBERS', KEYS[2])
+table.insert(excluded, ARGV[5])
+local skip = {}
+local ranks = {}
+for _, id in ipairs(excluded) do
+  skip[id] = true
+  local rank = redis.call('ZREVRANK', KEYS[1], id)
+  if rank then table.insert(ranks, rank) end
+end
+table.sort(ranks)
+local start = tonumber(ARGV[1])
+for _, rank in ipairs(ranks) do
+  if rank <= start then start = start + 1 end
+end
+local window = redis.call('ZREVRANGE', KEYS[1], start, start + tonumber(ARGV[2]) + #ranks - 1)
+local reply = {'ok'}
+for _, id in ipairs(window) do
+  if not skip[id] then table.insert(reply, id) end
+end
+return reply
+";
+
+/// What the directory said about a page.
+enum DirectoryPage {
+    Ids(Vec<String>),
+    /// The directory is not complete: rebuilding it, read MongoDB.
+    NoDirectory,
+    /// The viewer's `related:` set is not filled yet.
+    NoRelated,
+}
+
 impl ViewReader {
     /// A page of people the viewer has no request with in either direction,
-    /// newest first: the viewer's `relations` document says whom to
-    /// exclude, the feed directory in Redis gives the order, and profiles
-    /// come by id. While the directory is missing (a cache loss) this falls
-    /// back to one MongoDB query, slow at scale, and rebuilds it.
+    /// newest first: the viewer's `related:` set says whom to exclude, the
+    /// feed directory gives the order (both in Redis, one script), and
+    /// profiles come by id. A `related:` set not filled yet is filled from
+    /// the `relations` document; while the directory is missing (a cache
+    /// loss) this falls back to one MongoDB query, slow at scale, and
+    /// rebuilds it.
     pub async fn feed(&self, viewer: &str, page: u64, limit: u64) -> Result<Vec<UserDoc>, ReadError> {
-        let relations = self.relations(viewer).await?;
-        let mut excluded: std::collections::HashSet<String> = relations.related.into_iter().collect();
+        if self.cache.usable() {
+            for _ in 0..2 {
+                match self.page_from_directory(viewer, page, limit).await {
+                    Ok(DirectoryPage::Ids(ids)) => {
+                        metrics::counter!("feed_reads_total", "path" => "directory").increment(1);
+                        return self.users_by_id(&ids).await;
+                    }
+                    Ok(DirectoryPage::NoRelated) => {
+                        self.related(viewer).await?;
+                    }
+                    Ok(DirectoryPage::NoDirectory) => {
+                        self.spawn_directory_rebuild();
+                        break;
+                    }
+                    Err(err) => {
+                        self.cache.failed(&err);
+                        break;
+                    }
+                }
+            }
+        }
+        let mut excluded = self.related(viewer).await?;
         excluded.insert(viewer.to_owned());
-        if !self.cache.usable() {
-            metrics::counter!("feed_reads_total", "path" => "mongo").increment(1);
-            return self.feed_from_mongo(excluded, page, limit).await;
-        }
-        match self.feed_ids_from_directory(&excluded, page, limit).await {
-            Ok(Some(ids)) => {
-                metrics::counter!("feed_reads_total", "path" => "directory").increment(1);
-                self.users_by_id(&ids).await
-            }
-            Ok(None) => {
-                metrics::counter!("feed_reads_total", "path" => "mongo").increment(1);
-                self.feed_from_mongo(excluded, page, limit).await
-            }
-            Err(err) => {
-                self.cache.failed(&err);
-                metrics::counter!("feed_reads_total", "path" => "mongo").increment(1);
-                self.feed_from_mongo(excluded, page, limit).await
-            }
-        }
+        metrics::counter!("feed_reads_total", "path" => "mongo").increment(1);
+        self.feed_from_mongo(excluded, page, limit).await
     }
 
     /// The ids of feed page `page`, exactly as `feed_from_mongo` would
-    /// order them, or `None` when the directory is not complete.
-    pub(super) async fn feed_ids_from_directory(
-        &self,
-        excluded: &std::collections::HashSet<String>,
-        page: u64,
-        limit: u64,
-    ) -> Result<Option<Vec<String>>, redis::RedisError> {
+    /// order them, when the directory and the viewer's set are complete.
+    async fn page_from_directory(&self, viewer: &str, page: u64, limit: u64) -> redis::RedisResult<DirectoryPage> {
         let mut redis = self.redis.clone();
-        let directory = self.keys.feed_directory();
-        let complete: Option<f64> = redis::cmd("ZSCORE")
-            .arg(&directory)
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(FEED_PAGE));
+        let reply: Vec<String> = SCRIPT
+            .key(self.keys.feed_directory())
+            .key(self.keys.related(viewer))
+            .arg((page - 1) * limit)
+            .arg(limit)
             .arg(views::keys::FEED_DIRECTORY_COMPLETE)
-            .query_async(&mut redis)
+            .arg(views::keys::RELATED_COMPLETE)
+            .arg(viewer)
+            .invoke_async(&mut redis)
             .await?;
-        if complete.is_none() {
-            self.spawn_directory_rebuild();
-            return Ok(None);
-        }
-        let mut ranks_of = redis::pipe();
-        for id in excluded {
-            ranks_of.cmd("ZREVRANK").arg(&directory).arg(id);
-        }
-        let ranks: Vec<Option<u64>> = ranks_of.query_async(&mut redis).await?;
-        let mut ranks: Vec<u64> = ranks.into_iter().flatten().collect();
-        ranks.sort_unstable();
-        // The rank of the page's first entry once excluded members are
-        // skipped: each excluded member at or before it pushes it one on.
-        let mut start = (page - 1) * limit;
-        for rank in &ranks {
-            if *rank <= start {
-                start += 1;
-            }
-        }
-        let stop = start + limit + ranks.len() as u64 - 1;
-        let window: Vec<String> =
-            redis::cmd("ZREVRANGE").arg(&directory).arg(start).arg(stop).query_async(&mut redis).await?;
-        Ok(Some(
-            window
-                .into_iter()
-                .filter(|id| id != views::keys::FEED_DIRECTORY_COMPLETE && !excluded.contains(id))
-                .take(limit as usize)
-                .collect(),
-        ))
+        let mut reply = reply.into_iter();
+        Ok(match reply.next().as_deref() {
+            Some("ok") => DirectoryPage::Ids(
+                reply.filter(|id| id != views::keys::FEED_DIRECTORY_COMPLETE).take(limit as usize).collect(),
+            ),
+            Some("no-related") => DirectoryPage::NoRelated,
+            _ => DirectoryPage::NoDirectory,
+        })
     }
 
     pub(super) async fn feed_from_mongo(

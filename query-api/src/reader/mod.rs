@@ -17,6 +17,8 @@ use crate::cursor::Cursor;
 
 mod feed;
 mod session;
+pub use session::{CallerLookup, RateHit};
+use views::cache::{CachedSet, Expiry};
 use views::documents::sortable_time;
 use views::generation::{CurrentGeneration, Generation};
 use views::keys::RedisKeys;
@@ -215,13 +217,13 @@ impl ViewReader {
         }
     }
 
-    async fn refill<T: Serialize>(&self, key: &str, version: u64, value: &T, ttl: Duration) {
+    async fn refill<T: Serialize>(&self, key: &str, version: u64, value: &T, expiry: Expiry) {
         if !self.cache.usable() {
             return;
         }
         let json = serde_json::to_string(value).unwrap_or_default();
         let mut pipe = redis::pipe();
-        views::cache::pipe_set_if_newer(&mut pipe, key, version, &json, ttl);
+        views::cache::pipe_set_if_newer(&mut pipe, key, version, &json, expiry);
         let mut redis = self.redis.clone();
         self.cache.observe(pipe.query_async::<()>(&mut redis).await);
     }
@@ -235,15 +237,42 @@ impl ViewReader {
         }
         let user = self.db.collection::<UserDoc>(collections::USERS).find_one(doc! { "_id": user_id }).await?;
         if let Some(user) = &user {
-            self.refill(&key, user.version, user, views::ttl::USER).await;
+            self.refill(&key, user.version, user, Expiry::Never).await;
         }
         Ok(user)
     }
 
-    async fn relations(&self, user_id: &str) -> Result<RelationsDoc, ReadError> {
-        let found =
+    /// Everyone the user has a request with, either direction: the
+    /// `related:` set, or, until it is filled, the `relations` document
+    /// (which then fills it).
+    async fn related(&self, user_id: &str) -> Result<std::collections::HashSet<String>, ReadError> {
+        let key = self.keys.related(user_id);
+        if self.cache.usable() {
+            let mut redis = self.redis.clone();
+            let cached = redis::cmd("SMEMBERS").arg(&key).query_async::<Vec<String>>(&mut redis).await;
+            if let Some(mut members) = self.cache.observe(cached)
+                && members.iter().any(|m| m == views::keys::RELATED_COMPLETE)
+            {
+                members.retain(|m| m != views::keys::RELATED_COMPLETE);
+                return Ok(members.into_iter().collect());
+            }
+        }
+        let relations =
             self.db.collection::<RelationsDoc>(collections::RELATIONS).find_one(doc! { "_id": user_id }).await?;
-        Ok(found.unwrap_or_default())
+        let related = relations.map(|r| r.related).unwrap_or_default();
+        self.fill(&key, CachedSet::Set, &related, views::keys::RELATED_COMPLETE).await;
+        Ok(related.into_iter().collect())
+    }
+
+    /// Fills an add-only cached set from what MongoDB held (`pipe_fill`).
+    async fn fill(&self, key: &str, kind: CachedSet, members: &[String], complete: &str) {
+        if !self.cache.usable() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        views::cache::pipe_fill(&mut pipe, key, kind, members, complete);
+        let mut redis = self.redis.clone();
+        self.cache.observe(pipe.query_async::<()>(&mut redis).await);
     }
 
     /// Users by id, in the order of `ids`, skipping any not projected yet:
@@ -267,7 +296,7 @@ impl ViewReader {
             .collect();
         let missing: Vec<String> = ids.iter().filter(|id| !by_id.contains_key(*id)).cloned().collect();
         for user in self.users_from_mongo(&missing).await? {
-            self.refill(&self.keys.user(&user.user_id), user.version, &user, views::ttl::USER).await;
+            self.refill(&self.keys.user(&user.user_id), user.version, &user, Expiry::Never).await;
             by_id.insert(user.user_id.clone(), user);
         }
         Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
@@ -279,16 +308,66 @@ impl ViewReader {
 
     /// A page of the viewer's connections, newest first (`connectedAt`,
     /// then `requestId`), after `before`: at most `limit` + 1, the extra
-    /// one saying that another page exists. Always from MongoDB: the order
-    /// is never cached, so no cache can serve a page in another order.
+    /// one saying that another page exists. From the `connections:` list
+    /// in Redis, which orders its members exactly as the collection's
+    /// index does; until that list is filled (or for a read-your-writes
+    /// read), from MongoDB, which then fills it.
     pub async fn connections(
         &self,
         viewer: &str,
         before: Option<&Cursor>,
         limit: usize,
+        freshness: Freshness,
     ) -> Result<Vec<ConnectionDoc>, ReadError> {
+        if freshness == Freshness::CacheFirst
+            && let Some(page) = self.cached_connections(viewer, before, limit + 1).await
+        {
+            metrics::counter!("connection_reads_total", "path" => "redis").increment(1);
+            return Ok(page);
+        }
+        metrics::counter!("connection_reads_total", "path" => "mongo").increment(1);
         let order = Order { time: "connectedAt", id: "requestId" };
-        self.newest_first(collections::CONNECTIONS, doc! { "userId": viewer }, order, before, limit + 1).await
+        let page =
+            self.newest_first(collections::CONNECTIONS, doc! { "userId": viewer }, order, before, limit + 1).await?;
+        if freshness == Freshness::CacheFirst {
+            let all: Vec<ConnectionDoc> = self
+                .db
+                .collection::<ConnectionDoc>(collections::CONNECTIONS)
+                .find(doc! { "userId": viewer })
+                .await?
+                .try_collect()
+                .await?;
+            let members: Vec<String> = all.iter().map(ConnectionDoc::cache_member).collect();
+            let key = self.keys.connections(viewer);
+            self.fill(&key, CachedSet::Ordered, &members, views::keys::CONNECTIONS_COMPLETE).await;
+        }
+        Ok(page)
+    }
+
+    /// `count` connections after `before` from the cached list, or `None`
+    /// when it is not filled (or Redis is unusable). One round trip: the
+    /// completeness marker and the page.
+    async fn cached_connections(
+        &self,
+        viewer: &str,
+        before: Option<&Cursor>,
+        count: usize,
+    ) -> Option<Vec<ConnectionDoc>> {
+        if !self.cache.usable() {
+            return None;
+        }
+        let key = self.keys.connections(viewer);
+        let below = before.map_or_else(
+            || "+".to_owned(),
+            |cursor| format!("({}", ConnectionDoc::cache_position(&cursor.at, &cursor.id)),
+        );
+        let mut read = redis::pipe();
+        read.zscore(&key, views::keys::CONNECTIONS_COMPLETE);
+        read.cmd("ZREVRANGEBYLEX").arg(&key).arg(below).arg("-").arg("LIMIT").arg(0).arg(count);
+        let mut redis = self.redis.clone();
+        let (complete, members): (Option<f64>, Vec<String>) = self.cache.observe(read.query_async(&mut redis).await)?;
+        complete?;
+        Some(members.iter().filter_map(|member| ConnectionDoc::from_cache_member(viewer, member)).collect())
     }
 
     /// A page of the pending `interested` requests to the viewer, newest
@@ -352,7 +431,7 @@ impl ViewReader {
         let presence =
             self.db.collection::<PresenceDoc>(collections::PRESENCE).find_one(doc! { "_id": user_id }).await?;
         if let Some(p) = &presence {
-            self.refill(&key, p.version, p, views::ttl::PRESENCE).await;
+            self.refill(&key, p.version, p, Expiry::After(views::ttl::PRESENCE)).await;
         }
         Ok(presence)
     }
@@ -410,7 +489,7 @@ impl ViewReader {
             None => {
                 let newest = self.messages_before(pair, None, views::CACHED_MESSAGES).await?;
                 let cache = ConversationCache::new(newest);
-                self.refill(&key, cache.version, &cache, views::ttl::CONVERSATION).await;
+                self.refill(&key, cache.version, &cache, Expiry::After(views::ttl::CONVERSATION)).await;
                 cache
             }
         };
