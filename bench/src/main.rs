@@ -8,6 +8,7 @@ mod accounts;
 mod api;
 mod feed;
 mod floor;
+mod loaded;
 mod measure;
 mod messages;
 mod report;
@@ -46,6 +47,9 @@ struct Args {
     /// measuring the feed; 0 skips seeding.
     #[arg(long, default_value_t = 100_000)]
     feed_users: usize,
+    /// Seconds of each sustained read (wrk) at the end.
+    #[arg(long, default_value_t = 15)]
+    wrk_seconds: u64,
     /// Operations per measurement at concurrency 1.
     #[arg(long, default_value_t = 200)]
     serial_ops: usize,
@@ -106,6 +110,13 @@ async fn main() -> anyhow::Result<()> {
     let history = messages::history(&run, &pairs).await?;
     let stream = messages::stream_delivery(&run, &pairs, &requests).await?;
     let feed = feed::measure_feed(&args, &run, &producer, &redis, &requests.senders[0]).await?;
+    // Own profile of one user; connections and feed of a sender, who has
+    // connections and, after `measure_feed`, the seeded users to page.
+    let (profile_token, sender) = (accounts.tokens[0].clone(), requests.senders[0].clone());
+    let loaded = {
+        let args = (args.wrk_seconds, args.redis_url.clone(), args.query_url.clone());
+        tokio::task::spawn_blocking(move || loaded::measure(&args, &profile_token, &sender, &sender)).await??
+    };
     let report = report::Report {
         run: run.id.clone(),
         produce,
@@ -119,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
         history,
         stream,
         feed,
+        loaded,
     };
     report.print();
     Ok(())

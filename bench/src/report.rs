@@ -25,6 +25,7 @@ pub struct Report {
     /// Ack → on the recipient's open stream, sorted.
     pub stream: Vec<Duration>,
     pub feed: Feed,
+    pub loaded: crate::loaded::Loaded,
 }
 
 impl Report {
@@ -70,6 +71,7 @@ impl Report {
             idle_ms(1.0)
         );
         println!("(signup and login include argon2id hashing: 19 MiB, 2 passes, on this machine's cores)");
+        self.loaded.print();
     }
 
     fn print_feed(&self) {
