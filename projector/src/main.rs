@@ -1,5 +1,10 @@
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc (docs/stack.md, "Our own processes
+/// under load").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = projector::config::Config::parse();
