@@ -23,8 +23,11 @@ enum Folded {
     /// takes about five times the memory, and most documents of a chunk
     /// are created once and changed rarely.
     New(Option<RawDocumentBuf>),
-    /// In the store: the statements to run there, in order.
-    Stored(Vec<Document>),
+    /// In the store: the statements to run there, in order. Encoded too:
+    /// a version-guarded pipeline statement takes several kilobytes as a
+    /// `Document` and about half a kilobyte as bytes, and these pile up
+    /// for every event on a document an earlier chunk stored.
+    Stored(Vec<RawDocumentBuf>),
 }
 
 /// What one chunk writes.
@@ -34,7 +37,7 @@ pub struct Chunk {
     pub inserts: BTreeMap<&'static str, Vec<RawDocumentBuf>>,
     /// Per collection: statements for documents the store holds, grouped
     /// by document, each document's in event order.
-    pub statements: BTreeMap<&'static str, Vec<Document>>,
+    pub statements: BTreeMap<&'static str, Vec<RawDocumentBuf>>,
     pub events: usize,
 }
 
@@ -99,7 +102,7 @@ impl Fold {
                         let updated = apply_update(Some(decode(current)?), &creation.otherwise)?;
                         *folded = Folded::New(updated.as_ref().map(encode).transpose()?);
                     }
-                    Folded::Stored(pending) => pending.push(creation.otherwise.clone()),
+                    Folded::Stored(pending) => pending.push(encode(&creation.otherwise)?),
                 }
             }
             for statement in statements {
@@ -110,7 +113,7 @@ impl Fold {
                         let before = current.take().map(|raw| decode(&raw)).transpose()?;
                         *current = apply_update(before, statement)?.as_ref().map(encode).transpose()?;
                     }
-                    Folded::Stored(pending) => pending.push(statement.clone()),
+                    Folded::Stored(pending) => pending.push(encode(statement)?),
                 }
             }
         }
@@ -267,7 +270,8 @@ mod tests {
         let chunk = fold.take_chunk();
         assert_eq!(chunk.documents(), 0, "{:?}", chunk.inserts);
         assert_eq!(chunk.statements[collections::USERS].len(), 1);
-        assert!(chunk.statements[collections::USERS][0].to_string().contains("second"));
+        let statement = chunk.statements[collections::USERS][0].to_document().expect("decodes");
+        assert!(statement.to_string().contains("second"));
     }
 
     #[test]
@@ -278,7 +282,8 @@ mod tests {
         fold_in(&mut fold, vec![vec![registered(user)]]);
         let chunk = fold.take_chunk();
         assert!(!chunk.inserts.contains_key(collections::USERS));
-        assert!(chunk.statements[collections::USERS][0].to_string().contains("$cond"), "version-guarded");
+        let statement = chunk.statements[collections::USERS][0].to_document().expect("decodes");
+        assert!(statement.to_string().contains("$cond"), "version-guarded");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! anything relies on them (docs/design.md §16).
 
 use futures::TryStreamExt;
-use mongodb::bson::{DateTime as BsonDateTime, Document, RawDocumentBuf, doc};
+use mongodb::bson::{DateTime as BsonDateTime, Document, RawArrayBuf, RawDocumentBuf, doc};
 use views::collections;
 
 use super::write::checkpoint_statement;
@@ -34,18 +34,36 @@ pub const COUNTED_COLLECTIONS: [&str; 2] = [collections::NOTIFICATION_COUNTERS, 
 pub struct ChunkCommit {
     /// Per counted collection: new documents and statements for stored ones.
     pub inserts: Vec<(&'static str, Vec<Document>)>,
-    pub statements: Vec<(&'static str, Vec<Document>)>,
+    pub statements: Vec<(&'static str, Vec<RawDocumentBuf>)>,
     /// Next offset per (topic, partition).
     pub checkpoints: std::collections::BTreeMap<(String, i32), i64>,
     pub stamp: BsonDateTime,
 }
 
+/// `ViewStore::update_command` for statements kept encoded: the bytes are
+/// copied into the command as they are, never decoded.
+fn raw_update_command(collection: &str, statements: &[RawDocumentBuf]) -> RawDocumentBuf {
+    let updates: RawArrayBuf = statements.iter().cloned().collect();
+    let mut command = RawDocumentBuf::new();
+    command.append("update", collection);
+    command.append("updates", updates);
+    command.append("ordered", true);
+    command
+}
+
 impl ViewStore {
     /// Every `_id` in `collection`, as strings.
     pub async fn stored_ids(&self, collection: &str) -> Result<Vec<String>, StoreError> {
-        let cursor = self.db.collection::<Document>(collection).find(doc! {}).projection(doc! { "_id": 1 }).await?;
-        let documents: Vec<Document> = cursor.try_collect().await?;
-        Ok(documents.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect())
+        let mut cursor = self.db.collection::<Document>(collection).find(doc! {}).projection(doc! { "_id": 1 }).await?;
+        // One id at a time: a resumed rebuild reads every stored id, and a
+        // whole collection of documents at once would be a spike of its own.
+        let mut ids = Vec::new();
+        while let Some(document) = cursor.try_next().await? {
+            if let Ok(id) = document.get_str("_id") {
+                ids.push(id.to_owned());
+            }
+        }
+        Ok(ids)
     }
 
     /// Inserts documents the store does not hold. A duplicate means the
@@ -76,9 +94,9 @@ impl ViewStore {
     }
 
     /// Runs idempotent statements (version-guarded, `$addToSet`) in order.
-    pub async fn run_statements(&self, collection: &str, statements: &[Document]) -> Result<(), StoreError> {
+    pub async fn run_statements(&self, collection: &str, statements: &[RawDocumentBuf]) -> Result<(), StoreError> {
         for batch in statements.chunks(COMMAND_BATCH) {
-            let reply = self.db.run_command(Self::update_command(collection, batch)).await?;
+            let reply = self.db.run_raw_command(raw_update_command(collection, batch)).await?;
             Self::check_write_errors(&reply)?;
         }
         Ok(())
@@ -118,9 +136,12 @@ impl ViewStore {
                 "u": { "$set": { "committed": commit.stamp } },
                 "upsert": true,
             }];
-            let updates = commit.statements.iter().map(|(c, s)| (*c, s.as_slice()));
+            for (collection, statements) in &commit.statements {
+                let command = raw_update_command(collection, statements);
+                Self::check_write_errors(&self.db.run_raw_command(command).session(&mut session).await?)?;
+            }
             let fixed = [(collections::CHECKPOINTS, checkpoints.as_slice()), (PROGRESS, progress.as_slice())];
-            for (collection, statements) in updates.chain(fixed) {
+            for (collection, statements) in fixed {
                 let reply =
                     self.db.run_command(Self::update_command(collection, statements)).session(&mut session).await?;
                 Self::check_write_errors(&reply)?;
