@@ -64,6 +64,14 @@ impl Positions {
         }
     }
 
+    /// Whether the partition starts before its applied position, to
+    /// refresh the caches of its last stored batch.
+    pub fn refresh_pending(&self, topic: &str, partition: i32) -> bool {
+        let all = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        all.get(&(topic.to_owned(), partition))
+            .is_some_and(|p| p.refresh_from.zip(p.applied).is_some_and(|(from, applied)| from < applied))
+    }
+
     /// Notes where the last stored batch of a partition began
     /// (`PartitionPosition::refresh_from`); `None` once this process has
     /// refreshed the caches of its own batch there.
@@ -333,10 +341,12 @@ mod tests {
         assert_eq!(positions.start_offset("a", 0), Offset::Offset(40));
         positions.set_refresh_from("a", 0, Some(25));
         assert_eq!(positions.start_offset("a", 0), Offset::Offset(25), "the last batch again, for its caches");
+        assert!(positions.refresh_pending("a", 0), "records to read, though nothing lags");
         positions.set_refresh_from("a", 0, Some(40));
         assert_eq!(positions.start_offset("a", 0), Offset::Offset(40), "a batch with nothing to refresh");
         positions.set_refresh_from("a", 0, None);
         assert_eq!(positions.start_offset("a", 0), Offset::Offset(40), "refreshed by this process");
+        assert!(!positions.refresh_pending("a", 0));
     }
 
     #[test]

@@ -73,6 +73,20 @@ impl Proc {
         self.kill();
     }
 
+    /// SIGTERM, then waits for the exit (SIGKILL after 15 s): a shutdown
+    /// that leaves the consumer group at once.
+    pub fn terminate(&mut self) {
+        signal(self.child.id(), "-TERM");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.kill();
+    }
+
     /// SIGSTOP: the process holds its state and its sockets but answers
     /// nothing, as a hung server does.
     pub fn pause(&self) {

@@ -159,7 +159,10 @@ impl IdlePause {
     /// rebalance assigned meanwhile start unpaused.
     fn decide(&mut self, consumer: &StreamConsumer<StartAtCheckpoints>, positions: &Positions) {
         let Some(after) = self.after else { return };
-        let caught_up = positions.total_lag() == Some(0);
+        // A partition that starts at its last batch again (`refresh_from`)
+        // has records to read though its lag is 0: pausing it would leave
+        // that batch's caches unrefreshed until the next append.
+        let caught_up = positions.total_lag() == Some(0) && !refresh_pending(consumer, positions);
         if self.paused && !caught_up {
             self.wake(consumer, "records are waiting");
         } else if self.paused || (caught_up && self.last_record.elapsed() >= after) {
@@ -186,6 +189,14 @@ impl IdlePause {
         }
         self.last_record = Instant::now();
     }
+}
+
+/// Whether a partition assigned to this worker is still to re-read the
+/// last batch stored there (`PartitionPosition::refresh_from`).
+fn refresh_pending(consumer: &StreamConsumer<StartAtCheckpoints>, positions: &Positions) -> bool {
+    consumer
+        .assignment()
+        .is_ok_and(|assigned| assigned.elements().iter().any(|e| positions.refresh_pending(e.topic(), e.partition())))
 }
 
 /// Pauses or resumes every assigned partition; true when they are now
