@@ -184,6 +184,11 @@ impl StallWatch {
         Self { stall_after, seen: std::sync::Mutex::default() }
     }
 
+    /// How long a partition may stay put before it counts as stalled.
+    pub fn stall_after(&self) -> Duration {
+        self.stall_after
+    }
+
     /// The partitions stalled at `now`, given every position and the
     /// partitions this member owns.
     pub fn observe(

@@ -96,10 +96,13 @@ async fn steady_state_reads_need_no_mongodb() {
 
 /// What a projector killed after its transaction and before its cache
 /// refresh leaves behind: MongoDB and the checkpoint hold the batch, Redis
-/// holds what came before it.
-#[tokio::test]
-async fn a_projector_killed_before_its_cache_refresh_leaves_no_stale_cache() {
-    let mut env = TestEnv::start().await;
+/// holds what came before it. `killed`: as a killed member that keeps its
+/// partitions leaves it, seen by a projector that stays up; else after a
+/// shutdown, seen by the restarted projector.
+async fn undone_refresh_is_healed(killed: bool) {
+    // A short stall window, so that the watch for unrefreshed batches acts
+    // within the test.
+    let mut env = TestEnv::start_with(vec![("DEVCONNECT_PROJECTOR_STALL_AFTER", "3s")]).await;
     let graph = graph(&env).await;
     wait_for_graph(&env, &graph).await;
     let edit = env.command(Method::PATCH, "/v1/profile", Some(&json!({"about": "newest"})), Some(&graph.a_token)).await;
@@ -107,16 +110,24 @@ async fn a_projector_killed_before_its_cache_refresh_leaves_no_stale_cache() {
     let durable = env.query("/v1/profile", &graph.a_token, Some(&edit.consistency())).await;
     assert_eq!(durable.body["about"], "newest");
     env.projector_caught_up().await;
-    // A shutdown, not a kill: the test is about what the restart does with
-    // the partitions, and a killed member can hold them on our broker until
-    // new records make them lag (then the stall watch moves them; see
-    // self-healing.md). What a kill leaves behind is set up by hand below.
-    env.projector.as_mut().expect("projector running").terminate();
-    env.projector = None;
+    if killed {
+        // A killed member can keep its partitions on our broker while
+        // nothing new arrives, and then no owner re-reads the batch. The
+        // projector that stays up sees exactly what that leaves (below):
+        // checkpoints ahead of the refreshed marks, nothing to re-read. Its
+        // watch for unrefreshed batches must notice.
+    } else {
+        // A shutdown leaves the group: the restart owns the partitions and
+        // re-reads the last batch (refreshFrom).
+        env.projector.as_mut().expect("projector running").terminate();
+        env.projector = None;
+    }
 
     // Put Redis back to before the last batches: the profile one version
-    // older, and the connection missing from a's list (the acceptance was
-    // the last record on the pair's partition).
+    // older, the connection missing from a's list (the acceptance was the
+    // last record on the pair's partition), and the refreshed marks behind
+    // the checkpoints, as a refresh cut off by a kill leaves them (killed
+    // variant only).
     let mut redis = env.redis().await;
     let user_key = env.view_key(&format!("user:{}", graph.a)).await;
     let cached: String = redis::cmd("GET").arg(&user_key).query_async(&mut redis).await.expect("cached profile");
@@ -129,19 +140,30 @@ async fn a_projector_killed_before_its_cache_refresh_leaves_no_stale_cache() {
         redis::cmd("ZRANGE").arg(&list_key).arg(0).arg(-1).query_async(&mut redis).await.expect("zrange");
     let connection = members.iter().find(|m| m.ends_with(&graph.b)).expect("b in a's list").clone();
     let _: () = redis::cmd("ZREM").arg(&list_key).arg(&connection).query_async(&mut redis).await.expect("zrem");
+    let marks: Vec<String> =
+        redis::cmd("KEYS").arg(env.view_key("refreshed:*").await).query_async(&mut redis).await.expect("keys");
+    assert!(!marks.is_empty(), "the projector marks what it refreshed");
+    if killed {
+        // After a shutdown the marks stay, so only the re-read of the last
+        // batch can heal: that is what that variant tests.
+        for mark in marks {
+            let _: () = redis::cmd("SET").arg(&mark).arg(0).query_async(&mut redis).await.expect("set");
+        }
+    }
     let stale = env.query("/v1/profile", &graph.a_token, None).await;
     assert_eq!(stale.body["about"], "older", "the cache is what a killed projector left");
     assert_eq!(ids(&env.query("/v1/connections", &graph.a_token, None).await), Vec::<String>::new());
-
-    // The caches count as whole, so no refill will mend them: only the
-    // restart's own work can.
+    // The caches count as whole, so no refill for a lost Redis will mend
+    // them: only what the restart does about the undone refresh can.
     let filled: bool =
         redis::cmd("EXISTS").arg(env.view_key("caches:filled").await).query_async(&mut redis).await.expect("exists");
     assert!(filled, "the fill marker is set");
-    // Nothing else happens: no new event touches either key. The projector
-    // starts each partition at its last batch and refreshes its caches.
-    env.start_projector().await;
-    eventually("the caches are refreshed by the restarted projector", Duration::from_secs(30), || async {
+
+    // Nothing else happens: no new event touches either key.
+    if !killed {
+        env.start_projector().await;
+    }
+    eventually("the caches are refreshed by the projector", Duration::from_secs(60), || async {
         let own = env.query("/v1/profile", &graph.a_token, None).await;
         let connections = env.query("/v1/connections", &graph.a_token, None).await;
         let seen = (own.body["about"].clone(), ids(&connections));
@@ -149,6 +171,16 @@ async fn a_projector_killed_before_its_cache_refresh_leaves_no_stale_cache() {
     })
     .await;
     assert_reads(&env, &graph, "after the restart").await;
+}
+
+#[tokio::test]
+async fn a_projector_stopped_before_its_cache_refresh_leaves_no_stale_cache() {
+    undone_refresh_is_healed(false).await;
+}
+
+#[tokio::test]
+async fn a_refresh_that_nobody_redoes_is_noticed_and_every_cache_filled_again() {
+    undone_refresh_is_healed(true).await;
 }
 
 #[tokio::test]

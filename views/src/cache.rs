@@ -22,6 +22,18 @@ end
 return 1
 ";
 
+const RAISE: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+";
+
+/// Adds to a pipeline: raise the number at `key` to `value`, never lower
+/// it (a slower writer with an older value changes nothing).
+pub fn pipe_raise(pipe: &mut redis::Pipeline, key: &str, value: i64) {
+    pipe.cmd("EVAL").arg(RAISE).arg(1).arg(key).arg(value).ignore();
+}
+
 /// How long a cache entry lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expiry {

@@ -100,6 +100,14 @@ impl RedisKeys {
         format!("{}caches:filled", self.views)
     }
 
+    /// The offset up to which the projector has refreshed the caches of a
+    /// partition's batches, raised in the refresh's own pipeline. A
+    /// checkpoint that stays ahead of it names a refresh that a crash cut
+    /// off and nobody redid (self-healing.md).
+    pub fn refreshed(&self, topic: &str, partition: i32) -> String {
+        format!("{}refreshed:{topic}:{partition}", self.views)
+    }
+
     /// Held by the projector that is filling the caches.
     pub fn caches_filling(&self) -> String {
         format!("{}caches:filling", self.views)

@@ -25,6 +25,8 @@ impl ViewStore {
     /// pipelines of 1000. Also run after Redis lost its data (`verify`).
     pub async fn warm_caches(&self) -> Result<u64, StoreError> {
         let mut written = 0;
+        // What the scans below will cover at least, for the refreshed marks.
+        let covered = self.checkpoints().await?;
         let mut pipe = redis::pipe();
         // Relations first, each user's completeness marker after: a marker
         // must never stand in a key before the members MongoDB held.
@@ -85,6 +87,10 @@ impl ViewStore {
         // Every user was scanned, and the projector adds each new one as it
         // goes: the directory is complete, and so is every cache.
         pipe.zadd(&directory, views::keys::FEED_DIRECTORY_COMPLETE, -1).ignore();
+        for checkpoint in &covered {
+            let key = self.keys.refreshed(&checkpoint.topic, checkpoint.partition);
+            views::cache::pipe_raise(&mut pipe, &key, checkpoint.next_offset);
+        }
         pipe.set(self.keys.caches_filled(), 1).ignore();
         let mut redis = self.redis.clone();
         pipe.query_async::<()>(&mut redis).await?;
@@ -96,6 +102,18 @@ impl ViewStore {
     pub async fn caches_filled(&self) -> Result<bool, StoreError> {
         let mut redis = self.redis.clone();
         Ok(redis::cmd("EXISTS").arg(self.keys.caches_filled()).query_async::<bool>(&mut redis).await?)
+    }
+
+    /// How far the caches of each of `partitions` were refreshed
+    /// (`RedisKeys::refreshed`); `None` where nothing says.
+    pub async fn refreshed_positions(&self, partitions: &[(String, i32)]) -> Result<Vec<Option<i64>>, StoreError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> =
+            partitions.iter().map(|(topic, partition)| self.keys.refreshed(topic, *partition)).collect();
+        let mut redis = self.redis.clone();
+        Ok(redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?)
     }
 
     /// Drops the fill marker, so that the caches count as lost until a
@@ -297,6 +315,10 @@ impl ViewStore {
             writes += 1;
         }
         writes += self.update_conversation_caches(plan, &mut pipe).await?;
+        for ((topic, partition), next) in &plan.checkpoints {
+            views::cache::pipe_raise(&mut pipe, &self.keys.refreshed(topic, *partition), *next);
+            writes += 1;
+        }
         writes += self.publish_stream_entries(plan, &mut pipe).await?;
         if writes > 0 {
             let mut redis = self.redis.clone();

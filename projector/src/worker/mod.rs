@@ -137,6 +137,9 @@ pub struct CacheLossWatch {
     run_id: std::sync::Mutex<Option<String>>,
     /// A refill from MongoDB is under way in this process.
     refilling: Arc<AtomicBool>,
+    /// Partitions whose checkpoint is ahead of their refreshed mark, with
+    /// that checkpoint and since when.
+    behind: std::sync::Mutex<BTreeMap<(String, i32), (i64, Instant)>>,
 }
 
 /// Pausing the partitions while nothing happens (`wake.rs`): a paused

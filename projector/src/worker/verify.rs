@@ -48,6 +48,9 @@ impl Worker {
             checkpoints.iter().map(|c| ((c.topic.clone(), c.partition), c.refresh_from)).collect();
         let stored: BTreeMap<(String, i32), i64> =
             checkpoints.into_iter().map(|c| ((c.topic, c.partition), c.next_offset)).collect();
+        if self.store.refreshes_caches() && !self.caches_degraded.load(Ordering::Relaxed) {
+            self.watch_unrefreshed(&stored).await;
+        }
         let owned = self.owned();
         for (partition, position) in self.positions.snapshot() {
             let in_store = stored.get(&partition).copied();
@@ -136,6 +139,51 @@ impl Worker {
             }
             refilling.store(false, Ordering::Relaxed);
         });
+    }
+
+    /// Notices a batch whose cache refresh a crash cut off and nobody
+    /// redid: its partition's checkpoint stays ahead of the refreshed mark
+    /// for `stall_after` without moving. Usually the partition's next owner
+    /// re-reads that batch (`refresh_from`); this covers a partition that
+    /// gets no live owner, such as one a killed member keeps while nothing
+    /// new arrives. The fill marker is then dropped, and every cache is
+    /// filled again from MongoDB (`refill_lost_caches`).
+    async fn watch_unrefreshed(&self, checkpoints: &BTreeMap<(String, i32), i64>) {
+        let partitions: Vec<(String, i32)> = checkpoints.keys().cloned().collect();
+        let Ok(refreshed) = self.store.refreshed_positions(&partitions).await else { return };
+        let now = Instant::now();
+        let mut overdue = Vec::new();
+        {
+            let mut behind = self.cache_loss.behind.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (partition, refreshed) in partitions.iter().zip(refreshed) {
+                let next = checkpoints[partition];
+                if refreshed.unwrap_or(0) >= next {
+                    behind.remove(partition);
+                    continue;
+                }
+                let since = behind.entry(partition.clone()).or_insert((next, now));
+                if since.0 != next {
+                    // Moving: an owner is at work, and its refresh follows.
+                    *since = (next, now);
+                } else if now.duration_since(since.1) >= self.stalls.stall_after() {
+                    overdue.push(partition.clone());
+                }
+            }
+            if !overdue.is_empty() {
+                behind.clear();
+            }
+        }
+        if overdue.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            ?overdue,
+            "the caches of these partitions' last batches were never refreshed and nobody re-reads them; filling every cache again"
+        );
+        metrics::counter!("projector_unrefreshed_batches_total").increment(overdue.len() as u64);
+        if let Err(err) = self.store.forget_caches_filled().await {
+            tracing::debug!(error = %err, "redis unavailable; checking again later");
+        }
     }
 
     /// The store lost batches before this one: drop the batch, and seek
