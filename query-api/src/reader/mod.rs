@@ -224,6 +224,11 @@ impl ViewReader {
         let json = serde_json::to_string(value).unwrap_or_default();
         let mut pipe = redis::pipe();
         views::cache::pipe_set_if_newer(&mut pipe, key, version, &json, expiry);
+        self.write_cache(&pipe).await;
+    }
+
+    /// Sends cache writes, remembering a Redis failure (`CacheHealth`).
+    async fn write_cache(&self, pipe: &redis::Pipeline) {
         let mut redis = self.redis.clone();
         self.cache.observe(pipe.query_async::<()>(&mut redis).await);
     }
@@ -271,8 +276,7 @@ impl ViewReader {
         }
         let mut pipe = redis::pipe();
         views::cache::pipe_fill(&mut pipe, key, kind, members, complete);
-        let mut redis = self.redis.clone();
-        self.cache.observe(pipe.query_async::<()>(&mut redis).await);
+        self.write_cache(&pipe).await;
     }
 
     /// Users by id, in the order of `ids`, skipping any not projected yet:
