@@ -25,6 +25,16 @@ impl Reply {
     pub fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("<no error code>")
     }
+
+    /// The `userId` of each of a list's `items` (feed, connections), in order.
+    pub fn user_ids(&self) -> Vec<String> {
+        self.body["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("items: {self:?}"))
+            .iter()
+            .map(|p| p["userId"].as_str().expect("userId").to_owned())
+            .collect()
+    }
 }
 
 impl TestEnv {

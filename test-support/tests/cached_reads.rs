@@ -8,16 +8,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use test_support::{Reply, Servers, TestEnv, eventually, free_port, mongo_uri, start_private_mongo};
-
-fn ids(reply: &Reply) -> Vec<String> {
-    reply.body["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("items: {reply:?}"))
-        .iter()
-        .map(|p| p["userId"].as_str().expect("userId").to_owned())
-        .collect()
-}
+use test_support::{Servers, TestEnv, eventually, free_port, mongo_uri, start_private_mongo};
 
 /// Four users: `a` connected with `b`, a pending request from `a` to `c`,
 /// and `d`, related to nobody.
@@ -34,9 +25,11 @@ async fn graph(env: &TestEnv) -> Graph {
     let (b, b_token) = env.user("b").await;
     let (c, _) = env.user("c").await;
     let (d, _) = env.user("d").await;
-    env.connect(&a_token, &b, &b_token).await;
     let sent = env.command(Method::POST, &format!("/v1/requests/send/interested/{c}"), None, Some(&a_token)).await;
     assert_eq!(sent.status, StatusCode::CREATED, "{:?}", sent.body);
+    // Last: the acceptance is then the newest connection record, whichever
+    // partition each pair hashes to (`undone_refresh_is_healed` relies on it).
+    env.connect(&a_token, &b, &b_token).await;
     Graph { a, a_token, b, c, d }
 }
 
@@ -46,7 +39,7 @@ async fn wait_for_graph(env: &TestEnv, graph: &Graph) {
     eventually("the graph is in the cached reads", Duration::from_secs(30), || async {
         let connections = env.query("/v1/connections", &graph.a_token, None).await;
         let feed = env.query("/v1/feed", &graph.a_token, None).await;
-        let seen = (ids(&connections), ids(&feed));
+        let seen = (connections.user_ids(), feed.user_ids());
         if seen == (vec![graph.b.clone()], vec![graph.d.clone()]) { Ok(()) } else { Err(format!("{seen:?}")) }
     })
     .await;
@@ -61,9 +54,9 @@ async fn assert_reads(env: &TestEnv, graph: &Graph, when: &str) {
     let public = env.query(&format!("/v1/users/{}", graph.c), &graph.a_token, None).await;
     assert_eq!((public.status, &public.body["userId"]), (StatusCode::OK, &json!(graph.c)), "{when}: {public:?}");
     let connections = env.query("/v1/connections", &graph.a_token, None).await;
-    assert_eq!((connections.status, ids(&connections)), (StatusCode::OK, vec![graph.b.clone()]), "{when}");
+    assert_eq!((connections.status, connections.user_ids()), (StatusCode::OK, vec![graph.b.clone()]), "{when}");
     let feed = env.query("/v1/feed", &graph.a_token, None).await;
-    assert_eq!((feed.status, ids(&feed)), (StatusCode::OK, vec![graph.d.clone()]), "{when}");
+    assert_eq!((feed.status, feed.user_ids()), (StatusCode::OK, vec![graph.d.clone()]), "{when}");
     // MongoDB's server selection alone would take seconds.
     assert!(started.elapsed() < Duration::from_secs(2), "{when}: reads took {:?}", started.elapsed());
 }
@@ -152,7 +145,7 @@ async fn undone_refresh_is_healed(killed: bool) {
     }
     let stale = env.query("/v1/profile", &graph.a_token, None).await;
     assert_eq!(stale.body["about"], "older", "the cache is what a killed projector left");
-    assert_eq!(ids(&env.query("/v1/connections", &graph.a_token, None).await), Vec::<String>::new());
+    assert_eq!(env.query("/v1/connections", &graph.a_token, None).await.user_ids(), Vec::<String>::new());
     // The caches count as whole, so no refill for a lost Redis will mend
     // them: only what the restart does about the undone refresh can.
     let filled: bool =
@@ -166,7 +159,7 @@ async fn undone_refresh_is_healed(killed: bool) {
     eventually("the caches are refreshed by the projector", Duration::from_secs(60), || async {
         let own = env.query("/v1/profile", &graph.a_token, None).await;
         let connections = env.query("/v1/connections", &graph.a_token, None).await;
-        let seen = (own.body["about"].clone(), ids(&connections));
+        let seen = (own.body["about"].clone(), connections.user_ids());
         if seen == (json!("newest"), vec![graph.b.clone()]) { Ok(()) } else { Err(format!("{seen:?}")) }
     })
     .await;

@@ -15,15 +15,6 @@ async fn review(env: &TestEnv, token: &str, status: &str, request_id: &str) -> R
     env.command(Method::POST, &format!("/v1/requests/review/{status}/{request_id}"), None, Some(token)).await
 }
 
-fn ids(reply: &Reply) -> Vec<String> {
-    reply.body["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|p| p["userId"].as_str().expect("userId").to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn requests_reviews_connections_and_the_feed() {
     let env = TestEnv::start().await;
@@ -78,11 +69,11 @@ async fn requests_reviews_connections_and_the_feed() {
     assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "request_not_pending"));
 
     let b_connections = env.query("/v1/connections", &b_token, Some(&accepted.consistency())).await;
-    assert_eq!(ids(&b_connections), vec![a.clone()]);
+    assert_eq!(b_connections.user_ids(), vec![a.clone()]);
     assert!(b_connections.body["items"][0].get("emailId").is_none());
     assert!(b_connections.body["items"][0]["connectedAt"].is_string(), "{:?}", b_connections.body);
     assert!(b_connections.body["nextBefore"].is_null(), "{:?}", b_connections.body);
-    assert_eq!(ids(&env.query("/v1/connections", &a_token, None).await), vec![b.clone()]);
+    assert_eq!(env.query("/v1/connections", &a_token, None).await.user_ids(), vec![b.clone()]);
     assert!(
         env.query("/v1/requests/received", &b_token, None).await.body["items"].as_array().expect("items").is_empty()
     );
@@ -93,8 +84,8 @@ async fn requests_reviews_connections_and_the_feed() {
     let feed = env.query("/v1/feed?page=1&limit=50", &a_token, Some(&ignored.consistency())).await;
     assert_eq!(feed.status, StatusCode::OK, "{:?}", feed.body);
     assert_eq!((feed.body["page"].as_u64(), feed.body["limit"].as_u64()), (Some(1), Some(50)));
-    assert_eq!(ids(&feed), vec![d.clone()], "a sees only d");
-    let c_feed = ids(&env.query("/v1/feed", &c_token, None).await);
+    assert_eq!(feed.user_ids(), vec![d.clone()], "a sees only d");
+    let c_feed = env.query("/v1/feed", &c_token, None).await.user_ids();
     assert!(!c_feed.contains(&a) && !c_feed.contains(&c), "{c_feed:?}");
     assert!(c_feed.contains(&b) && c_feed.contains(&d), "{c_feed:?}");
     // An ignored request cannot be reviewed, and is not "received".
@@ -103,8 +94,8 @@ async fn requests_reviews_connections_and_the_feed() {
     assert_eq!((reply.status, reply.code()), (StatusCode::CONFLICT, "request_not_pending"));
 
     let paged = env.query("/v1/feed?page=2&limit=1", &c_token, None).await;
-    assert_eq!(ids(&paged).len(), 1);
-    assert_ne!(ids(&paged), ids(&env.query("/v1/feed?page=1&limit=1", &c_token, None).await));
+    assert_eq!(paged.user_ids().len(), 1);
+    assert_ne!(paged.user_ids(), env.query("/v1/feed?page=1&limit=1", &c_token, None).await.user_ids());
     for (query, code) in [
         ("limit=51", "limit_too_large"),
         ("limit=0", "limit_invalid"),
@@ -199,7 +190,7 @@ async fn assert_feed_pages(env: &TestEnv, token: &str, expected: &[String]) {
         for page in 1..=expected.len().div_ceil(limit) + 1 {
             let reply = env.query(&format!("/v1/feed?page={page}&limit={limit}"), token, None).await;
             assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-            seen.extend(ids(&reply));
+            seen.extend(reply.user_ids());
         }
         assert_eq!(seen, expected, "limit {limit}");
     }
@@ -238,7 +229,7 @@ async fn feed_pages_are_exact_from_the_directory_and_from_mongodb() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while feed_path_count(&env, "directory").await == 0 {
         assert!(std::time::Instant::now() < deadline, "the feed directory was never used");
-        assert_eq!(ids(&env.query("/v1/feed?limit=50", &token, None).await), expected);
+        assert_eq!(env.query("/v1/feed?limit=50", &token, None).await.user_ids(), expected);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let from_directory = feed_path_count(&env, "directory").await;
