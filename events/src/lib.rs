@@ -17,6 +17,7 @@ pub mod connection;
 pub mod envelope;
 pub mod message;
 pub mod notification;
+pub mod owner;
 pub mod presence;
 pub mod topic;
 pub mod user;

@@ -62,3 +62,13 @@ pub async fn ensure_topics(brokers: &str, names: &[String], partitions: i32, rep
     }
     Ok(())
 }
+
+/// What a consumed record is by its headers: an owner marker, or a command
+/// record with the epoch it was sent under (`events::owner`).
+pub fn record_kind(message: &impl rdkafka::Message) -> events::owner::RecordKind {
+    use rdkafka::message::Headers;
+    match message.headers() {
+        Some(headers) => events::owner::RecordKind::from_headers(headers.iter().map(|h| (h.key, h.value))),
+        None => events::owner::RecordKind::from_headers([]),
+    }
+}

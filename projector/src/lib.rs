@@ -4,6 +4,7 @@
 pub mod coalesce;
 pub mod config;
 pub mod leases;
+pub mod markers;
 pub mod plan;
 pub mod positions;
 pub mod prune;
@@ -99,12 +100,14 @@ impl Pipeline {
         partitions: Partitions,
     ) -> anyhow::Result<Worker> {
         let positions = Positions::default();
+        let markers = markers::Markers::default();
         if from_checkpoints {
             let checkpoints =
                 platform::with_retry("reading checkpoints", || async { Ok(store.checkpoints().await?) }).await?;
             for checkpoint in checkpoints {
                 positions.set_applied(&checkpoint.topic, checkpoint.partition, checkpoint.next_offset);
                 positions.set_refresh_from(&checkpoint.topic, checkpoint.partition, checkpoint.refresh_from);
+                markers.seed(&checkpoint);
             }
         }
         let group = format!("{}{group_suffix}", generation.consumer_group(&self.config.group_id));
@@ -135,6 +138,7 @@ impl Pipeline {
                 idle_pause: tuning.idle_pause,
             },
             positions,
+            markers,
             events_applied: Arc::new(AtomicU64::new(0)),
             partitions,
             stalls: StallWatch::new(tuning.stall_after),

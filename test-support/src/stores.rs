@@ -69,6 +69,7 @@ impl TestEnv {
                     // Where the last batch began: how the log was cut
                     // into batches, not what the views hold.
                     d.remove("refreshFrom");
+                    d.remove("refreshEpoch");
                 }
                 format!("{name}: {}", canonical_document(d))
             }));

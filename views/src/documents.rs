@@ -90,6 +90,13 @@ pub struct CheckpointDoc {
     /// have left it undone: the partition's next owner starts here.
     #[serde(default)]
     pub refresh_from: Option<i64>,
+    /// The owner epoch in force at `next_offset` and at `refresh_from`
+    /// (`events::owner`): the last owner marker before each. A reader
+    /// starting at either seeds its marker index with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_epoch: Option<i64>,
 }
 
 impl CheckpointDoc {

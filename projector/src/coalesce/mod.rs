@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use events::decode_record;
+use events::owner::MarkerIndex;
 use mongodb::bson::{DateTime as BsonDateTime, RawDocumentBuf};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -34,6 +35,7 @@ use tokio::sync::mpsc;
 
 use self::fold::{Chunk, Fold};
 use crate::Pipeline;
+use crate::markers::Markers;
 use crate::plan::{self, Plan, Prior, Record};
 use crate::positions::{self, Positions};
 use crate::store::{COUNTED_COLLECTIONS, ChunkCommit, StoreError, ViewStore};
@@ -70,6 +72,8 @@ enum Job {
     Chunk {
         chunk: Chunk,
         checkpoints: BTreeMap<(String, i32), i64>,
+        /// The owner markers known there, for the checkpoints' epochs.
+        markers: BTreeMap<(String, i32), MarkerIndex>,
         stamp: BsonDateTime,
         /// Held until the chunk is written (`Reader::chunk_slot`).
         _slot: tokio::sync::OwnedSemaphorePermit,
@@ -93,8 +97,11 @@ pub async fn run(
     let committed = retrying.run("discarding uncommitted keys", |_| store.discard_uncommitted()).await?;
     let base = committed.unwrap_or_else(BsonDateTime::now);
     retrying.run("starting the coalescing", |_| store.begin_coalescing(base)).await?;
+    let stored = store.checkpoints().await?;
+    let markers = Markers::default();
+    stored.iter().for_each(|checkpoint| markers.seed(checkpoint));
     let checkpoints: BTreeMap<(String, i32), i64> =
-        store.checkpoints().await?.into_iter().map(|c| ((c.topic, c.partition), c.next_offset)).collect();
+        stored.into_iter().map(|c| ((c.topic, c.partition), c.next_offset)).collect();
     let mut fold = Fold::default();
     let mut seen = HashSet::new();
     if !checkpoints.is_empty() || committed.is_some() {
@@ -119,6 +126,7 @@ pub async fn run(
         fold,
         seen,
         starts: checkpoints,
+        markers,
         jobs,
         settings,
         pending_processed: Vec::new(),
@@ -238,6 +246,8 @@ struct Reader {
     seen: HashSet<uuid::Uuid>,
     /// The stored checkpoints at the start: every record read is past them.
     starts: BTreeMap<(String, i32), i64>,
+    /// The reader rule (`crate::markers`).
+    markers: Markers,
     jobs: mpsc::Sender<Job>,
     settings: CoalesceSettings,
     pending_processed: Vec<uuid::Uuid>,
@@ -273,6 +283,15 @@ impl Reader {
             let partition = (message.topic().to_owned(), message.partition());
             let Some(&(_, end)) = targets.get(&partition) else { continue };
             if message.offset() >= end {
+                continue;
+            }
+            if !self.markers.admit(&message) {
+                // Still read: the checkpoint moves past it with the chunk.
+                let at = self.chunk_checkpoints.entry(partition.clone()).or_insert(0);
+                *at = (*at).max(message.offset() + 1);
+                if message.offset() + 1 >= end {
+                    targets.remove(&partition);
+                }
                 continue;
             }
             match decode_record(message.payload().unwrap_or_default()) {
@@ -351,7 +370,8 @@ impl Reader {
         let stamp = self.stamp;
         self.stamp = next_stamp(stamp);
         let slot = Arc::clone(&self.chunk_slot).acquire_owned().await?;
-        self.send(Job::Chunk { chunk, checkpoints, stamp, _slot: slot }).await
+        let markers = self.markers.of(checkpoints.keys());
+        self.send(Job::Chunk { chunk, checkpoints, markers, stamp, _slot: slot }).await
     }
 
     async fn send(&self, job: Job) -> anyhow::Result<()> {
@@ -374,10 +394,10 @@ async fn write_jobs(
             Job::Processed { ids, stamp } => {
                 retrying.run("recording processed ids", |_| store.record_processed_stamped(&ids, stamp)).await?;
             }
-            Job::Chunk { chunk, checkpoints, stamp, _slot } => {
+            Job::Chunk { chunk, checkpoints, markers, stamp, _slot } => {
                 let started = Instant::now();
                 let (documents, statements, chunk_events) = (chunk.documents(), chunk.statement_count(), chunk.events);
-                write_chunk(&retrying, chunk, &checkpoints, stamp).await?;
+                write_chunk(&retrying, chunk, &checkpoints, markers, stamp).await?;
                 events.fetch_add(chunk_events as u64, Ordering::Relaxed);
                 for ((topic, partition), next) in &checkpoints {
                     positions.set_applied(topic, *partition, *next);
@@ -435,11 +455,17 @@ async fn write_chunk(
     retrying: &Retrying<'_>,
     mut chunk: Chunk,
     checkpoints: &BTreeMap<(String, i32), i64>,
+    markers: BTreeMap<(String, i32), MarkerIndex>,
     stamp: BsonDateTime,
 ) -> anyhow::Result<()> {
     let store = retrying.store;
-    let mut commit =
-        ChunkCommit { inserts: Vec::new(), statements: Vec::new(), checkpoints: checkpoints.clone(), stamp };
+    let mut commit = ChunkCommit {
+        inserts: Vec::new(),
+        statements: Vec::new(),
+        checkpoints: checkpoints.clone(),
+        markers,
+        stamp,
+    };
     for counted in COUNTED_COLLECTIONS {
         if let Some((collection, documents)) = chunk.inserts.remove_entry(counted) {
             let documents = documents.iter().map(RawDocumentBuf::to_document).collect::<Result<_, _>>()?;

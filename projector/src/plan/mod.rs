@@ -96,6 +96,9 @@ pub struct Plan {
     /// applies the batch again from here (a no-op in MongoDB) to refresh
     /// them (`positions::PartitionPosition::refresh_from`).
     pub first_offsets: BTreeMap<(String, i32), i64>,
+    /// The owner markers the reader knows per partition, from which the
+    /// checkpoint stores the epochs in force (`store::write::checkpoint_statement`).
+    pub markers: BTreeMap<(String, i32), events::owner::MarkerIndex>,
     /// The stored checkpoint this plan assumed, per partition holding
     /// once-only effects (`Prior::checkpoints`): the transaction applies the
     /// plan only if the store still says exactly this (else

@@ -37,6 +37,8 @@ pub struct ChunkCommit {
     pub statements: Vec<(&'static str, Vec<RawDocumentBuf>)>,
     /// Next offset per (topic, partition).
     pub checkpoints: std::collections::BTreeMap<(String, i32), i64>,
+    /// The owner markers known per partition, for the checkpoints' epochs.
+    pub markers: std::collections::BTreeMap<(String, i32), events::owner::MarkerIndex>,
     pub stamp: BsonDateTime,
 }
 
@@ -129,7 +131,7 @@ impl ViewStore {
             let checkpoints: Vec<Document> = commit
                 .checkpoints
                 .iter()
-                .map(|(partition, next)| checkpoint_statement(partition, *next, None))
+                .map(|(partition, next)| checkpoint_statement(partition, *next, None, commit.markers.get(partition)))
                 .collect();
             let progress = vec![doc! {
                 "q": { "_id": PROGRESS_ID },

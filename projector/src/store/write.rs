@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use mongodb::ClientSession;
-use mongodb::bson::{Document, doc};
+use events::owner::MarkerIndex;
+use mongodb::bson::{Bson, Document, doc};
 use views::{CheckpointDoc, collections};
 
 use super::{StoreError, ViewStore};
@@ -241,7 +242,10 @@ impl ViewStore {
 fn checkpoint_statements(plan: &Plan) -> Vec<Document> {
     plan.checkpoints
         .iter()
-        .map(|(partition, next)| checkpoint_statement(partition, *next, plan.first_offsets.get(partition).copied()))
+        .map(|(partition, next)| {
+            let first = plan.first_offsets.get(partition).copied();
+            checkpoint_statement(partition, *next, first, plan.markers.get(partition))
+        })
         .collect()
 }
 
@@ -249,15 +253,34 @@ fn checkpoint_statements(plan: &Plan) -> Vec<Document> {
 /// `next`, never lowered (`$max`), and `refreshFrom`, the first offset of
 /// the batch whose cache refresh follows this transaction (`next` when the
 /// batch holds no record there, or writes no caches).
-pub(super) fn checkpoint_statement((topic, partition): &(String, i32), next: i64, first: Option<i64>) -> Document {
+///
+/// With them, the owner epochs in force there (`events::owner`), so a
+/// reader that starts at either offset judges records as one that read the
+/// partition from offset 0 would: `epoch` at `nextOffset` (raised with it:
+/// the epoch at an offset only grows with the offset) and `refreshEpoch` at
+/// `refreshFrom`.
+pub(super) fn checkpoint_statement(
+    (topic, partition): &(String, i32),
+    next: i64,
+    first: Option<i64>,
+    markers: Option<&MarkerIndex>,
+) -> Document {
+    let refresh_from = first.unwrap_or(next);
+    let mut set = doc! {
+        "topic": topic.as_str(),
+        "partition": *partition,
+        "nextOffset": { "$max": [ { "$ifNull": ["$nextOffset", 0_i64] }, next ] },
+        "refreshFrom": refresh_from,
+    };
+    if let Some(markers) = markers {
+        if let Some(epoch) = markers.epoch_before(next) {
+            set.insert("epoch", doc! { "$max": [ { "$ifNull": ["$epoch", -1_i64] }, epoch ] });
+        }
+        set.insert("refreshEpoch", markers.epoch_before(refresh_from).map_or(Bson::Null, Bson::Int64));
+    }
     doc! {
         "q": { "_id": CheckpointDoc::id_for(topic, *partition) },
-        "u": [ { "$set": {
-            "topic": topic.as_str(),
-            "partition": *partition,
-            "nextOffset": { "$max": [ { "$ifNull": ["$nextOffset", 0_i64] }, next ] },
-            "refreshFrom": first.unwrap_or(next),
-        } } ],
+        "u": [ { "$set": set } ],
         "upsert": true,
     }
 }

@@ -60,6 +60,9 @@ impl Worker {
         let started = Instant::now();
         let mut decoded: Vec<(&BorrowedMessage<'_>, Record)> = Vec::with_capacity(messages.len());
         for message in messages {
+            if !self.markers.admit(message) {
+                continue;
+            }
             match decode_record(message.payload().unwrap_or_default()) {
                 Ok(commit) => decoded.push((
                     message,
@@ -107,7 +110,11 @@ impl Worker {
                     }
                 }
                 // Only the checkpoints now: the poison is dead-lettered.
-                let moved = Plan { checkpoints: checkpoints.clone(), ..Plan::default() };
+                let moved = Plan {
+                    markers: self.markers.of(checkpoints.keys()),
+                    checkpoints: checkpoints.clone(),
+                    ..Plan::default()
+                };
                 if let Some(ended) = self.write_until_landed(&moved, stops).await {
                     return Ok(Some(ended));
                 }
@@ -169,6 +176,7 @@ impl Worker {
                         let held = plan.checkpoints.entry(partition.clone()).or_insert(0);
                         *held = (*held).max(*next);
                     }
+                    plan.markers = self.markers.of(plan.checkpoints.keys());
                     self.store_plan(&plan, starts).await.map(|()| plan)
                 }
                 Err(err) => Err(err),

@@ -111,6 +111,8 @@ pub struct Worker {
     pub store: ViewStore,
     pub settings: WorkerSettings,
     pub positions: Positions,
+    /// The owner markers known per partition: the reader rule.
+    pub markers: crate::markers::Markers,
     /// Events applied so far, for rates.
     pub events_applied: Arc<AtomicU64>,
     pub partitions: Partitions,

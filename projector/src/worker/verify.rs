@@ -44,6 +44,10 @@ impl Worker {
                 return None;
             }
         };
+        for checkpoint in &checkpoints {
+            // A rewind below what this process has read starts there.
+            self.markers.seed(checkpoint);
+        }
         let refresh_from: BTreeMap<(String, i32), Option<i64>> =
             checkpoints.iter().map(|c| ((c.topic.clone(), c.partition), c.refresh_from)).collect();
         let stored: BTreeMap<(String, i32), i64> =
