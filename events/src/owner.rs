@@ -8,14 +8,17 @@
 //!   and ordered the way the partition is;
 //! * every command record it appends carries that epoch in the
 //!   `owner-epoch` header;
-//! * every reader counts a command record only when its epoch is the offset
-//!   of the last marker before it ([`MarkerIndex::judge`]). A record sent
-//!   under an older claim that lands after a newer marker is ignored by all
-//!   of them alike.
+//! * every reader counts a record that carries an epoch only when that
+//!   epoch is the offset of the last marker before it
+//!   ([`MarkerIndex::judge`]). A record sent under an older claim that lands
+//!   after a newer marker is ignored by all of them alike.
 //!
-//! Records from before the first marker carry no epoch and count. A record
-//! re-driven from the dead letters (`redriven-from`) counts: its original
-//! was counted, since only counted records are dead-lettered.
+//! A record without an epoch counts: the history from before the first
+//! marker, a record re-driven from the dead letters, an import. Such
+//! writers never went through a write model, so there is no claim of
+//! theirs to fence; the rule fences the command APIs, which always stamp.
+//! (The command API from before markers did not stamp: it must be stopped
+//! before the first instance that does starts, docs/scale-out.md §2.)
 //!
 //! Also here: the partitioner, so a writer knows the partition (and so the
 //! epoch to stamp) before it sends.
@@ -26,17 +29,15 @@ use std::collections::BTreeSet;
 pub const MARKER_HEADER: &str = "owner-marker";
 /// Header on a command record: the epoch (marker offset) it was sent under.
 pub const EPOCH_HEADER: &str = "owner-epoch";
-/// Header on a record re-driven from the dead letters.
-pub const REDRIVEN_HEADER: &str = "redriven-from";
 
 /// What a record is, by its headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
     /// An owner marker: its offset becomes the partition's epoch.
     Marker,
-    /// A command's events, sent under `epoch` (`None`: before markers
-    /// existed), or re-driven from the dead letters.
-    Commit { epoch: Option<i64>, redriven: bool },
+    /// A command's events, sent under `epoch` (`None`: by a writer that
+    /// does not stamp one).
+    Commit { epoch: Option<i64> },
 }
 
 impl RecordKind {
@@ -44,7 +45,7 @@ impl RecordKind {
     /// that is not a number is no epoch at all, so such a record only
     /// counts where no marker precedes it.
     pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> Self {
-        let (mut epoch, mut redriven, mut malformed_epoch) = (None, false, false);
+        let (mut epoch, mut malformed_epoch) = (None, false);
         for (name, value) in headers {
             match name {
                 MARKER_HEADER => return RecordKind::Marker,
@@ -52,13 +53,12 @@ impl RecordKind {
                     epoch = value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<i64>().ok());
                     malformed_epoch = epoch.is_none();
                 }
-                REDRIVEN_HEADER => redriven = true,
                 _ => {}
             }
         }
         // A header we cannot read never matches a marker's offset.
         let epoch = if malformed_epoch { Some(-1) } else { epoch };
-        RecordKind::Commit { epoch, redriven }
+        RecordKind::Commit { epoch }
     }
 }
 
@@ -71,7 +71,7 @@ pub enum Verdict {
     Counts,
     /// A command record sent under a claim a later marker had superseded
     /// when it landed: no reader applies it.
-    Fenced { epoch: Option<i64>, current: i64 },
+    Fenced { epoch: i64, current: i64 },
 }
 
 /// The marker offsets a reader knows of in one partition. Readers that
@@ -83,6 +83,10 @@ pub enum Verdict {
 pub struct MarkerIndex(BTreeSet<i64>);
 
 impl MarkerIndex {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn note(&mut self, marker_offset: i64) {
         self.0.insert(marker_offset);
     }
@@ -112,20 +116,20 @@ impl MarkerIndex {
 
     /// Judges the record at `offset` (noting it when it is a marker).
     ///
-    /// A record whose epoch lies before every marker this reader knows
-    /// while no marker is known before its offset cannot occur with seeded
-    /// state; it counts, since nothing known contradicts it.
+    /// A stamped record with no marker known before it counts: with the
+    /// index seeded from stored state that only happens to a reader that
+    /// lost its state, and nothing it knows contradicts the record.
     pub fn judge(&mut self, offset: i64, kind: RecordKind) -> Verdict {
         match kind {
             RecordKind::Marker => {
                 self.note(offset);
                 Verdict::Marker
             }
-            RecordKind::Commit { redriven: true, .. } => Verdict::Counts,
-            RecordKind::Commit { epoch, redriven: false } => match (self.epoch_before(offset), epoch) {
-                (None, _) => Verdict::Counts,
-                (Some(current), Some(epoch)) if epoch == current => Verdict::Counts,
-                (Some(current), epoch) => Verdict::Fenced { epoch, current },
+            RecordKind::Commit { epoch: None } => Verdict::Counts,
+            RecordKind::Commit { epoch: Some(epoch) } => match self.epoch_before(offset) {
+                None => Verdict::Counts,
+                Some(current) if epoch == current => Verdict::Counts,
+                Some(current) => Verdict::Fenced { epoch, current },
             },
         }
     }
@@ -179,7 +183,7 @@ mod tests {
     use super::*;
 
     fn commit(epoch: Option<i64>) -> RecordKind {
-        RecordKind::Commit { epoch, redriven: false }
+        RecordKind::Commit { epoch }
     }
 
     #[test]
@@ -211,13 +215,13 @@ mod tests {
         assert_eq!(index.judge(0, commit(None)), Verdict::Counts);
         assert_eq!(index.judge(3, RecordKind::Marker), Verdict::Marker);
         assert_eq!(index.judge(4, commit(Some(3))), Verdict::Counts);
-        assert_eq!(index.judge(5, commit(None)), Verdict::Fenced { epoch: None, current: 3 });
+        assert_eq!(index.judge(5, commit(Some(1))), Verdict::Fenced { epoch: 1, current: 3 });
+        // A writer that stamps no epoch (an import, a redrive) is no claim to fence.
+        assert_eq!(index.judge(5, commit(None)), Verdict::Counts);
         // A second claim supersedes the first: a late send of the first is fenced.
         assert_eq!(index.judge(6, RecordKind::Marker), Verdict::Marker);
-        assert_eq!(index.judge(7, commit(Some(3))), Verdict::Fenced { epoch: Some(3), current: 6 });
+        assert_eq!(index.judge(7, commit(Some(3))), Verdict::Fenced { epoch: 3, current: 6 });
         assert_eq!(index.judge(8, commit(Some(6))), Verdict::Counts);
-        // Re-driven records counted once already.
-        assert_eq!(index.judge(9, RecordKind::Commit { epoch: None, redriven: true }), Verdict::Counts);
     }
 
     #[test]
@@ -226,7 +230,7 @@ mod tests {
         index.note(10);
         index.note(20);
         assert_eq!(index.judge(15, commit(Some(10))), Verdict::Counts);
-        assert_eq!(index.judge(25, commit(Some(10))), Verdict::Fenced { epoch: Some(10), current: 20 });
+        assert_eq!(index.judge(25, commit(Some(10))), Verdict::Fenced { epoch: 10, current: 20 });
         assert!(index.any_between(10, 25) && !index.any_between(20, 25) && !index.any_between(20, 21));
         index.forget_before(25);
         assert_eq!(index.latest(), Some(20));
@@ -241,8 +245,8 @@ mod tests {
         assert_eq!(stamped, commit(Some(42)));
         let garbled = RecordKind::from_headers([(EPOCH_HEADER, Some(&b"4x"[..]))]);
         assert_eq!(garbled, commit(Some(-1)));
-        let redriven = RecordKind::from_headers([(REDRIVEN_HEADER, Some(&b"dl/0/1"[..]))]);
-        assert_eq!(redriven, RecordKind::Commit { epoch: None, redriven: true });
+        let redriven = RecordKind::from_headers([("redriven-from", Some(&b"dl/0/1"[..]))]);
+        assert_eq!(redriven, commit(None));
         assert_eq!(RecordKind::from_headers([]), commit(None));
     }
 

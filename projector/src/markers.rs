@@ -46,7 +46,7 @@ impl Markers {
             }
             Verdict::Fenced { epoch, current } => {
                 metrics::counter!("projector_fenced_records_total").increment(1);
-                tracing::warn!(topic, partition, offset, ?epoch, current, "ignoring a record sent under a superseded owner epoch");
+                tracing::warn!(topic, partition, offset, epoch, current, "ignoring a record sent under a superseded owner epoch");
                 false
             }
         }
