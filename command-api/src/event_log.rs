@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use events::owner::Verdict;
 use events::{Envelope, Topic, TopicNames, decode_record, encode_record};
 use rdkafka::Message;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -21,6 +23,10 @@ pub struct EventLog {
     brokers: String,
     topics: TopicNames,
     delivery_timeout: Duration,
+    /// Partition count per topic name, learnt at start
+    /// ([`EventLog::learn_partitions`]): a record's partition is computed
+    /// before it is sent, so the epoch it carries is that partition's.
+    partitions: std::sync::RwLock<HashMap<String, i32>>,
 }
 
 impl EventLog {
@@ -31,7 +37,57 @@ impl EventLog {
             brokers: brokers.to_owned(),
             topics,
             delivery_timeout,
+            partitions: std::sync::RwLock::default(),
         })
+    }
+
+    /// Reads each topic's partition count. A count that differs from the
+    /// one learnt before (partitions added while running) stops the
+    /// process: an aggregate's history would be split over two partitions.
+    pub fn learn_partitions(&self, topics: &[String]) -> anyhow::Result<()> {
+        use rdkafka::producer::Producer;
+        let producer = self.producer();
+        let mut known = self.partitions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for topic in topics {
+            let metadata = producer.client().fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            let count = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+            let count = i32::try_from(count)?;
+            anyhow::ensure!(count > 0, "topic {topic} has no partitions (does it exist?)");
+            if let Some(before) = known.insert(topic.clone(), count) {
+                anyhow::ensure!(
+                    before == count,
+                    "topic {topic} went from {before} to {count} partitions; aggregates would change partition"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every (topic, partition) of the topics learnt.
+    pub fn partitions(&self) -> Vec<(String, i32)> {
+        let known = self.partitions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.iter().flat_map(|(topic, count)| (0..*count).map(|p| (topic.clone(), p))).collect()
+    }
+
+    /// The partition a record keyed `key` goes to (Kafka's partitioner).
+    pub fn partition_of(&self, topic_name: &str, key: &str) -> Result<i32, AppendError> {
+        let known = self.partitions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = known.get(topic_name).ok_or_else(|| AppendError(format!("{topic_name}: partitions unknown")))?;
+        Ok(events::owner::partition_for(key.as_bytes(), *count))
+    }
+
+    /// Appends an owner marker to a partition for `instance`; its offset is
+    /// the instance's epoch there (`events::owner`).
+    pub async fn append_marker(&self, topic_name: &str, partition: i32, instance: &str) -> Result<i64, AppendError> {
+        let payload = serde_json::json!({ "type": "owner.claimed", "instance": instance, "at": chrono::Utc::now() });
+        let payload = payload.to_string();
+        let headers = OwnedHeaders::new().insert(Header { key: events::owner::MARKER_HEADER, value: Some(instance) });
+        let record =
+            FutureRecord::to(topic_name).partition(partition).key("owner-marker").payload(&payload).headers(headers);
+        match self.producer().send(record, self.delivery_timeout).await {
+            Ok(delivery) => Ok(delivery.offset),
+            Err((err, _)) => Err(AppendError(err.to_string())),
+        }
     }
 
     fn producer(&self) -> std::sync::Arc<FutureProducer> {
@@ -46,18 +102,33 @@ impl EventLog {
         Ok(())
     }
 
-    /// Appends one command's events as one record keyed by the aggregate id
-    /// and waits for the broker's acknowledgement (`acks=all`).
-    pub async fn append(&self, topic: Topic, commit: &[Envelope]) -> Result<Position, AppendError> {
+    /// The deployed name of `topic`.
+    pub fn topic_name(&self, topic: Topic) -> String {
+        self.topics.name(topic)
+    }
+
+    /// Appends one command's events as one record keyed by the aggregate id,
+    /// to `partition` (`partition_of` the key) under `epoch`, and waits for
+    /// the broker's acknowledgement (`acks=all`).
+    pub async fn append(
+        &self,
+        topic_name: &str,
+        partition: i32,
+        epoch: i64,
+        commit: &[Envelope],
+    ) -> Result<Position, AppendError> {
         let key = commit.first().map(|e| e.aggregate_id.as_str()).unwrap_or_default();
         let payload = encode_record(commit);
-        let topic_name = self.topics.name(topic);
-        let record = FutureRecord::to(&topic_name).key(key).payload(&payload);
+        let epoch = epoch.to_string();
+        let headers = OwnedHeaders::new().insert(Header { key: events::owner::EPOCH_HEADER, value: Some(&epoch) });
+        let record = FutureRecord::to(topic_name).partition(partition).key(key).payload(&payload).headers(headers);
         let started = Instant::now();
         let result = self.producer().send(record, self.delivery_timeout).await;
         metrics::histogram!("kafka_append_seconds").record(started.elapsed().as_secs_f64());
         match result {
-            Ok(delivery) => Ok(Position { topic: topic_name, partition: delivery.partition, offset: delivery.offset }),
+            Ok(delivery) => {
+                Ok(Position { topic: topic_name.to_owned(), partition: delivery.partition, offset: delivery.offset })
+            }
             Err((err, _)) => {
                 metrics::counter!("kafka_append_failures_total").increment(1);
                 Err(AppendError(err.to_string()))
@@ -137,7 +208,14 @@ pub async fn catch_up(brokers: &str, topics: &[String], model: &std::sync::RwLoc
         if offset >= end {
             continue;
         }
-        if !lock().covers(&topic, partition, offset) {
+        let verdict = lock().judge(&topic, partition, offset, platform::kafka::record_kind(&message));
+        if verdict != Verdict::Counts {
+            if let Verdict::Fenced { epoch, current } = verdict {
+                metrics::counter!("write_model_fenced_records_total").increment(1);
+                tracing::warn!(%topic, partition, offset, epoch, current, "ignoring a record sent under a superseded owner epoch");
+            }
+            lock().advance(&topic, partition, offset + 1);
+        } else if !lock().covers(&topic, partition, offset) {
             match decode_record(message.payload().unwrap_or_default()) {
                 Ok(commit) => {
                     let position = Position { topic: topic.clone(), partition, offset };

@@ -9,6 +9,7 @@ pub mod locks;
 pub mod model;
 pub mod password;
 pub mod rate_groups;
+pub mod read_back;
 pub mod service;
 pub mod snapshot;
 pub mod throttle;
@@ -57,6 +58,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         per_client: config.login_max_failures_per_client,
         window: config.login_failure_window,
     };
+    let read_back = read_back::ReadBack::new(&brokers, config.read_back_fetch_wait, config.delivery_timeout)?;
+    tokio::spawn(Arc::clone(&read_back).run());
     let service = Arc::new(CommandService::new(
         EventLog::new(&brokers, topics, config.delivery_timeout)?,
         LoginThrottle::new(redis.clone(), redis_keys.clone(), limits),
@@ -64,6 +67,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         redis_keys,
         revocations,
         config.session_policy()?,
+        read_back,
     ));
 
     let listener =
@@ -123,8 +127,8 @@ async fn catch_up_write_model(
 ) -> anyhow::Result<CaughtUp> {
     let started = Instant::now();
     let from_snapshot = load_snapshot(snapshots, owned_topics, service).await;
-    let records = platform::with_retry("reading the log into the write model", || async {
-        let read = event_log::catch_up(brokers, owned_topics, service.model_lock()).await;
+    let records = platform::with_retry("claiming the partitions and reading the log into the write model", || async {
+        let read = service.claim(brokers, owned_topics).await;
         if let Err(err) = &read
             && err.is::<event_log::LogBehindModel>()
         {

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use events::connection::{ConnectionEvent, RequestStatus};
 use events::message::MessageEvent;
+use events::owner::{MarkerIndex, RecordKind, Verdict};
 use events::{Envelope, Event};
 use uuid::Uuid;
 
@@ -48,6 +49,11 @@ pub struct PartitionMark {
     pub next: i64,
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub ahead: BTreeSet<i64>,
+    /// The owner markers read here that a reader at `next` still needs
+    /// (`events::owner`): a snapshot carries them, so its tail is judged as
+    /// a read from offset 0 would judge it.
+    #[serde(default, skip_serializing_if = "MarkerIndex::is_empty")]
+    pub markers: MarkerIndex,
 }
 
 impl PartitionMark {
@@ -74,6 +80,7 @@ impl PartitionMark {
             while self.ahead.remove(&self.next) {
                 self.next += 1;
             }
+            self.markers.forget_before(self.next);
         }
     }
 }
@@ -197,6 +204,18 @@ impl WriteModel {
     /// does not exist (the log was read up to there in order).
     pub fn advance(&mut self, topic: &str, partition: i32, to: i64) {
         self.positions.entry((topic.to_owned(), partition)).or_default().advance(to);
+    }
+
+    /// Judges the record at this position by the owner rule, noting it when
+    /// it is a marker (`events::owner::MarkerIndex::judge`).
+    pub fn judge(&mut self, topic: &str, partition: i32, offset: i64, kind: RecordKind) -> Verdict {
+        self.positions.entry((topic.to_owned(), partition)).or_default().markers.judge(offset, kind)
+    }
+
+    /// The last owner marker the model has read in the partition: the epoch
+    /// a record appended there now would have to carry to count.
+    pub fn latest_marker(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.positions.get(&(topic.to_owned(), partition)).and_then(|m| m.markers.latest())
     }
 
     /// The partitions the model has positions for, with their next offset.
@@ -409,10 +428,10 @@ mod tests {
         // are skipped (covered); the read ends at the high watermark.
         mark.advance(1);
         mark.mark(1);
-        assert_eq!(mark, PartitionMark { next: 4, ahead: Default::default() });
+        assert_eq!(mark, PartitionMark { next: 4, ..Default::default() });
         mark.advance(6);
         assert_eq!(mark.next, 6);
         mark.mark(3); // an old position changes nothing
-        assert_eq!(mark, PartitionMark { next: 6, ahead: Default::default() });
+        assert_eq!(mark, PartitionMark { next: 6, ..Default::default() });
     }
 }

@@ -6,6 +6,7 @@
 //! (docs/design.md §2). One module per aggregate holds its commands.
 
 use platform::error_code::ErrorCode;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -24,6 +25,7 @@ use crate::event_log::EventLog;
 use crate::locks::{KeyedLocks, LockKey};
 use crate::model::{IdempotentCommit, Position, WriteModel};
 use crate::password;
+use crate::read_back::ReadBack;
 use crate::throttle::{LoginThrottle, ThrottleError};
 
 mod connection;
@@ -106,6 +108,12 @@ pub struct CommandService {
     sessions: SessionPolicy,
     /// Signalled when an append failed: the model may now differ from the log.
     resync_needed: tokio::sync::Notify,
+    /// Confirms that an acknowledged append counts before it is answered.
+    read_back: std::sync::Arc<ReadBack>,
+    /// This process' id in the owner markers it appends.
+    instance: String,
+    /// Topic → partition → this instance's epoch there (its marker's offset).
+    claims: RwLock<HashMap<String, HashMap<i32, i64>>>,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -122,6 +130,7 @@ impl CommandService {
         keys: RedisKeys,
         revocations: mongodb::Collection<views::revocation::RevocationDoc>,
         sessions: SessionPolicy,
+        read_back: std::sync::Arc<ReadBack>,
     ) -> Self {
         Self {
             model: RwLock::new(WriteModel::default()),
@@ -134,7 +143,53 @@ impl CommandService {
             revocations,
             sessions,
             resync_needed: tokio::sync::Notify::new(),
+            read_back,
+            instance: format!("command-api-{}", Uuid::now_v7()),
+            claims: RwLock::default(),
         }
+    }
+
+    /// Claims every partition of `topics` for this instance
+    /// (docs/scale-out.md §2): appends an owner marker to each, reads the
+    /// log into the model up to past them, and checks that each marker is
+    /// still the last one (another instance claiming at the same moment
+    /// makes this fail, and the caller tries again). From then on records
+    /// carry these epochs, and the read-back watches for newer markers.
+    /// Returns the records folded into the model.
+    ///
+    /// Also how an instance fences itself after an unknown outcome: a send
+    /// that failed may still land, but after the new marker it carries a
+    /// superseded epoch, and no reader counts it.
+    pub async fn claim(&self, brokers: &str, topics: &[String]) -> anyhow::Result<u64> {
+        self.log.learn_partitions(topics)?;
+        let mut claimed: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+        for (topic, partition) in self.log.partitions() {
+            let epoch = self.log.append_marker(&topic, partition, &self.instance).await?;
+            claimed.entry(topic).or_default().insert(partition, epoch);
+        }
+        let records = crate::event_log::catch_up(brokers, topics, &self.model).await?;
+        let restart_at: Vec<(String, i32, i64)> = {
+            let model = self.read();
+            for (topic, partitions) in &claimed {
+                for (partition, epoch) in partitions {
+                    let latest = model.latest_marker(topic, *partition);
+                    anyhow::ensure!(
+                        latest == Some(*epoch),
+                        "{topic}[{partition}] was claimed again (marker {latest:?}) right after our marker {epoch}"
+                    );
+                }
+            }
+            model.positions().map(|(topic, partition, next)| (topic.to_owned(), partition, next)).collect()
+        };
+        self.read_back.restart_at(&restart_at)?;
+        tracing::info!(instance = %self.instance, partitions = restart_at.len(), "claimed the partitions");
+        *self.claims.write().unwrap_or_else(std::sync::PoisonError::into_inner) = claimed;
+        Ok(records)
+    }
+
+    fn epoch_of(&self, topic: &str, partition: i32) -> Option<i64> {
+        let claims = self.claims.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        claims.get(topic)?.get(&partition).copied()
     }
 
     pub fn model_lock(&self) -> &RwLock<WriteModel> {
@@ -197,7 +252,7 @@ impl CommandService {
                 if let Err(err) = self.log.renew_producer() {
                     tracing::warn!(error = %err, "renewing the producer failed");
                 }
-                match crate::event_log::catch_up(brokers, topics, &self.model).await {
+                match self.claim(brokers, topics).await {
                     Ok(records) => {
                         metrics::counter!("write_model_resyncs_total").increment(1);
                         tracing::info!(records, "write model level with the log; serving commands again");
@@ -331,17 +386,24 @@ impl CommandService {
                 event,
             })
             .collect();
-        let position = match self.log.append(topic, &envelopes).await {
+        let topic_name = self.log.topic_name(topic);
+        let partition = self.log.partition_of(&topic_name, aggregate_id).map_err(unavailable)?;
+        let epoch = self.epoch_of(&topic_name, partition).ok_or(CommandError::NotReady)?;
+        let position = match self.log.append(&topic_name, partition, epoch, &envelopes).await {
             Ok(position) => position,
-            Err(err) => {
-                // A timed-out append may still have landed. Until the model
-                // is re-read from the log, deciding on it could contradict
-                // the log (say, a second account for one email).
-                self.ready.store(false, Ordering::Release);
-                self.resync_needed.notify_one();
-                return Err(CommandError::Unavailable { dependency: "kafka", detail: err.to_string() });
-            }
+            // A timed-out append may still have landed. Until the model is
+            // re-read from the log behind a new marker (which fences that
+            // record if it lands later), deciding on it could contradict
+            // the log (say, a second account for one email).
+            Err(err) => return Err(self.fence_self(err)),
         };
+        // Acknowledged is not yet counted: a newer owner marker before it
+        // makes every reader ignore it (`read_back`).
+        if let Err(err) = self.read_back.confirm(&position, epoch).await {
+            metrics::counter!("appends_not_confirmed_total").increment(1);
+            tracing::warn!(error = %err, "an acknowledged append does not count (or may not); not answering it");
+            return Err(self.fence_self(err));
+        }
         self.write().record(&envelopes, position.clone());
         self.announce_append();
         for envelope in &envelopes {
@@ -351,7 +413,20 @@ impl CommandService {
     }
 }
 
+fn unavailable(err: impl std::fmt::Display) -> CommandError {
+    CommandError::Unavailable { dependency: "kafka", detail: err.to_string() }
+}
+
 impl CommandService {
+    /// After an append whose outcome is unknown or does not count: stop
+    /// serving until the resync claimed the partitions anew and read the
+    /// log into the model (`resync_on_failure`).
+    fn fence_self(&self, err: impl std::fmt::Display) -> CommandError {
+        self.ready.store(false, Ordering::Release);
+        self.resync_needed.notify_one();
+        unavailable(err)
+    }
+
     /// Tells idle projectors to fetch (`projector/src/wake.rs`). Best
     /// effort and off the request's path: a lost announcement costs a
     /// projector about a second of lag (its watermark poll), never a record.
