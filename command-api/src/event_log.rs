@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use events::owner::Verdict;
 use events::{Envelope, Topic, TopicNames, decode_record, encode_record};
 use rdkafka::Message;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 

@@ -133,9 +133,10 @@ impl ReadBack {
         if self.paused.load(Ordering::Acquire) == pause {
             return;
         }
-        let result = self.consumer.assignment().and_then(|assigned| {
-            if pause { self.consumer.pause(&assigned) } else { self.consumer.resume(&assigned) }
-        });
+        let result = self
+            .consumer
+            .assignment()
+            .and_then(|assigned| if pause { self.consumer.pause(&assigned) } else { self.consumer.resume(&assigned) });
         match result {
             Ok(()) => self.paused.store(pause, Ordering::Release),
             Err(err) => tracing::warn!(error = %err, pause, "pausing or resuming the read-back failed"),

@@ -46,14 +46,24 @@ impl Markers {
             }
             Verdict::Fenced { epoch, current } => {
                 metrics::counter!("projector_fenced_records_total").increment(1);
-                tracing::warn!(topic, partition, offset, epoch, current, "ignoring a record sent under a superseded owner epoch");
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset,
+                    epoch,
+                    current,
+                    "ignoring a record sent under a superseded owner epoch"
+                );
                 false
             }
         }
     }
 
     /// The indexes of `partitions`, for their checkpoints' epochs.
-    pub fn of<'a>(&self, partitions: impl IntoIterator<Item = &'a (String, i32)>) -> BTreeMap<(String, i32), MarkerIndex> {
+    pub fn of<'a>(
+        &self,
+        partitions: impl IntoIterator<Item = &'a (String, i32)>,
+    ) -> BTreeMap<(String, i32), MarkerIndex> {
         self.with(|all| {
             partitions.into_iter().filter_map(|p| all.get(p).map(|index| (p.clone(), index.clone()))).collect()
         })

@@ -459,13 +459,8 @@ async fn write_chunk(
     stamp: BsonDateTime,
 ) -> anyhow::Result<()> {
     let store = retrying.store;
-    let mut commit = ChunkCommit {
-        inserts: Vec::new(),
-        statements: Vec::new(),
-        checkpoints: checkpoints.clone(),
-        markers,
-        stamp,
-    };
+    let mut commit =
+        ChunkCommit { inserts: Vec::new(), statements: Vec::new(), checkpoints: checkpoints.clone(), markers, stamp };
     for counted in COUNTED_COLLECTIONS {
         if let Some((collection, documents)) = chunk.inserts.remove_entry(counted) {
             let documents = documents.iter().map(RawDocumentBuf::to_document).collect::<Result<_, _>>()?;

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use mongodb::ClientSession;
 use events::owner::MarkerIndex;
+use mongodb::ClientSession;
 use mongodb::bson::{Bson, Document, doc};
 use views::{CheckpointDoc, collections};
 
