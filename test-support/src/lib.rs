@@ -20,14 +20,17 @@ mod client;
 mod env;
 mod kafka;
 mod processes;
+mod proxy;
 mod stores;
 mod users;
 
 pub use client::Reply;
 pub use env::TestEnv;
 pub use processes::{
-    Proc, Servers, free_port, mongo_uri, start_private_broker, start_private_mongo, wait_exit, wait_for_port,
+    Proc, Servers, free_port, mongo_uri, start_private_broker, start_private_broker_advertising, start_private_mongo,
+    wait_exit, wait_for_port,
 };
+pub use proxy::HoldingProxy;
 pub use stores::{assert_same_views, canonical_document};
 
 pub const JWT_SECRET: &str = "integration-tests-secret-0123456789abcdef";

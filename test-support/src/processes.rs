@@ -152,10 +152,17 @@ async fn start_private_server(name: &str, dir: &std::path::Path, port: u16, comm
 /// A private broker with durable storage in `dir`, for tests that stop and
 /// restart the broker itself (the shared one must stay up).
 pub async fn start_private_broker(dir: &std::path::Path, port: u16) -> Proc {
+    start_private_broker_advertising(dir, port, port).await
+}
+
+/// A private broker listening on `port` that tells clients to connect to
+/// `advertised` (a proxy in front of it, `HoldingProxy`).
+pub async fn start_private_broker_advertising(dir: &std::path::Path, port: u16, advertised: u16) -> Proc {
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{advertised}");
     let mut tansu = Command::new(required_env("DEVCONNECT_TEST_TANSU"));
     tansu
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine"])
         .arg(format!("sqlite:///{}", dir.join("broker.db").display()));
     start_private_server("broker", dir, port, &mut tansu).await
 }

@@ -6,7 +6,27 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use test_support::{PASSWORD, TestEnv, eventually, free_port};
+use test_support::{
+    HoldingProxy, PASSWORD, Servers, TestEnv, eventually, free_port, start_private_broker_advertising, wait_exit,
+};
+
+/// The ids of the accounts the views hold for `email`.
+async fn accounts_in_views(env: &TestEnv, email: &str) -> Vec<String> {
+    let users = env.views_db().await.collection::<mongodb::bson::Document>("users");
+    users
+        .distinct("_id", mongodb::bson::doc! { "emailId": email })
+        .await
+        .expect("users")
+        .into_iter()
+        .filter_map(|id| id.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// How many records of user-events mention `email`.
+async fn records_mentioning(env: &TestEnv, email: &str) -> usize {
+    let records = env.read_topic(events::Topic::UserEvents).await;
+    records.iter().filter(|(payload, _)| String::from_utf8_lossy(payload).contains(email)).count()
+}
 
 /// The value of a counter in a `/metrics` text; 0 when absent.
 async fn counter(env: &TestEnv, url: &str, series: &str) -> u64 {
@@ -31,6 +51,10 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
     env.start_command_api().await;
     let second_port = env.command_port;
     let (owner, _) = env.signup(&email).await;
+    // The projector reads B's markers, then stops: A's record arrives while
+    // it is down, and it must judge it by the epochs its checkpoints stored.
+    env.projector_caught_up().await;
+    env.stop_projector();
 
     // A wakes up. Its model says the email is free, so it decides a sign-up
     // and appends it, under the epoch of its old claim. B's marker lies
@@ -46,6 +70,8 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
         first.log_text()
     );
 
+    env.start_projector().await;
+
     // A heals by itself: it claims anew and reads B's sign-up into its
     // model, so a retry is refused as a client error.
     eventually("A serves again with B's writes in its model", Duration::from_secs(30), || async {
@@ -59,28 +85,19 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
 
     // A's record is in the log, and every reader ignores it: the views hold
     // the one account B acknowledged.
-    let registrations = env
-        .read_topic(events::Topic::UserEvents)
-        .await
-        .into_iter()
-        .filter(|(payload, _)| String::from_utf8_lossy(payload).contains(&email))
-        .count();
-    assert_eq!(registrations, 2, "both sign-ups were appended: B's, and A's fenced one");
+    assert_eq!(records_mentioning(&env, &email).await, 2, "both sign-ups were appended: B's, and A's fenced one");
     env.projector_caught_up().await;
-    let users = env.views_db().await.collection::<mongodb::bson::Document>("users");
-    let stored: Vec<String> = users
-        .distinct("_id", mongodb::bson::doc! { "emailId": &email })
-        .await
-        .expect("users")
-        .into_iter()
-        .filter_map(|id| id.as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(stored, vec![owner.clone()], "the views hold exactly B's account");
+    assert_eq!(accounts_in_views(&env, &email).await, vec![owner.clone()], "the views hold exactly B's account");
     let projector_metrics = format!("http://127.0.0.1:{}/metrics", env.projector_port);
     assert!(
         counter(&env, &projector_metrics, "projector_fenced_records_total").await >= 1,
         "the projector ignored A's record by the owner rule"
     );
+    // A rebuild from offset 0 (the coalescing path) judges it the same way.
+    let mut replay = env.projector_operation(&["replay", "--progress", "log", "--drop-after", "1s"], &[]);
+    let status = wait_exit(&mut replay, Duration::from_secs(180)).await;
+    assert!(status.success(), "replay failed:\n{}", replay.log_text());
+    assert_eq!(accounts_in_views(&env, &email).await, vec![owner.clone()], "the rebuilt views hold B's account");
 
     // A's new claim in turn supersedes B's: B's next append is not answered
     // either, and B heals the same way. Both log-ins land on the account B made.
@@ -97,4 +114,61 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
         env.query("/v1/profile", login.body["token"].as_str().expect("token"), Some(&login.consistency())).await;
     assert_eq!((profile.status, profile.body["userId"].as_str()), (StatusCode::OK, Some(owner.as_str())));
     env.command_api = Some(first);
+}
+
+/// The hole the owner markers close in a single writer: a send that timed
+/// out (503) can still reach the broker after the command API has read the
+/// log again and served newer commands. Here the broker's clients are held
+/// at a proxy: the sign-up's produce request waits there past its timeout,
+/// the command API claims its partitions anew over fresh connections, and
+/// only then is the request delivered. It lands behind the new markers, so
+/// no reader may count it: the retry (which the model, rightly, allows)
+/// makes the one account.
+#[tokio::test]
+async fn a_send_that_lands_after_its_timeout_counts_for_no_reader() {
+    let dir = std::env::temp_dir().join(format!("devconnect-late-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (broker_port, proxy_port) = (free_port(), free_port());
+    let proxy = HoldingProxy::start(proxy_port, broker_port).await;
+    let _broker = start_private_broker_advertising(&dir, broker_port, proxy_port).await;
+    let servers = Servers { kafka: format!("127.0.0.1:{proxy_port}"), ..Servers::from_env() };
+    let mut env = TestEnv::start_on(servers, vec![("DEVCONNECT_KAFKA_DELIVERY_TIMEOUT", "2s")]).await;
+    env.signup(&env.email("warm")).await;
+    let email = env.email("late");
+    let signup = TestEnv::signup_body(&email);
+
+    proxy.hold_open_connections();
+    let timed_out = env.command(Method::POST, "/v1/auth/signup", Some(&signup), None).await;
+    assert_eq!(timed_out.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", timed_out.body);
+    // The command API claims every partition anew (fresh connections pass)
+    // and reads the log: ready again while the first send is still held.
+    let ready = env.command_url("/readyz");
+    eventually("the command API resynced", Duration::from_secs(30), || async {
+        let status = env.http.get(&ready).send().await.map_err(|e| e.to_string())?.status();
+        if status.is_success() { Ok(()) } else { Err(status.to_string()) }
+    })
+    .await;
+    proxy.release();
+    eventually("the held sign-up landed", Duration::from_secs(30), || async {
+        match records_mentioning(&env, &email).await {
+            1 => Ok(()),
+            n => Err(format!("{n} records")),
+        }
+    })
+    .await;
+
+    // The model never held the late record, so the email is free to it:
+    let (user, _) = env.signup(&email).await;
+    assert_eq!(records_mentioning(&env, &email).await, 2);
+    env.projector_caught_up().await;
+    assert_eq!(accounts_in_views(&env, &email).await, vec![user.clone()], "only the acknowledged account");
+    let projector_metrics = format!("http://127.0.0.1:{}/metrics", env.projector_port);
+    assert!(counter(&env, &projector_metrics, "projector_fenced_records_total").await >= 1);
+
+    // A model read from the log afresh agrees: the email is taken, by `user`.
+    env.restart_command_api().await;
+    let again = env.command(Method::POST, "/v1/auth/signup", Some(&signup), None).await;
+    assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "email_taken"), "{:?}", again.body);
+    let login = env.login_reply(&email, PASSWORD).await;
+    assert_eq!((login.status, login.body["userId"].as_str()), (StatusCode::OK, Some(user.as_str())));
 }
