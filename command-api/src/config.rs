@@ -43,13 +43,14 @@ pub struct Config {
     /// How long an append may wait for the broker before the command gets 503.
     #[arg(long, env = "DEVCONNECT_KAFKA_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
-    /// How long the broker may hold a fetch of the read-back, which confirms
-    /// each append before it is answered (`read_back`). Tansu holds every
-    /// fetch this long, so it is added to a command's latency at most once;
-    /// shorter costs the broker more while commands flow (the reader
-    /// pauses when none does).
-    #[arg(long, env = "DEVCONNECT_READ_BACK_FETCH_WAIT", default_value = "5ms", value_parser = parse_duration)]
-    pub read_back_fetch_wait: Duration,
+    /// How long the broker may hold a fetch of the log follower, which
+    /// folds the log into the write model and so confirms each append
+    /// before it is answered (`log_follower`). Tansu holds every fetch this
+    /// long, so it is added to a command's latency at most once; shorter
+    /// costs the broker more while commands flow (the follower pauses when
+    /// idle).
+    #[arg(long, env = "DEVCONNECT_FOLLOW_FETCH_WAIT", default_value = "5ms", value_parser = parse_duration)]
+    pub follow_fetch_wait: Duration,
     /// Failed log-ins per account per window before 429.
     #[arg(long, env = "DEVCONNECT_LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5)]
     pub login_max_failures_per_account: u64,

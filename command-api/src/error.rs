@@ -72,6 +72,17 @@ impl IntoResponse for ApiError {
                     Some(1),
                 );
             }
+            CommandError::OutcomeUnknown { ref detail } => {
+                tracing::warn!(detail, "the outcome of an append is unknown");
+                let message = "the broker did not confirm this write in time, so it may or may not have been \
+                               made; retry with the same Idempotency-Key to get its outcome";
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::DependencyUnavailable,
+                    message,
+                    Some(1),
+                );
+            }
             CommandError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, Some(1)),
             CommandError::HasherBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::HasherBusy, Some(1)),
         };

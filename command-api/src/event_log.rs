@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use events::owner::Verdict;
-use events::{Envelope, Topic, TopicNames, decode_record, encode_record};
+use events::{Envelope, Topic, TopicNames, encode_record};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -158,9 +157,9 @@ pub struct LogBehindModel {
 /// one it has never seen) to their high watermarks as they were when
 /// called, folding every commit not yet in it. Returns the records applied.
 /// A model built from offset 0 is the case of an empty model; a model from a
-/// snapshot reads only the tail; after a failed append, only what came
-/// after the model's known positions (records it already holds, acknowledged
-/// past a gap, are skipped).
+/// snapshot reads only the tail; a claim after a failed append, only what
+/// came after the model's positions. Records are folded by the owner rule
+/// (`log_follower::fold`), as the follower folds them while the service runs.
 ///
 /// Partitions are read concurrently, so commits of different aggregates are
 /// folded in no particular order; nothing in the model depends on an order
@@ -208,30 +207,8 @@ pub async fn catch_up(brokers: &str, topics: &[String], model: &std::sync::RwLoc
         if offset >= end {
             continue;
         }
-        let verdict = lock().judge(&topic, partition, offset, platform::kafka::record_kind(&message));
-        if verdict != Verdict::Counts {
-            if let Verdict::Fenced { epoch, current } = verdict {
-                metrics::counter!("write_model_fenced_records_total").increment(1);
-                tracing::warn!(%topic, partition, offset, epoch, current, "ignoring a record sent under a superseded owner epoch");
-            }
-            lock().advance(&topic, partition, offset + 1);
-        } else if !lock().covers(&topic, partition, offset) {
-            match decode_record(message.payload().unwrap_or_default()) {
-                Ok(commit) => {
-                    let position = Position { topic: topic.clone(), partition, offset };
-                    let mut model = lock();
-                    // Read in order: nothing between the last offset and this one exists.
-                    model.advance(&topic, partition, offset);
-                    model.record(&commit, position);
-                    applied += 1;
-                }
-                // A record we cannot read cannot be part of any decision; the
-                // projector dead-letters the same record. Loud, not fatal.
-                Err(err) => {
-                    metrics::counter!("write_model_undecodable_records_total").increment(1);
-                    tracing::error!(%topic, partition, offset, error = %err, "skipping undecodable record while reading the write model's log");
-                }
-            }
+        if crate::log_follower::fold(model, &message) {
+            applied += 1;
         }
         if offset + 1 >= end {
             lock().advance(&topic, partition, end);

@@ -6,10 +6,10 @@ pub mod error;
 pub mod event_log;
 pub mod http;
 pub mod locks;
+pub mod log_follower;
 pub mod model;
 pub mod password;
 pub mod rate_groups;
-pub mod read_back;
 pub mod service;
 pub mod snapshot;
 pub mod throttle;
@@ -58,8 +58,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         per_client: config.login_max_failures_per_client,
         window: config.login_failure_window,
     };
-    let read_back = read_back::ReadBack::new(&brokers, config.read_back_fetch_wait, config.delivery_timeout)?;
-    tokio::spawn(Arc::clone(&read_back).run());
+    let follower = log_follower::LogFollower::new(&brokers, config.follow_fetch_wait, config.delivery_timeout)?;
+    tokio::spawn(Arc::clone(&follower).run());
     let service = Arc::new(CommandService::new(
         EventLog::new(&brokers, topics, config.delivery_timeout)?,
         LoginThrottle::new(redis.clone(), redis_keys.clone(), limits),
@@ -67,7 +67,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         redis_keys,
         revocations,
         config.session_policy()?,
-        read_back,
+        follower,
     ));
 
     let listener =
@@ -133,7 +133,7 @@ async fn catch_up_write_model(
             && err.is::<event_log::LogBehindModel>()
         {
             tracing::warn!(error = %err, "the snapshot is ahead of the log; ignoring it and reading from offset 0");
-            service.replace_model(model::WriteModel::default());
+            service.replace_model(model::WriteModel::default()).await;
         }
         read
     })
@@ -168,7 +168,7 @@ async fn load_snapshot(store: &SnapshotStore, owned_topics: &[String], service: 
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "write model loaded from snapshot"
             );
-            service.replace_model(loaded.model);
+            service.replace_model(loaded.model).await;
             metrics::gauge!("write_model_snapshot_offset").set(offset_sum as f64);
             offset_sum
         }

@@ -1,9 +1,11 @@
 //! The command service. Every command takes one path, [`CommandService::execute`]:
 //! check the model is ready, take the locks of what the decision reads,
 //! answer a retry of an earlier command from the log, check the session,
-//! run the aggregate's pure `decide`, append the events as one record, and
-//! only after the broker's acknowledgement record them in the write model
-//! (docs/design.md §2). One module per aggregate holds its commands.
+//! run the aggregate's pure `decide`, append the events as one record under
+//! this instance's owner epoch, and answer only once the log follower has
+//! read the record back, found it counts and folded it into the write model
+//! (docs/design.md §2, docs/scale-out.md §2). One module per aggregate
+//! holds its commands.
 
 use platform::error_code::ErrorCode;
 use std::collections::HashMap;
@@ -23,9 +25,9 @@ use views::keys::RedisKeys;
 use crate::domain::{Rejection, validation};
 use crate::event_log::EventLog;
 use crate::locks::{KeyedLocks, LockKey};
+use crate::log_follower::{ConfirmError, LogFollower};
 use crate::model::{IdempotentCommit, Position, WriteModel};
 use crate::password;
-use crate::read_back::ReadBack;
 use crate::throttle::{LoginThrottle, ThrottleError};
 
 mod connection;
@@ -96,7 +98,8 @@ fn events_of<E>(events: Vec<E>, wrap: fn(E) -> Event) -> Vec<Event> {
 }
 
 pub struct CommandService {
-    model: RwLock<WriteModel>,
+    /// Shared with the follower, the one path by which records reach it.
+    model: std::sync::Arc<RwLock<WriteModel>>,
     ready: AtomicBool,
     locks: KeyedLocks,
     log: EventLog,
@@ -108,8 +111,9 @@ pub struct CommandService {
     sessions: SessionPolicy,
     /// Signalled when an append failed: the model may now differ from the log.
     resync_needed: tokio::sync::Notify,
-    /// Confirms that an acknowledged append counts before it is answered.
-    read_back: std::sync::Arc<ReadBack>,
+    /// Folds the log into the model and confirms that an acknowledged
+    /// append counts before it is answered.
+    follower: std::sync::Arc<LogFollower>,
     /// This process' id in the owner markers it appends.
     instance: String,
     /// Topic → partition → this instance's epoch there (its marker's offset).
@@ -130,10 +134,10 @@ impl CommandService {
         keys: RedisKeys,
         revocations: mongodb::Collection<views::revocation::RevocationDoc>,
         sessions: SessionPolicy,
-        read_back: std::sync::Arc<ReadBack>,
+        follower: std::sync::Arc<LogFollower>,
     ) -> Self {
         Self {
-            model: RwLock::new(WriteModel::default()),
+            model: follower.model(),
             ready: AtomicBool::new(false),
             locks: KeyedLocks::default(),
             log,
@@ -143,7 +147,7 @@ impl CommandService {
             revocations,
             sessions,
             resync_needed: tokio::sync::Notify::new(),
-            read_back,
+            follower,
             instance: format!("command-api-{}", Uuid::now_v7()),
             claims: RwLock::default(),
         }
@@ -161,6 +165,8 @@ impl CommandService {
     /// that failed may still land, but after the new marker it carries a
     /// superseded epoch, and no reader counts it.
     pub async fn claim(&self, brokers: &str, topics: &[String]) -> anyhow::Result<u64> {
+        // The follower stops folding while this reads the log into the model.
+        let _folding = self.follower.hold().await;
         self.log.learn_partitions(topics)?;
         let mut claimed: HashMap<String, HashMap<i32, i64>> = HashMap::new();
         for (topic, partition) in self.log.partitions() {
@@ -181,7 +187,7 @@ impl CommandService {
             }
             model.positions().map(|(topic, partition, next)| (topic.to_owned(), partition, next)).collect()
         };
-        self.read_back.restart_at(&restart_at)?;
+        self.follower.restart_at(&restart_at)?;
         tracing::info!(instance = %self.instance, partitions = restart_at.len(), "claimed the partitions");
         *self.claims.write().unwrap_or_else(std::sync::PoisonError::into_inner) = claimed;
         Ok(records)
@@ -227,8 +233,13 @@ impl CommandService {
         self.read().clone()
     }
 
-    /// Replaces the model (with one read from a snapshot, before start).
-    pub fn replace_model(&self, model: WriteModel) {
+    /// Replaces the model (with one read from a snapshot, or an empty one
+    /// when the log holds less than the model). The follower forgets where
+    /// it was: the next claim reads the log into the new model and restarts
+    /// it from there.
+    pub async fn replace_model(&self, model: WriteModel) {
+        let _folding = self.follower.hold().await;
+        self.follower.forget();
         *self.write() = model;
     }
 
@@ -260,7 +271,7 @@ impl CommandService {
                     }
                     Err(err) if err.is::<crate::event_log::LogBehindModel>() => {
                         tracing::error!(error = %err, "the log holds less than the write model; reading it from offset 0");
-                        *self.write() = WriteModel::default();
+                        self.replace_model(WriteModel::default()).await;
                     }
                     Err(err) => {
                         tracing::warn!(error = format!("{err:#}"), "reading the log failed; retrying");
@@ -395,16 +406,24 @@ impl CommandService {
             // re-read from the log behind a new marker (which fences that
             // record if it lands later), deciding on it could contradict
             // the log (say, a second account for one email).
-            Err(err) => return Err(self.fence_self(err)),
+            Err(err) => {
+                self.fence_self();
+                return Err(CommandError::OutcomeUnknown { detail: err.to_string() });
+            }
         };
         // Acknowledged is not yet counted: a newer owner marker before it
-        // makes every reader ignore it (`read_back`).
-        if let Err(err) = self.read_back.confirm(&position, epoch).await {
+        // makes every reader ignore it. Confirmed, the follower has folded
+        // it into the model (`log_follower`), as any reader of the log would.
+        if let Err(err) = self.follower.confirm(&position, epoch).await {
             metrics::counter!("appends_not_confirmed_total").increment(1);
             tracing::warn!(error = %err, "an acknowledged append does not count (or may not); not answering it");
-            return Err(self.fence_self(err));
+            self.fence_self();
+            return Err(match err {
+                // It will never count: nothing was written.
+                ConfirmError::Fenced { .. } => unavailable(err),
+                ConfirmError::TimedOut { .. } => CommandError::OutcomeUnknown { detail: err.to_string() },
+            });
         }
-        self.write().record(&envelopes, position.clone());
         self.announce_append();
         for envelope in &envelopes {
             metrics::counter!("events_appended_total", "type" => envelope.event_type()).increment(1);
@@ -421,10 +440,9 @@ impl CommandService {
     /// After an append whose outcome is unknown or does not count: stop
     /// serving until the resync claimed the partitions anew and read the
     /// log into the model (`resync_on_failure`).
-    fn fence_self(&self, err: impl std::fmt::Display) -> CommandError {
+    fn fence_self(&self) {
         self.ready.store(false, Ordering::Release);
         self.resync_needed.notify_one();
-        unavailable(err)
     }
 
     /// Tells idle projectors to fetch (`projector/src/wake.rs`). Best

@@ -135,6 +135,10 @@ pub enum CommandError {
     IdempotencyKeyReused,
     #[error("{dependency} unavailable: {detail}")]
     Unavailable { dependency: &'static str, detail: String },
+    /// The append may have landed and count: the broker did not answer in
+    /// time, or the record was not read back in time.
+    #[error("the outcome of the append is unknown: {detail}")]
+    OutcomeUnknown { detail: String },
     #[error("the write model is still being rebuilt from the log")]
     NotReady,
     #[error(transparent)]
