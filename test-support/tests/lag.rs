@@ -34,6 +34,11 @@ async fn readyz_says_caught_up_only_once_the_views_hold_everything() {
             assert_eq!(body["checks"]["caughtUp"], true, "{body}");
             break;
         }
+        if body["checks"]["projecting"] == false {
+            // Still starting: its worker has not joined yet.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         assert_eq!(body["checks"]["caughtUp"], false, "only lag makes it unready here: {body}");
         behind.push(lag.unwrap_or_default());
         tokio::time::sleep(Duration::from_millis(50)).await;
