@@ -41,8 +41,9 @@ impl EventLog {
     }
 
     /// Reads each topic's partition count. A count that differs from the
-    /// one learnt before (partitions added while running) stops the
-    /// process: an aggregate's history would be split over two partitions.
+    /// one learnt before (partitions added while running) fails every
+    /// claim, so the instance stays unready and says why in its log: an
+    /// aggregate's history would be split over two partitions.
     pub fn learn_partitions(&self, topics: &[String]) -> anyhow::Result<()> {
         use rdkafka::producer::Producer;
         let producer = self.producer();

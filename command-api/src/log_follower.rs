@@ -22,7 +22,7 @@
 //! watermarks every second, and reads again when a partition grew.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,9 @@ pub struct LogFollower {
     waiting: AtomicUsize,
     /// Woken by a read-back that starts, to resume a paused consumer.
     wake: Notify,
-    paused: AtomicBool,
+    /// Whether the partitions are paused; locked while they are paused,
+    /// resumed or reassigned, so the flag always says what the consumer does.
+    paused: Mutex<bool>,
     idle: Duration,
     timeout: Duration,
 }
@@ -100,7 +102,7 @@ impl LogFollower {
             advanced: Notify::new(),
             waiting: AtomicUsize::new(0),
             wake: Notify::new(),
-            paused: AtomicBool::new(false),
+            paused: Mutex::new(false),
             idle: Duration::from_secs(2),
             // An acknowledged record exists; reading it back is only a
             // matter of time, and answering without it is an unknown
@@ -137,10 +139,11 @@ impl LogFollower {
             assignment.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
             progress.insert((topic.clone(), *partition), Progress { next: *next, markers: MarkerIndex::default() });
         }
+        let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
         self.consumer.assign(&assignment)?;
         // librdkafka keeps a partition paused across a new assignment.
         self.consumer.resume(&assignment)?;
-        self.paused.store(false, Ordering::Release);
+        *paused = false;
         Ok(())
     }
 
@@ -150,7 +153,7 @@ impl LogFollower {
         let (mut last_active, mut last_poll) = (Instant::now(), Instant::now());
         loop {
             tokio::select! {
-                message = self.consumer.recv(), if !self.paused.load(Ordering::Acquire) => match message {
+                message = self.consumer.recv(), if !self.is_paused() => match message {
                     Ok(message) => {
                         last_active = Instant::now();
                         let _folding = self.folding.lock().await;
@@ -168,7 +171,9 @@ impl LogFollower {
                 _ = tick.tick() => {
                     if self.waiting.load(Ordering::Acquire) > 0 {
                         last_active = Instant::now();
-                    } else if !self.paused.load(Ordering::Acquire) {
+                        // A resume that failed is tried again.
+                        self.set_paused(false);
+                    } else if !self.is_paused() {
                         if last_active.elapsed() >= self.idle {
                             self.set_paused(true);
                         }
@@ -201,8 +206,13 @@ impl LogFollower {
         polled.unwrap_or(false)
     }
 
+    fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn set_paused(&self, pause: bool) {
-        if self.paused.load(Ordering::Acquire) == pause {
+        let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+        if *paused == pause {
             return;
         }
         let result = self
@@ -210,13 +220,15 @@ impl LogFollower {
             .assignment()
             .and_then(|assigned| if pause { self.consumer.pause(&assigned) } else { self.consumer.resume(&assigned) });
         match result {
-            Ok(()) => self.paused.store(pause, Ordering::Release),
-            Err(err) => tracing::warn!(error = %err, pause, "pausing or resuming the read-back failed"),
+            Ok(()) => *paused = pause,
+            Err(err) => tracing::warn!(error = %err, pause, "pausing or resuming the log follower failed"),
         }
     }
 
     /// Folds one record into the model by the owner rule, then records how
-    /// far the partition was read, so `confirm` finds it folded.
+    /// far the partition was read, so `confirm` finds it folded. Offsets may
+    /// skip (on Apache Kafka, transaction markers of other producers take
+    /// offsets no consumer sees); librdkafka delivers a partition in order.
     fn take(&self, message: &impl Message) {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let kind = platform::kafka::record_kind(message);
@@ -243,11 +255,10 @@ impl LogFollower {
     /// Waits until the record at `position`, sent under `epoch`, was read
     /// back, and answers whether it counts (and so is folded into the model).
     pub async fn confirm(&self, position: &Position, epoch: i64) -> Result<(), ConfirmError> {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting::count(&self.waiting);
         self.wake.notify_one();
         let started = Instant::now();
         let result = self.wait_for(position, epoch, started + self.timeout).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         metrics::histogram!("append_confirm_seconds").record(started.elapsed().as_secs_f64());
         result
     }
@@ -284,6 +295,23 @@ impl LogFollower {
                 });
             }
         }
+    }
+}
+
+/// One confirm under way, counted while it lives (also when its future is
+/// dropped), so the follower does not pause under it and pauses after.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::AcqRel);
+        Self(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -42,8 +42,10 @@ pub struct IdempotentCommit {
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
 
 /// What the model holds of one partition: every offset below `next`, and
-/// the offsets in `ahead` (acknowledged appends that landed after one whose
-/// outcome is not known yet: a gap until the log is read again).
+/// the offsets in `ahead`. Records now reach the model only in order
+/// (`log_follower`), so `ahead` stays empty; it is kept because snapshots
+/// from before the follower can hold it (acknowledged appends that had
+/// landed past one whose outcome was unknown).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionMark {
     pub next: i64,

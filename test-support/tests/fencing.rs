@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use test_support::{
-    HoldingProxy, PASSWORD, Servers, TestEnv, eventually, free_port, start_private_broker_advertising, wait_exit,
+    HoldingProxy, PASSWORD, Proc, Servers, TestEnv, eventually, free_port, start_private_broker_advertising, wait_exit,
 };
 
 /// The ids of the accounts the views hold for `email`.
@@ -124,16 +124,23 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
 /// only then is the request delivered. It lands behind the new markers, so
 /// no reader may count it: the retry (which the model, rightly, allows)
 /// makes the one account.
-#[tokio::test]
-async fn a_send_that_lands_after_its_timeout_counts_for_no_reader() {
-    let dir = std::env::temp_dir().join(format!("devconnect-late-{}", uuid::Uuid::new_v4().simple()));
+/// A private broker whose clients all go through a `HoldingProxy`, and an
+/// environment on it whose appends time out after 2 s.
+async fn behind_a_holding_proxy() -> (TestEnv, HoldingProxy, Proc) {
+    let dir = std::env::temp_dir().join(format!("devconnect-held-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (broker_port, proxy_port) = (free_port(), free_port());
     let proxy = HoldingProxy::start(proxy_port, broker_port).await;
-    let _broker = start_private_broker_advertising(&dir, broker_port, proxy_port).await;
+    let broker = start_private_broker_advertising(&dir, broker_port, proxy_port).await;
     let servers = Servers { kafka: format!("127.0.0.1:{proxy_port}"), ..Servers::from_env() };
-    let mut env = TestEnv::start_on(servers, vec![("DEVCONNECT_KAFKA_DELIVERY_TIMEOUT", "2s")]).await;
+    let env = TestEnv::start_on(servers, vec![("DEVCONNECT_KAFKA_DELIVERY_TIMEOUT", "2s")]).await;
     env.signup(&env.email("warm")).await;
+    (env, proxy, broker)
+}
+
+#[tokio::test]
+async fn a_send_that_lands_after_its_timeout_counts_for_no_reader() {
+    let (mut env, proxy, _broker) = behind_a_holding_proxy().await;
     let email = env.email("late");
     let signup = TestEnv::signup_body(&email);
 
@@ -171,4 +178,51 @@ async fn a_send_that_lands_after_its_timeout_counts_for_no_reader() {
     assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "email_taken"), "{:?}", again.body);
     let login = env.login_reply(&email, PASSWORD).await;
     assert_eq!((login.status, login.body["userId"].as_str()), (StatusCode::OK, Some(user.as_str())));
+}
+
+/// A command waiting for the locks of one whose outcome turned unknown must
+/// not decide on the model that lacks it. Here sign-up A's produce request
+/// is held past its timeout while sign-up B of the same email waits for
+/// the email's lock; then the request is delivered, ahead of anything B
+/// could send on the same connection. Had B decided, both would count.
+#[tokio::test]
+async fn a_command_queued_behind_an_unknown_outcome_does_not_decide_on_the_stale_model() {
+    let (env, proxy, _broker) = behind_a_holding_proxy().await;
+    let email = env.email("queued");
+    let signup = TestEnv::signup_body(&email);
+
+    proxy.hold_open_connections();
+    let url = env.command_url("/v1/auth/signup");
+    let first = tokio::spawn({
+        let (http, url, signup) = (env.http.clone(), url.clone(), signup.clone());
+        async move { http.post(&url).json(&signup).send().await.expect("first").status() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = tokio::spawn({
+        let (http, url, signup) = (env.http.clone(), url.clone(), signup.clone());
+        async move {
+            let reply = http.post(&url).json(&signup).send().await.expect("second");
+            (reply.status(), reply.text().await.unwrap_or_default())
+        }
+    });
+    assert_eq!(first.await.expect("first"), StatusCode::SERVICE_UNAVAILABLE, "the held sign-up timed out");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.release();
+    let (status, body) = second.await.expect("second");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the queued sign-up decided on a stale model: {body}");
+
+    // Healed, the email has exactly one account, whichever sign-up made it.
+    let settled = eventually("a sign-up of the email is settled", Duration::from_secs(30), || async {
+        let reply = env.command(Method::POST, "/v1/auth/signup", Some(&signup), None).await;
+        match reply.status {
+            StatusCode::CREATED | StatusCode::CONFLICT => Ok(reply),
+            other => Err(format!("{other}: {:?}", reply.body)),
+        }
+    })
+    .await;
+    env.projector_caught_up().await;
+    let accounts = accounts_in_views(&env, &email).await;
+    assert_eq!(accounts.len(), 1, "one account for the email: {accounts:?} ({:?})", settled.body);
+    let login = env.login_reply(&email, PASSWORD).await;
+    assert_eq!((login.status, login.body["userId"].as_str()), (StatusCode::OK, Some(accounts[0].as_str())));
 }

@@ -243,17 +243,16 @@ impl CommandService {
         *self.write() = model;
     }
 
-    /// Waits for a failed append, then brings the write model level with the
-    /// log while holding every command lock, and serves again. Runs forever.
+    /// Waits for an append whose outcome is unknown or did not count, then
+    /// claims the partitions anew and reads the log into the model while
+    /// holding every command lock, and serves again. Runs forever.
     ///
-    /// Only the tail after the model's positions is read: every record the
-    /// model holds was acknowledged and folded in, and the failed append, if
-    /// it landed, is after the positions of every partition (acknowledged
-    /// records past it are skipped, not folded twice: see
-    /// `model::PartitionMark`). Every lock stays held, because until the read
-    /// is done no decision may use the model; the read is of the few records
-    /// since the failure, so this is brief. A log that holds less than the
-    /// model (a broker that lost data) is read again from offset 0.
+    /// The new markers fence the failed append if it lands later; if it
+    /// landed before them, the read folds it. Every lock stays held, because
+    /// until the read is done no decision may use the model; the read is of
+    /// the few records since the failure, so this is brief. A log that holds
+    /// less than the model (a broker that lost data) is read again from
+    /// offset 0.
     pub async fn resync_on_failure(&self, brokers: &str, topics: &[String]) {
         loop {
             self.resync_needed.notified().await;
@@ -335,7 +334,11 @@ impl CommandService {
         F: FnOnce(&WriteModel, DateTime<Utc>) -> Result<Decision, CommandError>,
     {
         self.ensure_ready()?;
-        let _held = self.locks.lock(locks).await;
+        let held = self.locks.lock(locks).await;
+        // Again under the locks: a command that held them may have had an
+        // unknown outcome meanwhile, and until the claim that follows, this
+        // model may lack that command's record.
+        self.ensure_ready()?;
         let retrier = match caller {
             Caller::Session(claims) => Some(claims.sub),
             Caller::User(id) => Some(id),
@@ -361,14 +364,20 @@ impl CommandService {
         let Some(actor) = decision.actor.or(retrier) else {
             return Err(Rejection::invalid(ErrorCode::NothingToDo, "the command has no actor").into());
         };
-        let (envelopes, position) =
-            self.commit(topic, &decision.aggregate_id, decision.base_version, actor, decision.events, ctx).await?;
+        // Holds the locks: a command cancelled mid-append (client gone,
+        // request timeout) fences this instance before they are released.
+        let in_flight = FenceIfCancelled { service: self, armed: true, _locks: held };
+        let committed =
+            self.commit(topic, &decision.aggregate_id, decision.base_version, actor, decision.events, ctx).await;
+        in_flight.disarm();
+        let (envelopes, position) = committed?;
         Ok((CommandOutcome::committed(&envelopes, position), envelopes))
     }
 
     /// Wraps events in envelopes numbered after `base_version`, appends them
-    /// as one record to `topic`, and records them in the write model once
-    /// acknowledged.
+    /// as one record to `topic`, and returns once the follower has folded it
+    /// into the write model. Fences this instance after any outcome that is
+    /// unknown or does not count.
     async fn commit(
         &self,
         topic: Topic,
@@ -429,6 +438,32 @@ impl CommandService {
             metrics::counter!("events_appended_total", "type" => envelope.event_type()).increment(1);
         }
         Ok((envelopes, position))
+    }
+}
+
+/// An append whose future is dropped before its outcome is known (the
+/// request timed out, the client went away) may still land and count: the
+/// instance must re-read the log behind a new marker before it decides
+/// anything else.
+struct FenceIfCancelled<'a> {
+    service: &'a CommandService,
+    armed: bool,
+    /// Released after `drop` has fenced (fields drop after `Drop::drop`).
+    _locks: crate::locks::Held,
+}
+
+impl FenceIfCancelled<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for FenceIfCancelled<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::warn!("a command was cancelled while its append was in flight; claiming the partitions anew");
+            self.service.fence_self();
+        }
     }
 }
 

@@ -91,7 +91,19 @@ impl Worker {
         let events = match self.plan_and_write(&records, checkpoints.clone(), &starts, stops).await? {
             Outcome::Applied(plan) => plan.events,
             Outcome::Interrupted(ended) => return Ok(Some(ended)),
-            Outcome::Gap(gaps) => return Ok(self.rewind_batch(&starts, &gaps)),
+            Outcome::Gap(gaps) => {
+                // The rewind starts at the stored checkpoints, perhaps below
+                // anything this process has read: judge from the epochs
+                // stored there. Without them, start afresh (which reads them).
+                match self.store.checkpoints().await {
+                    Ok(stored) => stored.iter().for_each(|checkpoint| self.markers.seed(checkpoint)),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "reading the checkpoints for a rewind failed; rejoining");
+                        return Ok(Some(Ended::Rejoin));
+                    }
+                }
+                return Ok(self.rewind_batch(&starts, &gaps));
+            }
             Outcome::Poisoned(err) => {
                 tracing::warn!(error = %err, records = records.len(), "a batch keeps failing; applying its records one by one");
                 let mut events = 0;
