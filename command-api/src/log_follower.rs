@@ -339,22 +339,14 @@ pub fn fold(model: &RwLock<WriteModel>, message: &impl Message) -> bool {
             Err(err) => {
                 metrics::counter!("write_model_undecodable_records_total").increment(1);
                 tracing::error!(topic, partition, offset, error = %err, "skipping an undecodable record in the write model's log");
-                model.advance(topic, partition, offset + 1);
             }
         },
-        Verdict::Marker => model.advance(topic, partition, offset + 1),
+        Verdict::Marker => {}
         Verdict::Fenced { epoch, current } => {
-            metrics::counter!("write_model_fenced_records_total").increment(1);
-            tracing::warn!(
-                topic,
-                partition,
-                offset,
-                epoch,
-                current,
-                "ignoring a record sent under a superseded owner epoch"
-            );
-            model.advance(topic, partition, offset + 1);
+            platform::kafka::report_fenced("write_model_fenced_records_total", message, epoch, current);
         }
     }
+    // Read, and nothing to record.
+    model.advance(topic, partition, offset + 1);
     false
 }

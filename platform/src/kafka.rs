@@ -63,6 +63,14 @@ pub async fn ensure_topics(brokers: &str, names: &[String], partitions: i32, rep
     Ok(())
 }
 
+/// Counts (in `counter`) and logs a record the owner rule ignores: sent
+/// under an epoch a newer marker had superseded when it landed.
+pub fn report_fenced(counter: &'static str, message: &impl rdkafka::Message, epoch: i64, current: i64) {
+    let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+    metrics::counter!(counter).increment(1);
+    tracing::warn!(topic, partition, offset, epoch, current, "ignoring a record sent under a superseded owner epoch");
+}
+
 /// What a consumed record is by its headers: an owner marker, or a command
 /// record with the epoch it was sent under (`events::owner`).
 pub fn record_kind(message: &impl rdkafka::Message) -> events::owner::RecordKind {

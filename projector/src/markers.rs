@@ -45,15 +45,7 @@ impl Markers {
                 false
             }
             Verdict::Fenced { epoch, current } => {
-                metrics::counter!("projector_fenced_records_total").increment(1);
-                tracing::warn!(
-                    topic,
-                    partition,
-                    offset,
-                    epoch,
-                    current,
-                    "ignoring a record sent under a superseded owner epoch"
-                );
+                platform::kafka::report_fenced("projector_fenced_records_total", message, epoch, current);
                 false
             }
         }

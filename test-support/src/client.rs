@@ -83,7 +83,13 @@ impl TestEnv {
     /// The value of one counter in the query API's `/metrics`, e.g.
     /// `feed_reads_total{path="mongo"}`; 0 when it has not counted yet.
     pub async fn query_counter(&self, series: &str) -> u64 {
-        let text = self.http.get(self.query_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        self.counter_at(&self.query_url("/metrics"), series).await
+    }
+
+    /// The value of one counter in the `/metrics` text at `url`; 0 when it
+    /// has not counted yet.
+    pub async fn counter_at(&self, url: &str, series: &str) -> u64 {
+        let text = self.http.get(url).send().await.expect("metrics").text().await.expect("text");
         let prefix = format!("{series} ");
         text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
     }

@@ -28,13 +28,6 @@ async fn records_mentioning(env: &TestEnv, email: &str) -> usize {
     records.iter().filter(|(payload, _)| String::from_utf8_lossy(payload).contains(email)).count()
 }
 
-/// The value of a counter in a `/metrics` text; 0 when absent.
-async fn counter(env: &TestEnv, url: &str, series: &str) -> u64 {
-    let text = env.http.get(url).send().await.expect("metrics").text().await.expect("text");
-    let prefix = format!("{series} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the_successor_lacks() {
     let mut env = TestEnv::start().await;
@@ -90,7 +83,7 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
     assert_eq!(accounts_in_views(&env, &email).await, vec![owner.clone()], "the views hold exactly B's account");
     let projector_metrics = format!("http://127.0.0.1:{}/metrics", env.projector_port);
     assert!(
-        counter(&env, &projector_metrics, "projector_fenced_records_total").await >= 1,
+        env.counter_at(&projector_metrics, "projector_fenced_records_total").await >= 1,
         "the projector ignored A's record by the owner rule"
     );
     // A rebuild from offset 0 (the coalescing path) judges it the same way.
@@ -170,7 +163,7 @@ async fn a_send_that_lands_after_its_timeout_counts_for_no_reader() {
     env.projector_caught_up().await;
     assert_eq!(accounts_in_views(&env, &email).await, vec![user.clone()], "only the acknowledged account");
     let projector_metrics = format!("http://127.0.0.1:{}/metrics", env.projector_port);
-    assert!(counter(&env, &projector_metrics, "projector_fenced_records_total").await >= 1);
+    assert!(env.counter_at(&projector_metrics, "projector_fenced_records_total").await >= 1);
 
     // A model read from the log afresh agrees: the email is taken, by `user`.
     env.restart_command_api().await;
