@@ -12,6 +12,15 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "DEVCONNECT_COMMAND_API_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// How the other command APIs reach this one, to forward it the
+    /// commands of its partitions. Default: `http://<listen address>`, or
+    /// `http://$HOSTNAME:<port>` when listening on every interface.
+    #[arg(long, env = "DEVCONNECT_COMMAND_API_ADVERTISED_URL")]
+    pub advertised_url: Option<String>,
+    /// The consumer group whose assignment says which partitions each
+    /// command API owns (the topic prefix is put before it).
+    #[arg(long, env = "DEVCONNECT_COMMAND_API_GROUP", default_value = "command-api")]
+    pub group: String,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Where revocations are recorded (the base database's `revocations`,
@@ -75,6 +84,29 @@ pub struct Config {
 }
 
 impl Config {
+    /// This instance's URL for the other instances (`advertised_url`).
+    pub fn advertised_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.advertised_url {
+            let parsed =
+                url::Url::parse(url).map_err(|e| anyhow::anyhow!("DEVCONNECT_COMMAND_API_ADVERTISED_URL: {e}"))?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https") && parsed.path() == "/",
+                "DEVCONNECT_COMMAND_API_ADVERTISED_URL must be an http(s) URL without a path, like http://10.0.0.5:8080"
+            );
+            return Ok(url.trim_end_matches('/').to_owned());
+        }
+        if self.listen.ip().is_unspecified() {
+            let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "listening on every interface: set DEVCONNECT_COMMAND_API_ADVERTISED_URL (or HOSTNAME) so \
+                     other instances can forward commands here"
+                )
+            })?;
+            return Ok(format!("http://{host}:{}", self.listen.port()));
+        }
+        Ok(format!("http://{}", self.listen))
+    }
+
     pub fn session_policy(&self) -> anyhow::Result<crate::service::SessionPolicy> {
         let duration = |name: &str, d: Duration| {
             chrono::Duration::from_std(d)

@@ -84,6 +84,12 @@ impl IntoResponse for ApiError {
                 );
             }
             CommandError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, Some(1)),
+            CommandError::NotOwner { partition } => {
+                let mut response =
+                    error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, &message, Some(1));
+                response.extensions_mut().insert(crate::http::forwarding::OwnedElsewhere(partition));
+                return response;
+            }
             CommandError::HasherBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::HasherBusy, Some(1)),
         };
         error_response(status, code, &message, retry_after)

@@ -53,6 +53,12 @@ impl EventLog {
             let count = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
             let count = i32::try_from(count)?;
             anyhow::ensure!(count > 0, "topic {topic} has no partitions (does it exist?)");
+            if let Some((other, other_count)) = known.iter().find(|(t, c)| *t != topic && **c != count) {
+                anyhow::bail!(
+                    "topic {topic} has {count} partitions but {other} has {other_count}; the write side's topics \
+                     must have one partition count (an aggregate's topics share its partition and owner)"
+                );
+            }
             if let Some(before) = known.insert(topic.clone(), count) {
                 anyhow::ensure!(
                     before == count,
@@ -61,6 +67,20 @@ impl EventLog {
             }
         }
         Ok(())
+    }
+
+    /// The partition count every topic shares. Ownership is by partition
+    /// number (`ownership`), so the topics must agree; `learn_partitions`
+    /// refuses them otherwise.
+    pub fn partition_count(&self) -> Option<i32> {
+        let known = self.partitions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.values().next().copied()
+    }
+
+    /// The partition number a record keyed `key` goes to, in every topic.
+    pub fn partition_number(&self, key: &str) -> Result<i32, AppendError> {
+        let count = self.partition_count().ok_or_else(|| AppendError("partitions unknown".into()))?;
+        Ok(events::owner::partition_for(key.as_bytes(), count))
     }
 
     /// Every (topic, partition) of the topics learnt.

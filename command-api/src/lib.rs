@@ -8,8 +8,10 @@ pub mod http;
 pub mod locks;
 pub mod log_follower;
 pub mod model;
+pub mod ownership;
 pub mod password;
 pub mod rate_groups;
+pub mod routing;
 pub mod service;
 pub mod snapshot;
 pub mod throttle;
@@ -58,6 +60,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         per_client: config.login_max_failures_per_client,
         window: config.login_failure_window,
     };
+    let advertised = config.advertised_url()?;
+    let routes = Arc::new(routing::Routes::new(
+        redis.clone(),
+        &config.redis.prefix,
+        &config.kafka.topic_prefix,
+        advertised.clone(),
+        routing::HopKey::derive(&config.jwt.secret),
+    )?);
+    let membership = ownership::Membership::join(
+        &brokers,
+        &format!("{}{}", config.kafka.topic_prefix, config.group),
+        owned_topics.clone(),
+    )?;
     let follower = log_follower::LogFollower::new(&brokers, config.follow_fetch_wait, config.delivery_timeout)?;
     tokio::spawn(Arc::clone(&follower).run());
     let service = Arc::new(CommandService::new(
@@ -80,12 +95,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         consistency: views::ConsistencyKey::derive(&config.jwt.secret),
         rate_limit,
         in_flight: platform::http::InFlight::new(config.http.max_in_flight),
+        routes: Arc::clone(&routes),
     };
     let server = tokio::spawn(platform::http::serve(listener, http::router(state)));
 
     // Serve /healthz at once, but commands only once the model is caught up.
     let snapshots = SnapshotStore::new(&mongo, &config.mongo.database, SealKey::derive(&config.jwt.secret));
-    let caught_up = catch_up_write_model(&service, &snapshots, &brokers, &owned_topics).await?;
+    let first = first_assignment(&membership).await;
+    let caught_up = catch_up_write_model(&service, &snapshots, &brokers, &owned_topics, &first).await?;
+    tracing::info!(url = %advertised, partitions = ?first, "serving the partitions the group assigned");
     if config.snapshot_every > 0 {
         let snapshotter = Arc::clone(&service);
         let every = config.snapshot_every;
@@ -93,8 +111,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let last = if caught_up.from_snapshot > 0 { caught_up.commits.saturating_sub(caught_up.records) } else { 0 };
         tokio::spawn(async move { write_snapshots(&snapshotter, &snapshots, every, last).await });
     }
-    let resyncer = Arc::clone(&service);
-    tokio::spawn(async move { resyncer.resync_on_failure(&brokers, &owned_topics).await });
+    let owner = Arc::clone(&service);
+    let member = membership.clone();
+    tokio::spawn(async move { owner.keep_ownership(&brokers, &owned_topics, &member, &routes).await });
     let pruner = Arc::clone(&service);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(600));
@@ -103,8 +122,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             pruner.prune().await;
         }
     });
-    server.await??;
+    let served = server.await;
+    membership.leave();
+    // The member thread sends LeaveGroup; give it a moment before exiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    served??;
     Ok(())
+}
+
+/// The group's first assignment to this member. A member that gets none
+/// within the wait (more instances than partitions, or a group still
+/// settling) starts serving with none, forwarding every command, and claims
+/// what is assigned later.
+async fn first_assignment(membership: &ownership::Membership) -> ownership::Assigned {
+    let mut assigned = membership.watch();
+    let waited = tokio::time::timeout(Duration::from_secs(15), assigned.wait_for(|a| !a.is_empty()))
+        .await
+        .map(|seen| seen.map(|a| a.clone()));
+    match waited {
+        Ok(Ok(first)) => first,
+        _ => {
+            tracing::warn!("the group assigned no partition to this instance within 15 s; serving none for now");
+            ownership::Assigned::new()
+        }
+    }
 }
 
 /// How the start read the write model.
@@ -124,11 +165,12 @@ async fn catch_up_write_model(
     snapshots: &SnapshotStore,
     brokers: &str,
     owned_topics: &[String],
+    assigned: &ownership::Assigned,
 ) -> anyhow::Result<CaughtUp> {
     let started = Instant::now();
     let from_snapshot = load_snapshot(snapshots, owned_topics, service).await;
     let records = platform::with_retry("claiming the partitions and reading the log into the write model", || async {
-        let read = service.claim(brokers, owned_topics).await;
+        let read = service.claim(brokers, owned_topics, assigned, true).await;
         if let Err(err) = &read
             && err.is::<event_log::LogBehindModel>()
         {

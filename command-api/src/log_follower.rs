@@ -263,6 +263,44 @@ impl LogFollower {
         result
     }
 
+    /// Waits until each of `partitions` was read up to its high watermark
+    /// as it stands now: everything acknowledged there before this call is
+    /// then folded into the model (or judged fenced).
+    pub async fn sync(&self, partitions: Vec<(String, i32)>) -> anyhow::Result<()> {
+        let _waiting = Waiting::count(&self.waiting);
+        self.wake.notify_one();
+        let started = Instant::now();
+        let client = Arc::clone(&self.watermarks);
+        let highs = tokio::task::spawn_blocking(move || {
+            partitions
+                .into_iter()
+                .map(|(topic, partition)| {
+                    let (_, high) = client.fetch_watermarks(&topic, partition, Duration::from_secs(5))?;
+                    Ok((topic, partition, high))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await??;
+        let deadline = started + self.timeout;
+        for (topic, partition, high) in highs {
+            let key = (topic, partition);
+            loop {
+                let advanced = self.advanced.notified();
+                tokio::pin!(advanced);
+                advanced.as_mut().enable();
+                let read = self.progress.lock().unwrap_or_else(PoisonError::into_inner).get(&key).map(|at| at.next);
+                if read.is_none_or(|next| next >= high) {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline.into(), advanced).await.is_err() {
+                    anyhow::bail!("{}[{}] was not read up to {high} within {:?}", key.0, key.1, self.timeout);
+                }
+            }
+        }
+        metrics::histogram!("follower_sync_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     async fn wait_for(&self, position: &Position, epoch: i64, deadline: Instant) -> Result<(), ConfirmError> {
         let key = (position.topic.clone(), position.partition);
         loop {

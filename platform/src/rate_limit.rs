@@ -288,11 +288,19 @@ pub struct RateLimitState {
     pub group_of: fn(&axum::http::Method, &str) -> Option<&'static Group>,
 }
 
+/// On a request another instance of the service already counted (it
+/// forwarded the request here, and vouched for it): not counted again.
+#[derive(Debug, Clone, Copy)]
+pub struct CountedUpstream;
+
 /// The middleware: counts the request against its group, or answers 429.
 pub async fn enforce(State(state): State<RateLimitState>, mut request: Request, next: Next) -> Response {
     let Some(group) = (state.group_of)(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
+    if request.extensions().get::<CountedUpstream>().is_some() {
+        return next.run(request).await;
+    }
     let who = match group.subject {
         Subject::Client => client_of(&request).map(|ip| format!("client:{ip}")),
         Subject::User => {

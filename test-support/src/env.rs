@@ -142,8 +142,25 @@ impl TestEnv {
         Proc { name, child, log }
     }
 
+    /// Starts one more command API on a port of its own, in the same group
+    /// as the first (docs/scale-out.md), and returns it once it is ready:
+    /// it then serves what the group assigned it and forwards the rest.
+    pub async fn start_another_command_api(&mut self) -> (u16, Proc) {
+        let port = free_port();
+        let mut env = self.service_env();
+        env.push(("DEVCONNECT_COMMAND_API_ADDR".to_owned(), format!("127.0.0.1:{port}")));
+        let proc = self.spawn_logged("command-api", &[], &env, &format!("command-api-{port}.log"));
+        (port, self.until_ready(proc, port).await)
+    }
+
     async fn start_service(&mut self, binary: &str, port: u16) -> Proc {
-        let mut proc = self.spawn(binary, &self.service_env());
+        let proc = self.spawn(binary, &self.service_env());
+        self.until_ready(proc, port).await
+    }
+
+    /// Waits for `proc`'s `/readyz` on `port` (90 s at most).
+    async fn until_ready(&self, mut proc: Proc, port: u16) -> Proc {
+        let binary = proc.name.clone();
         let url = format!("http://127.0.0.1:{port}/readyz");
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {

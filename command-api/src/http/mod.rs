@@ -27,6 +27,7 @@ use events::connection::RequestStatus;
 mod auth;
 mod connections;
 mod field_rules;
+pub mod forwarding;
 mod messages;
 mod notifications;
 mod presence;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub consistency: ConsistencyKey,
     pub rate_limit: platform::rate_limit::RateLimitState,
     pub in_flight: platform::http::InFlight,
+    /// Where commands of partitions other instances own are forwarded.
+    pub routes: Arc<crate::routing::Routes>,
 }
 
 impl FromRef<AppState> for Arc<CommandService> {
@@ -277,7 +280,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let service = Arc::clone(&state.service);
     let kafka = tokio::task::spawn_blocking(move || service.event_log().broker_reachable()).await.unwrap_or(false);
     let redis = state.service.redis_reachable().await;
-    platform::http::readiness_response(&[("writeModel", state.service.is_ready()), ("kafka", kafka), ("redis", redis)])
+    // Every partition has a live owner: this instance can take any command.
+    let owners = state.service.every_partition_served(&state.routes).await;
+    platform::http::readiness_response(&[
+        ("writeModel", state.service.is_ready()),
+        ("kafka", kafka),
+        ("redis", redis),
+        ("owners", owners),
+    ])
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -308,7 +318,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages/{message_id}/delivered", post(messages::deliver_message))
         .route("/v1/presence/heartbeat", post(presence::heartbeat))
         .route("/v1/presence/offline", post(presence::offline))
-        .route("/v1/notifications/{notification_id}/read", post(notifications::read_notification));
+        .route("/v1/notifications/{notification_id}/read", post(notifications::read_notification))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state.routes), forwarding::forward_to_owner));
+    let forwarded = Arc::clone(&state.routes);
     let routes = ServiceRoutes {
         api,
         readyz: get(readyz),
@@ -317,7 +329,7 @@ pub fn router(state: AppState) -> Router {
         openapi: ApiDoc::openapi(),
         in_flight: state.in_flight.clone(),
     };
-    routes.into_router(state)
+    routes.into_router(state).layer(axum::middleware::from_fn_with_state(forwarded, forwarding::accept_forwarded))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use platform::auth::Claims;
 use platform::error_code::ErrorCode;
 use uuid::Uuid;
 
-use super::{Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, events_of};
+use super::{Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, Route, events_of};
 use crate::domain::connection::{Connection, ConnectionCommand, ConnectionFacts};
 use crate::domain::{Aggregate, Rejection};
 use crate::locks::LockKey;
@@ -25,7 +25,7 @@ impl CommandService {
         let pair = pair_key(from, to);
         let locks = vec![LockKey::Pair(pair.clone()), LockKey::Actor(from)];
         let (outcome, _) = self
-            .execute(Caller::Session(claims), locks, ctx, |model, now| {
+            .execute(Caller::Session(claims), Route::OwnerReadingUsers(pair.clone()), locks, ctx, |model, now| {
                 let sender = model.user(from).ok_or(CommandError::Unauthenticated)?;
                 let facts = ConnectionFacts {
                     recipient_exists: model.user(to).is_some(),
@@ -53,11 +53,17 @@ impl CommandService {
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError> {
         let reviewer = claims.sub;
-        let pair = self.read().pair_of_request(request_id).map(str::to_owned);
+        let mut pair = self.read().pair_of_request(request_id).map(str::to_owned);
+        if pair.is_none() {
+            // Sent a moment ago through another owner, perhaps.
+            self.sync_unserved(events::Topic::ConnectionEvents).await?;
+            pair = self.read().pair_of_request(request_id).map(str::to_owned);
+        }
+        let route = pair.clone().map_or(Route::Here, Route::OwnerReadingUsers);
         let mut locks = vec![LockKey::Actor(reviewer)];
         locks.extend(pair.clone().map(LockKey::Pair));
         let (outcome, _) = self
-            .execute(Caller::Session(claims), locks, ctx, |model, now| {
+            .execute(Caller::Session(claims), route, locks, ctx, |model, now| {
                 let existing = pair.as_deref().and_then(|p| model.connection(p).cloned());
                 let events = Connection::decide(
                     &existing,

@@ -5,7 +5,7 @@ use events::connection::pair_key;
 use platform::auth::Claims;
 use uuid::Uuid;
 
-use super::{Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, events_of};
+use super::{Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, Route, events_of};
 use crate::domain::Aggregate;
 use crate::domain::message::{Message, MessageCommand, MessageFacts};
 use crate::locks::LockKey;
@@ -23,7 +23,7 @@ impl CommandService {
         let pair = pair_key(from, to);
         let locks = vec![LockKey::Conversation(pair.clone()), LockKey::Actor(from)];
         let (outcome, _) = self
-            .execute(Caller::Session(claims), locks, ctx, |model, now| {
+            .execute(Caller::Session(claims), Route::OwnerReadingUsers(pair.clone()), locks, ctx, |model, now| {
                 let facts =
                     MessageFacts { recipient_exists: model.user(to).is_some(), connected: model.connected(&pair), now };
                 let command = MessageCommand::Send { message_id: Uuid::now_v7(), from, to, text };
@@ -61,11 +61,17 @@ impl CommandService {
         message_id: Uuid,
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError> {
-        let pair = self.read().message(message_id).map(|m| m.pair.clone());
+        let mut pair = self.read().message(message_id).map(|m| m.pair.clone());
+        if pair.is_none() {
+            // Sent a moment ago through another owner, perhaps.
+            self.sync_unserved(events::Topic::MessageEvents).await?;
+            pair = self.read().message(message_id).map(|m| m.pair.clone());
+        }
+        let route = pair.clone().map_or(Route::Here, Route::OwnerReadingUsers);
         let mut locks = vec![LockKey::Actor(claims.sub)];
         locks.extend(pair.map(LockKey::Conversation));
         let (outcome, _) = self
-            .execute(Caller::Session(claims), locks, ctx, |model, now| {
+            .execute(Caller::Session(claims), route, locks, ctx, |model, now| {
                 let state = model.message(message_id).cloned();
                 let events = Message::decide(&state, command, &MessageFacts::at(now))?;
                 let pair = state.map(|m| m.pair).unwrap_or_default();

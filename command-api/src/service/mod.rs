@@ -8,7 +8,7 @@
 //! holds its commands.
 
 use platform::error_code::ErrorCode;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -92,6 +92,21 @@ impl Decision {
     }
 }
 
+/// Which instance decides a command (docs/scale-out.md §1).
+#[derive(Debug, Clone)]
+enum Route {
+    /// The owner of the partition `key` maps to, where the aggregate the
+    /// command appends to lives; the decision reads only that partition.
+    Owner(String),
+    /// That owner, and the decision also reads users of other partitions
+    /// (the caller's session, whether the other user exists): those are
+    /// read from the followed copy once it has caught up.
+    OwnerReadingUsers(String),
+    /// Any instance: what the command names is unknown even to a copy that
+    /// has caught up, so it is refused and nothing is appended.
+    Here,
+}
+
 /// Events of one aggregate as the log's event type.
 fn events_of<E>(events: Vec<E>, wrap: fn(E) -> Event) -> Vec<Event> {
     events.into_iter().map(wrap).collect()
@@ -118,12 +133,30 @@ pub struct CommandService {
     instance: String,
     /// Topic → partition → this instance's epoch there (its marker's offset).
     claims: RwLock<HashMap<String, HashMap<i32, i64>>>,
+    /// The partition numbers this instance serves: claimed in every topic.
+    served: RwLock<BTreeSet<i32>>,
 }
 
 impl std::fmt::Debug for CommandService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandService").field("ready", &self.is_ready()).finish_non_exhaustive()
     }
+}
+
+/// How long a partition must have had no live owner before an instance acts
+/// on it: longer than a rebalance takes to settle, so healing never turns
+/// one rebalance into the next.
+const UNSERVED_BEFORE_HEALING: std::time::Duration = std::time::Duration::from_secs(8);
+/// Rejoins at most this often: past the group's session (6 s), so a dead
+/// member has expired by the next join, which then hands its partitions out.
+const REJOIN_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What `renew_and_heal` remembers between ticks.
+#[derive(Debug, Default)]
+struct Healing {
+    /// Partitions nobody serves, since when.
+    unserved: HashMap<i32, std::time::Instant>,
+    last_rejoin: Option<std::time::Instant>,
 }
 
 impl CommandService {
@@ -150,47 +183,117 @@ impl CommandService {
             follower,
             instance: format!("command-api-{}", Uuid::now_v7()),
             claims: RwLock::default(),
+            served: RwLock::default(),
         }
     }
 
-    /// Claims every partition of `topics` for this instance
-    /// (docs/scale-out.md §2): appends an owner marker to each, reads the
-    /// log into the model up to past them, and checks that each marker is
-    /// still the last one (another instance claiming at the same moment
-    /// makes this fail, and the caller tries again). From then on records
-    /// carry these epochs, and the read-back watches for newer markers.
-    /// Returns the records folded into the model.
+    /// Claims the partitions numbered `targets` in every topic of `topics`
+    /// for this instance (docs/scale-out.md §2): appends an owner marker to
+    /// each, reads the whole log into the model up to past them, and checks
+    /// that each marker is still the last one. From then on records carry
+    /// these epochs, and the read-back watches for newer markers. A
+    /// partition claimed again by another instance right after this one is
+    /// given up (the later claim wins). Returns the records folded into the
+    /// model.
     ///
-    /// Also how an instance fences itself after an unknown outcome: a send
+    /// `fresh` is a claim the group's assignment asked for. Otherwise this
+    /// is how an instance fences itself after an unknown outcome: a send
     /// that failed may still land, but after the new marker it carries a
-    /// superseded epoch, and no reader counts it.
-    pub async fn claim(&self, brokers: &str, topics: &[String]) -> anyhow::Result<u64> {
+    /// superseded epoch, and no reader counts it. Such a re-claim first
+    /// reads the log and gives up every partition another instance claimed
+    /// since this one did: that claim fenced the lost send already, and
+    /// claiming over it would fence the rightful owner.
+    pub async fn claim(
+        &self,
+        brokers: &str,
+        topics: &[String],
+        targets: &BTreeSet<i32>,
+        fresh: bool,
+    ) -> anyhow::Result<u64> {
         // The follower stops folding while this reads the log into the model.
         let _folding = self.follower.hold().await;
         self.log.learn_partitions(topics)?;
+        let mut targets = targets.clone();
+        let mut records = 0;
+        if !fresh {
+            records += crate::event_log::catch_up(brokers, topics, &self.model).await?;
+            let superseded = self.superseded(&targets);
+            if !superseded.is_empty() {
+                tracing::warn!(partitions = ?superseded, "another instance claimed these partitions since we did; giving them up");
+                targets.retain(|p| !superseded.contains(p));
+            }
+        }
         let mut claimed: HashMap<String, HashMap<i32, i64>> = HashMap::new();
         for (topic, partition) in self.log.partitions() {
-            let epoch = self.log.append_marker(&topic, partition, &self.instance).await?;
-            claimed.entry(topic).or_default().insert(partition, epoch);
+            if targets.contains(&partition) {
+                let epoch = self.log.append_marker(&topic, partition, &self.instance).await?;
+                claimed.entry(topic).or_default().insert(partition, epoch);
+            }
         }
-        let records = crate::event_log::catch_up(brokers, topics, &self.model).await?;
+        records += crate::event_log::catch_up(brokers, topics, &self.model).await?;
         let restart_at: Vec<(String, i32, i64)> = {
             let model = self.read();
             for (topic, partitions) in &claimed {
                 for (partition, epoch) in partitions {
                     let latest = model.latest_marker(topic, *partition);
-                    anyhow::ensure!(
-                        latest == Some(*epoch),
-                        "{topic}[{partition}] was claimed again (marker {latest:?}) right after our marker {epoch}"
-                    );
+                    if latest != Some(*epoch) {
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            epoch,
+                            ?latest,
+                            "claimed again right after our marker; giving it up"
+                        );
+                        targets.remove(partition);
+                    }
                 }
             }
             model.positions().map(|(topic, partition, next)| (topic.to_owned(), partition, next)).collect()
         };
+        for partitions in claimed.values_mut() {
+            partitions.retain(|p, _| targets.contains(p));
+        }
         self.follower.restart_at(&restart_at)?;
-        tracing::info!(instance = %self.instance, partitions = restart_at.len(), "claimed the partitions");
+        tracing::info!(instance = %self.instance, partitions = ?targets, "claimed the partitions");
+        metrics::gauge!("command_api_partitions_served").set(targets.len() as f64);
         *self.claims.write().unwrap_or_else(std::sync::PoisonError::into_inner) = claimed;
+        *self.served.write().unwrap_or_else(std::sync::PoisonError::into_inner) = targets;
         Ok(records)
+    }
+
+    /// Of `targets`, the partitions whose last marker (as the model has
+    /// read) is newer than this instance's epoch there, in any topic.
+    fn superseded(&self, targets: &BTreeSet<i32>) -> BTreeSet<i32> {
+        let model = self.read();
+        let claims = self.claims.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut superseded = BTreeSet::new();
+        for (topic, partitions) in claims.iter() {
+            for (partition, epoch) in partitions {
+                if targets.contains(partition) && model.latest_marker(topic, *partition).is_some_and(|m| m > *epoch) {
+                    superseded.insert(*partition);
+                }
+            }
+        }
+        superseded
+    }
+
+    /// The partitions this instance serves, with its epoch in `topic`
+    /// (the routing table's epoch).
+    pub fn served_epochs(&self, topic: &str) -> Vec<(i32, i64)> {
+        let served = self.served.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        served.iter().filter_map(|p| Some((*p, self.epoch_of(topic, *p)?))).collect()
+    }
+
+    /// Whether every partition is served by a live owner (this instance or
+    /// one that renewed its route lately).
+    pub async fn every_partition_served(&self, routes: &crate::routing::Routes) -> bool {
+        let Some(count) = self.log.partition_count() else { return false };
+        let Ok(table) = routes.table().await else { return false };
+        (0..count).all(|p| self.serves(p) || table.get(&p).is_some_and(|o| o.age < crate::routing::STALE_AFTER))
+    }
+
+    pub fn serves(&self, partition: i32) -> bool {
+        self.served.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&partition)
     }
 
     fn epoch_of(&self, topic: &str, partition: i32) -> Option<i64> {
@@ -243,43 +346,150 @@ impl CommandService {
         *self.write() = model;
     }
 
-    /// Waits for an append whose outcome is unknown or did not count, then
-    /// claims the partitions anew and reads the log into the model while
-    /// holding every command lock, and serves again. Runs forever.
+    /// Keeps this instance's partitions claimed, forever: claims afresh
+    /// what the group assigns, re-claims after an append whose outcome is
+    /// unknown or did not count, renews the routing table every second, and
+    /// heals a partition nobody serves (`heal`).
     ///
-    /// The new markers fence the failed append if it lands later; if it
-    /// landed before them, the read folds it. Every lock stays held, because
-    /// until the read is done no decision may use the model; the read is of
-    /// the few records since the failure, so this is brief. A log that holds
-    /// less than the model (a broker that lost data) is read again from
-    /// offset 0.
-    pub async fn resync_on_failure(&self, brokers: &str, topics: &[String]) {
+    /// Every claim holds every command lock and the instance is unready
+    /// meanwhile: until the log is read past the new markers no decision
+    /// may use the model. The read is of the few records since the last
+    /// one, so this is brief. A log that holds less than the model (a
+    /// broker that lost data) is read again from offset 0.
+    pub async fn keep_ownership(
+        &self,
+        brokers: &str,
+        topics: &[String],
+        membership: &crate::ownership::Membership,
+        routes: &crate::routing::Routes,
+    ) {
+        let mut assigned = membership.watch();
+        // The start claimed what was assigned then; a change since shows
+        // at the first tick (served and assigned differ).
+        assigned.borrow_and_update();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut healing = Healing::default();
         loop {
-            self.resync_needed.notified().await;
-            let _all = self.locks.lock_all().await;
-            tracing::warn!("an append failed; reading the log's tail into the write model before serving commands");
-            loop {
-                if let Err(err) = self.log.renew_producer() {
-                    tracing::warn!(error = %err, "renewing the producer failed");
+            let fresh = tokio::select! {
+                changed = assigned.changed() => {
+                    if changed.is_err() {
+                        tracing::error!("the group member stopped; this instance keeps what it claimed");
+                        std::future::pending::<()>().await;
+                    }
+                    // A rebalance revokes, then assigns: claim what it settles on.
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    true
                 }
-                match self.claim(brokers, topics).await {
-                    Ok(records) => {
-                        metrics::counter!("write_model_resyncs_total").increment(1);
-                        tracing::info!(records, "write model level with the log; serving commands again");
-                        break;
+                () = self.resync_needed.notified() => false,
+                _ = tick.tick() => {
+                    let wanted = assigned.borrow().clone();
+                    if !self.renew_and_heal(routes, membership, &wanted, &mut healing).await {
+                        continue;
                     }
-                    Err(err) if err.is::<crate::event_log::LogBehindModel>() => {
-                        tracing::error!(error = %err, "the log holds less than the write model; reading it from offset 0");
-                        self.replace_model(WriteModel::default()).await;
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = format!("{err:#}"), "reading the log failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
+                    true
+                }
+            };
+            let targets = assigned.borrow_and_update().clone();
+            self.reclaim(brokers, topics, &targets, fresh).await;
+            self.renew_routes(routes).await;
+        }
+    }
+
+    /// Claims `targets` under every lock, retrying until it succeeds.
+    async fn reclaim(&self, brokers: &str, topics: &[String], targets: &BTreeSet<i32>, fresh: bool) {
+        let _all = self.locks.lock_all().await;
+        self.ready.store(false, Ordering::Release);
+        if fresh {
+            tracing::info!(partitions = ?targets, "claiming the partitions the group assigned");
+        } else {
+            tracing::warn!("an append failed; claiming anew and reading the log's tail before serving commands");
+        }
+        loop {
+            if !fresh && let Err(err) = self.log.renew_producer() {
+                tracing::warn!(error = %err, "renewing the producer failed");
+            }
+            match self.claim(brokers, topics, targets, fresh).await {
+                Ok(records) => {
+                    metrics::counter!("write_model_resyncs_total").increment(1);
+                    tracing::info!(records, "write model level with the log; serving commands");
+                    break;
+                }
+                Err(err) if err.is::<crate::event_log::LogBehindModel>() => {
+                    tracing::error!(error = %err, "the log holds less than the write model; reading it from offset 0");
+                    self.replace_model(WriteModel::default()).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), "claiming or reading the log failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
-            self.mark_ready();
         }
+        self.mark_ready();
+    }
+
+    async fn renew_routes(&self, routes: &crate::routing::Routes) {
+        let Some(topic) = self.log.partitions().into_iter().map(|(topic, _)| topic).min() else { return };
+        if let Err(err) = routes.renew(&self.served_epochs(&topic)).await {
+            tracing::warn!(error = %err, "renewing the routing table failed; other instances may forward less");
+        }
+    }
+
+    /// Renews this instance's routes, then looks for partitions nobody
+    /// serves (no entry renewed for `STALE_AFTER`, for
+    /// `UNSERVED_BEFORE_HEALING`): one assigned here but not served is
+    /// claimed (true: claim now); otherwise this member rejoins the group,
+    /// at most every `REJOIN_EVERY`, which
+    /// on Tansu is what hands a dead member's partitions out again.
+    async fn renew_and_heal(
+        &self,
+        routes: &crate::routing::Routes,
+        membership: &crate::ownership::Membership,
+        assigned: &BTreeSet<i32>,
+        healing: &mut Healing,
+    ) -> bool {
+        self.renew_routes(routes).await;
+        if !self.is_ready() {
+            return false;
+        }
+        let revoked =
+            self.served.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().any(|p| !assigned.contains(p));
+        if revoked {
+            tracing::info!("serving partitions the group no longer assigns here; claiming what it assigns");
+            return true;
+        }
+        let Ok(table) = routes.table().await else { return false };
+        let count = self.log.partition_count().unwrap_or(0);
+        let unserved: BTreeSet<i32> = (0..count)
+            .filter(|p| !self.serves(*p) && table.get(p).is_none_or(|o| o.age >= crate::routing::STALE_AFTER))
+            .collect();
+        // A rebalance leaves partitions unserved for a few seconds; only one
+        // unserved for longer than that is a partition nobody will serve.
+        let now = std::time::Instant::now();
+        healing.unserved.retain(|p, _| unserved.contains(p));
+        for p in &unserved {
+            healing.unserved.entry(*p).or_insert(now);
+        }
+        let lasting: BTreeSet<i32> = healing
+            .unserved
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= UNSERVED_BEFORE_HEALING)
+            .map(|(p, _)| *p)
+            .collect();
+        if lasting.is_empty() {
+            return false;
+        }
+        if lasting.iter().any(|p| assigned.contains(p)) {
+            tracing::warn!(partitions = ?lasting, "partitions assigned here are served by nobody; claiming them");
+            return true;
+        }
+        if healing.last_rejoin.is_none_or(|at| at.elapsed() >= REJOIN_EVERY) {
+            tracing::warn!(partitions = ?lasting, "partitions are served by nobody; rejoining the group to have them handed out");
+            metrics::counter!("command_api_group_rejoins_total").increment(1);
+            healing.last_rejoin = Some(std::time::Instant::now());
+            membership.rejoin();
+        }
+        false
     }
 
     pub async fn prune(&self) {
@@ -287,6 +497,30 @@ impl CommandService {
         if let Err(err) = views::revocation::prune(&self.revocations).await {
             tracing::warn!(error = %err, "pruning expired revocation records failed; trying again later");
         }
+    }
+
+    /// The partition `route` names, if this instance serves it; an error
+    /// naming the partition otherwise (the request is forwarded to its
+    /// owner). `None` for a command any instance decides.
+    fn owned_partition(&self, route: &Route) -> Result<Option<i32>, CommandError> {
+        let (Route::Owner(key) | Route::OwnerReadingUsers(key)) = route else { return Ok(None) };
+        let partition = self.log.partition_number(key).map_err(|_| CommandError::NotReady)?;
+        if self.serves(partition) { Ok(Some(partition)) } else { Err(CommandError::NotOwner { partition }) }
+    }
+
+    /// Waits until the followed copy of `topic`'s partitions this instance
+    /// does not serve has read up to their high watermarks as of now: a
+    /// logout or a sign-up another owner acknowledged before this command
+    /// arrived is then in the model. Nothing to wait for when it serves
+    /// every partition (its own appends are folded before they are answered).
+    async fn sync_unserved(&self, topic: Topic) -> Result<(), CommandError> {
+        let name = self.log.topic_name(topic);
+        let unserved: Vec<(String, i32)> =
+            self.log.partitions().into_iter().filter(|(t, p)| *t == name && !self.serves(*p)).collect();
+        if unserved.is_empty() {
+            return Ok(());
+        }
+        self.follower.sync(unserved).await.map_err(unavailable)
     }
 
     fn ensure_ready(&self) -> Result<(), CommandError> {
@@ -326,6 +560,7 @@ impl CommandService {
     async fn execute<F>(
         &self,
         caller: Caller<'_>,
+        route: Route,
         locks: Vec<LockKey>,
         ctx: &CommandContext,
         decide: F,
@@ -333,12 +568,21 @@ impl CommandService {
     where
         F: FnOnce(&WriteModel, DateTime<Utc>) -> Result<Decision, CommandError>,
     {
+        let partition = self.owned_partition(&route)?;
         self.ensure_ready()?;
         let held = self.locks.lock(locks).await;
         // Again under the locks: a command that held them may have had an
         // unknown outcome meanwhile, and until the claim that follows, this
-        // model may lack that command's record.
+        // model may lack that command's record; or the partition moved.
         self.ensure_ready()?;
+        if let Some(partition) = partition
+            && !self.serves(partition)
+        {
+            return Err(CommandError::NotOwner { partition });
+        }
+        if matches!(route, Route::OwnerReadingUsers(_)) {
+            self.sync_unserved(Topic::UserEvents).await?;
+        }
         let retrier = match caller {
             Caller::Session(claims) => Some(claims.sub),
             Caller::User(id) => Some(id),

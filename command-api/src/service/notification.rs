@@ -4,7 +4,7 @@ use events::Event;
 use platform::auth::Claims;
 use uuid::Uuid;
 
-use super::{Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, events_of};
+use super::{Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, Route, events_of};
 use crate::domain::Aggregate;
 use crate::domain::notification::{Notification, NotificationCommand};
 use crate::locks::LockKey;
@@ -19,7 +19,7 @@ impl CommandService {
         let reader = claims.sub;
         let locks = vec![LockKey::Notifications(reader), LockKey::Actor(reader)];
         let (outcome, _) = self
-            .execute(Caller::Session(claims), locks, ctx, |model, _| {
+            .execute(Caller::Session(claims), Route::Owner(reader.to_string()), locks, ctx, |model, _| {
                 let user = reader.to_string();
                 let command = NotificationCommand::MarkRead { notification_id, by: reader };
                 let events = Notification::decide(&model.notification(notification_id), command, &())?;

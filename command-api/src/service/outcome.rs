@@ -141,6 +141,11 @@ pub enum CommandError {
     OutcomeUnknown { detail: String },
     #[error("the write model is still being rebuilt from the log")]
     NotReady,
+    /// Another instance owns the command's partition: the request is
+    /// forwarded there (`http::forwarding`), or, already forwarded once,
+    /// answered 503 so the client retries.
+    #[error("another instance serves partition {partition}, and it could not be reached; retry shortly")]
+    NotOwner { partition: i32 },
     #[error(transparent)]
     HasherBusy(#[from] password::HasherBusy),
 }

@@ -3,7 +3,7 @@
 use events::Event;
 use platform::auth::Claims;
 
-use super::{Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, events_of};
+use super::{Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, Route, events_of};
 use crate::domain::Aggregate;
 use crate::domain::presence::{Presence, PresenceCommand};
 use crate::locks::LockKey;
@@ -19,7 +19,7 @@ impl CommandService {
         let user = claims.sub;
         let locks = vec![LockKey::Presence(user), LockKey::Actor(user)];
         let (outcome, _) = self
-            .execute(Caller::Session(claims), locks, ctx, |model, _| {
+            .execute(Caller::Session(claims), Route::Owner(user.to_string()), locks, ctx, |model, _| {
                 let id = user.to_string();
                 let events = Presence::decide(&(), command, &())?;
                 Ok(Decision::new(id.clone(), model.presence_version(&id), events_of(events, Event::Presence)))

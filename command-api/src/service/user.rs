@@ -11,7 +11,9 @@ use events::user::{Profile, Tier, UserEvent};
 use platform::auth::{Claims, RefreshClaims};
 use uuid::Uuid;
 
-use super::{Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, SignupInput, events_of};
+use super::{
+    Caller, CommandContext, CommandError, CommandOutcome, CommandService, Decision, Route, SignupInput, events_of,
+};
 use crate::domain::user::{ProfilePatch, User, UserCommand, UserFacts};
 use crate::domain::{Aggregate, Rejection, validation};
 use crate::locks::LockKey;
@@ -33,18 +35,45 @@ fn decide_on_user(
 }
 
 impl CommandService {
+    /// A new user id (UUIDv7, so ids still sort by registration) on the
+    /// partition of `email`: ids are drawn until one lands there, about as
+    /// many draws as there are partitions. So the user's aggregate lives
+    /// with every other sign-up of that email, at one owner.
+    fn user_id_on(&self, email: &str) -> Result<Uuid, CommandError> {
+        let on = |key: &str| self.log.partition_number(key).map_err(|_| CommandError::NotReady);
+        let partition = on(email)?;
+        // A miss has probability (1 - 1/partitions) per draw: 10 000 draws
+        // all missing does not happen for any sane partition count.
+        for _ in 0..10_000 {
+            let user_id = Uuid::now_v7();
+            if on(&user_id.to_string())? == partition {
+                return Ok(user_id);
+            }
+        }
+        Err(CommandError::Unavailable {
+            dependency: "kafka",
+            detail: "no user id found on the email's partition".into(),
+        })
+    }
+
     pub async fn signup(&self, input: SignupInput, ctx: &CommandContext) -> Result<CommandOutcome, CommandError> {
         self.ensure_ready()?;
         let email = validation::email(&input.email)?;
         validation::password(&input.password)?;
         let profile: Profile = validation::profile(&input.profile)?;
+        // Every sign-up of one email is decided by one owner: the email's
+        // partition's, and the new user's id is drawn to land on that
+        // partition too (`user_id_on`), so the email's uniqueness is that
+        // partition's invariant alone (docs/scale-out.md §3).
+        let route = Route::Owner(email.clone());
+        self.owned_partition(&route)?;
         // Hash before taking the lock: it is the slow part and needs no state.
         let password_hash = password::hash(input.password).await?;
         let locks = vec![LockKey::Email(email.clone())];
         let caller = Caller::EmailOwner(&email);
         let (outcome, _) = self
-            .execute(caller, locks, ctx, |model, now| {
-                let user_id = Uuid::now_v7();
+            .execute(caller, route, locks, ctx, |model, now| {
+                let user_id = self.user_id_on(&email)?;
                 let facts = UserFacts { email_owner: model.email_owner(&email), now };
                 let command = UserCommand::Register { user_id, email: email.clone(), profile, password_hash };
                 let events = User::decide(&None, command, &facts)?;
@@ -62,8 +91,14 @@ impl CommandService {
         client: IpAddr,
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError> {
-        self.ensure_ready()?;
         let email = email.trim().to_lowercase();
+        // Decided by the owner of the user (of the email's partition for a
+        // user this copy does not know yet: new users live there), before
+        // anything is counted or hashed here.
+        let known = self.read().user_by_email(&email).map(|u| u.user_id);
+        let route = Route::Owner(known.map_or_else(|| email.clone(), |id| id.to_string()));
+        self.owned_partition(&route)?;
+        self.ensure_ready()?;
         // Counted before the hash is checked: parallel guesses cannot
         // outrun the limit.
         self.throttle.reserve(&email, client).await?;
@@ -89,7 +124,7 @@ impl CommandService {
 
         let policy = self.sessions;
         let (outcome, envelopes) = self
-            .execute(Caller::User(user_id), vec![LockKey::User(user_id)], ctx, |model, now| {
+            .execute(Caller::User(user_id), route, vec![LockKey::User(user_id)], ctx, |model, now| {
                 let command = UserCommand::StartSession {
                     session_id: Uuid::new_v4(),
                     expires_at: now + policy.session_ttl,
@@ -108,9 +143,13 @@ impl CommandService {
         let user_id = claims.sub;
         let command = UserCommand::RefreshSession { session_id: claims.sid, generation: claims.generation };
         let (outcome, envelopes) = self
-            .execute(Caller::User(user_id), vec![LockKey::User(user_id)], ctx, |model, now| {
-                decide_on_user(model, user_id, command, &UserFacts { email_owner: None, now })
-            })
+            .execute(
+                Caller::User(user_id),
+                Route::Owner(user_id.to_string()),
+                vec![LockKey::User(user_id)],
+                ctx,
+                |model, now| decide_on_user(model, user_id, command, &UserFacts { email_owner: None, now }),
+            )
             .await?;
         self.write_through_revocations(user_id, &envelopes).await;
         Ok(outcome)
@@ -124,7 +163,8 @@ impl CommandService {
         ctx: &CommandContext,
     ) -> Result<(CommandOutcome, Vec<Envelope>), CommandError> {
         let user_id = claims.sub;
-        self.execute(Caller::Session(claims), vec![LockKey::User(user_id)], ctx, |model, now| {
+        let route = Route::Owner(user_id.to_string());
+        self.execute(Caller::Session(claims), route, vec![LockKey::User(user_id)], ctx, |model, now| {
             decide_on_user(model, user_id, command, &UserFacts { email_owner: None, now })
         })
         .await
