@@ -199,7 +199,12 @@ fn services_are_built_and_configured_with_names_they_read() {
         let svc = service(&doc, name);
         assert!(svc.get("build").is_some(), "{name} is built from the Dockerfile");
         let ports = serde_yaml::to_string(&svc["ports"]).expect("yaml");
-        assert!(ports.contains(&format!("{port}:{port}")), "{name} publishes {port}");
+        assert!(ports.contains(&format!("{port}:{port}")) || name == "command-api", "{name} publishes {port}");
+        if name == "command-api" {
+            // `--scale command-api=3` needs a range of host ports, not one.
+            assert!(ports.contains("${DEVCONNECT_COMMAND_API_PORTS:-8080}:8080"), "{name} can be scaled: {ports}");
+            assert!(!env_names(svc).contains("DEVCONNECT_COMMAND_API_ADVERTISED_URL"), "each replica advertises its own");
+        }
         let set = env_names(svc);
         let (known, required) = env_of(name);
         for var in set.iter().filter(|v| v.starts_with("DEVCONNECT_")) {
