@@ -82,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         redis_keys,
         revocations,
         config.session_policy()?,
-        follower,
+        service::Cluster { follower, routes: Arc::clone(&routes) },
     ));
 
     let listener =

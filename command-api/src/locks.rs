@@ -13,6 +13,11 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 const STRIPES: usize = 4096;
+/// Stripes of `LockKey::Quota`, after all the others: a command holding
+/// its own locks reserves a request slot under a quota lock, so a quota key
+/// must never share a stripe with any other key (it would wait for itself),
+/// and `lock_all`, which takes stripes in order, takes these last.
+const QUOTA_STRIPES: usize = 1024;
 
 #[derive(Debug)]
 pub struct KeyedLocks {
@@ -21,7 +26,7 @@ pub struct KeyedLocks {
 
 impl Default for KeyedLocks {
     fn default() -> Self {
-        Self { stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect() }
+        Self { stripes: (0..STRIPES + QUOTA_STRIPES).map(|_| Arc::new(Mutex::new(()))).collect() }
     }
 }
 
@@ -44,6 +49,9 @@ pub enum LockKey {
     /// Everything a user does that counts against them (the daily request
     /// count) or is retried with an Idempotency-Key of theirs.
     Actor(uuid::Uuid),
+    /// A user's daily request slots, at the owner of the user's partition;
+    /// taken while the pair's command holds its own locks (stripes apart).
+    Quota(uuid::Uuid),
 }
 
 impl std::fmt::Display for LockKey {
@@ -56,6 +64,7 @@ impl std::fmt::Display for LockKey {
             LockKey::Presence(id) => write!(f, "presence:{id}"),
             LockKey::Notifications(id) => write!(f, "notifications:{id}"),
             LockKey::Actor(id) => write!(f, "actor:{id}"),
+            LockKey::Quota(id) => write!(f, "quota:{id}"),
         }
     }
 }
@@ -65,16 +74,20 @@ impl std::fmt::Display for LockKey {
 pub struct Held(#[allow(dead_code)] Vec<OwnedMutexGuard<()>>);
 
 impl KeyedLocks {
-    fn stripe(key: &str) -> usize {
+    fn stripe(key: &LockKey) -> usize {
         let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        (h.finish() as usize) % STRIPES
+        key.to_string().hash(&mut h);
+        let hash = h.finish() as usize;
+        match key {
+            LockKey::Quota(_) => STRIPES + hash % QUOTA_STRIPES,
+            _ => hash % STRIPES,
+        }
     }
 
     /// Locks all the keys. Stripes are taken in ascending order, each once,
     /// so two commands locking overlapping sets cannot deadlock.
     pub async fn lock(&self, keys: impl IntoIterator<Item = LockKey>) -> Held {
-        let mut indexes: Vec<usize> = keys.into_iter().map(|k| Self::stripe(&k.to_string())).collect();
+        let mut indexes: Vec<usize> = keys.into_iter().map(|k| Self::stripe(&k)).collect();
         indexes.sort_unstable();
         indexes.dedup();
         let mut guards = Vec::with_capacity(indexes.len());
@@ -89,7 +102,7 @@ impl KeyedLocks {
     /// Every stripe, in order: no command holds or can take a lock until
     /// dropped. For re-reading the write model from the log.
     pub async fn lock_all(&self) -> Held {
-        let mut guards = Vec::with_capacity(STRIPES);
+        let mut guards = Vec::with_capacity(self.stripes.len());
         for stripe in &self.stripes {
             guards.push(Arc::clone(stripe).lock_owned().await);
         }
@@ -117,6 +130,18 @@ mod tests {
         }
         let all = futures::future::join_all(tasks);
         tokio::time::timeout(Duration::from_secs(5), all).await.expect("no deadlock");
+    }
+
+    #[tokio::test]
+    async fn a_quota_lock_is_taken_while_other_locks_are_held() {
+        let locks = KeyedLocks::default();
+        let user = uuid::Uuid::new_v4();
+        for n in 0..2000 {
+            let pair = LockKey::Pair(format!("pair-{n}"));
+            let _held = locks.lock([pair, LockKey::Actor(user)]).await;
+            let quota = tokio::time::timeout(Duration::from_millis(100), locks.lock([LockKey::Quota(user)])).await;
+            assert!(quota.is_ok(), "a quota key shares no stripe with pair-{n}");
+        }
     }
 
     #[tokio::test]

@@ -104,8 +104,9 @@ pub struct WriteModel {
     /// Request id → pair key.
     #[serde(with = "as_pairs")]
     requests: HashMap<Uuid, String>,
-    /// (sender, UTC day) → requests sent that day: the sender's daily
-    /// counter, derived from the connection events.
+    /// (sender, UTC day) → requests sent that day that counted themselves
+    /// (appended before slots were reserved on the sender's aggregate);
+    /// the reserved ones count there (`UserState::request_slots`).
     #[serde(with = "as_pairs")]
     sent_per_day: HashMap<(Uuid, NaiveDate), u32>,
     /// Every message (who may mark it read, and whether they have).
@@ -264,7 +265,9 @@ impl WriteModel {
                 Event::Connection(event) => {
                     if let ConnectionEvent::Requested(r) = event {
                         self.requests.insert(r.request_id, id.to_owned());
-                        *self.sent_per_day.entry((r.from_user_id, occurred_at.date_naive())).or_insert(0) += 1;
+                        if !r.slot_reserved {
+                            *self.sent_per_day.entry((r.from_user_id, occurred_at.date_naive())).or_insert(0) += 1;
+                        }
                     }
                     let mut state = self.connections.remove(id);
                     Connection::apply(&mut state, Recorded { event, aggregate_id: id, version, occurred_at });

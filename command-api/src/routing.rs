@@ -26,6 +26,9 @@ use redis::aio::ConnectionManager;
 
 /// Header on a request one instance forwards to another.
 pub const HOP_HEADER: &str = "x-devconnect-forwarded";
+/// Where an instance reserves a request slot at another
+/// (`http::internal`); only a request signed with the hop key is served.
+pub const SLOTS_PATH: &str = "/internal/v1/request-slots";
 /// An entry older than this is an owner that stopped serving (dead, paused,
 /// or revoked and not replaced).
 pub const STALE_AFTER: Duration = Duration::from_secs(3);
@@ -123,6 +126,9 @@ pub struct Routes {
     pub me: String,
     pub hop: HopKey,
     client: reqwest::Client,
+    /// The owners last read from the table: forwarding goes on from these
+    /// while Redis is away or was emptied (until owners renew, ~1 s).
+    last_known: std::sync::Arc<std::sync::Mutex<HashMap<i32, String>>>,
 }
 
 impl std::fmt::Debug for Routes {
@@ -140,7 +146,14 @@ impl Routes {
             // Never follow: the owner's answer goes back to the client as is.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { redis, table: format!("{prefix}command-owners:{scope}"), me, hop, client })
+        Ok(Self {
+            redis,
+            table: format!("{prefix}command-owners:{scope}"),
+            me,
+            hop,
+            client,
+            last_known: std::sync::Arc::default(),
+        })
     }
 
     /// Renews this instance's entries: `(partition, epoch)` of each
@@ -177,7 +190,7 @@ impl Routes {
         let (entries, (secs, micros)): (HashMap<String, String>, (u64, u64)) =
             redis::pipe().hgetall(&self.table).cmd("TIME").query_async(&mut self.redis.clone()).await?;
         let now_ms = secs * 1000 + micros / 1000;
-        Ok(entries
+        let table: HashMap<i32, Owner> = entries
             .into_iter()
             .filter_map(|(partition, value)| {
                 let partition = partition.parse().ok()?;
@@ -187,21 +200,82 @@ impl Routes {
                 let at: u64 = fields.next()?.parse().ok()?;
                 Some((partition, Owner { epoch, url, age: Duration::from_millis(now_ms.saturating_sub(at)) }))
             })
-            .collect())
+            .collect();
+        let mut known = self.last_known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (partition, owner) in &table {
+            known.insert(*partition, owner.url.clone());
+        }
+        drop(known);
+        Ok(table)
     }
 
-    /// The URL of the instance serving `partition`, if one renews its entry
-    /// and it is not this one.
+    /// The URL of the instance serving `partition`, unless that is this
+    /// one: from the table, or, when Redis cannot say (unreachable, or
+    /// emptied and not renewed yet), the owner last read from it.
     pub async fn owner_of(&self, partition: i32) -> Option<String> {
         let value: Option<String> = redis::cmd("HGET")
             .arg(&self.table)
             .arg(partition)
             .query_async(&mut self.redis.clone())
             .await
-            .inspect_err(|err| tracing::warn!(error = %err, "reading the routing table failed"))
-            .ok()?;
-        let url = value?.split('|').nth(1)?.to_owned();
-        (url != self.me && !url.is_empty()).then_some(url)
+            .inspect_err(
+                |err| tracing::warn!(error = %err, "reading the routing table failed; using the owner last read"),
+            )
+            .ok()
+            .flatten();
+        let from_table = value.and_then(|v| v.split('|').nth(1).map(str::to_owned)).filter(|url| !url.is_empty());
+        let mut known = self.last_known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let url = match from_table {
+            Some(url) => {
+                known.insert(partition, url.clone());
+                url
+            }
+            None => known.get(&partition)?.clone(),
+        };
+        (url != self.me).then_some(url)
+    }
+
+    /// Asks `owner`, which serves the sender's partition, to reserve a slot
+    /// of the sender's daily limit (`http::internal`).
+    pub async fn reserve_slot(
+        &self,
+        owner: &str,
+        slot: &crate::service::SlotRequest,
+    ) -> Result<(), crate::service::CommandError> {
+        use crate::service::CommandError;
+        let unavailable = |detail: String| CommandError::Unavailable { dependency: "command-api", detail };
+        let now = chrono::Utc::now().timestamp().unsigned_abs();
+        let answer = self
+            .client
+            .post(format!("{owner}{SLOTS_PATH}"))
+            .header(HOP_HEADER, self.hop.sign(IpAddr::from([127, 0, 0, 1]), now))
+            .json(slot)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("reserving a request slot at {owner}: {e}")))?;
+        let status = answer.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = answer
+            .headers()
+            .get(axum::http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let body: serde_json::Value = answer.json().await.unwrap_or_default();
+        let message = body["error"]["message"].as_str().unwrap_or_default().to_owned();
+        match (status.as_u16(), body["error"]["code"].as_str()) {
+            (429, Some("daily_limit_reached")) => Err(crate::domain::Rejection::LimitReached {
+                code: platform::error_code::ErrorCode::DailyLimitReached,
+                message,
+                retry_after_secs: retry_after,
+            }
+            .into()),
+            (401, _) => Err(CommandError::Unauthenticated),
+            _ => Err(unavailable(format!("reserving a request slot at {owner}: {status} {message}"))),
+        }
     }
 
     /// Sends a request on to `owner` and returns its answer.

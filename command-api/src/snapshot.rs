@@ -325,8 +325,13 @@ mod tests {
             let (a, b) = (w[0], w[1]);
             let pair = pair_key(a, b);
             let request_id = Uuid::now_v7();
-            let requested =
-                ConnectionRequested { request_id, from_user_id: a, to_user_id: b, status: RequestStatus::Interested };
+            let requested = ConnectionRequested {
+                request_id,
+                from_user_id: a,
+                to_user_id: b,
+                status: RequestStatus::Interested,
+                slot_reserved: false,
+            };
             let requested = envelope(&pair, 1, a, None, Event::Connection(ConnectionEvent::Requested(requested)));
             let notification = requested.event_id;
             push("connection-events", 1, vec![requested]);

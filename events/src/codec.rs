@@ -72,6 +72,7 @@ fn to_wire(env: &Envelope) -> WireEnvelope {
             UserEvent::SessionRefreshed(p) => serde_json::to_value(p),
             UserEvent::SessionsRevoked(p) => serde_json::to_value(p),
             UserEvent::MembershipChanged(p) => serde_json::to_value(p),
+            UserEvent::RequestSlotReserved(p) => serde_json::to_value(p),
         },
         Event::Connection(e) => match e {
             ConnectionEvent::Requested(p) => serde_json::to_value(p),
@@ -140,6 +141,7 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         | UserEvent::SESSION_REFRESHED
         | UserEvent::SESSIONS_REVOKED
         | UserEvent::MEMBERSHIP_CHANGED
+        | UserEvent::REQUEST_SLOT_RESERVED
         | ConnectionEvent::REQUESTED
         | ConnectionEvent::REVIEWED
         | MessageEvent::SENT
@@ -167,6 +169,7 @@ fn decode_payload(event_type: &str, version: u32, data: Value) -> Result<Event, 
         UserEvent::SESSION_REFRESHED => Event::User(UserEvent::SessionRefreshed(parse(t, v, data)?)),
         UserEvent::SESSIONS_REVOKED => Event::User(UserEvent::SessionsRevoked(parse(t, v, data)?)),
         UserEvent::MEMBERSHIP_CHANGED => Event::User(UserEvent::MembershipChanged(parse(t, v, data)?)),
+        UserEvent::REQUEST_SLOT_RESERVED => Event::User(UserEvent::RequestSlotReserved(parse(t, v, data)?)),
         ConnectionEvent::REQUESTED => Event::Connection(ConnectionEvent::Requested(parse(t, v, data)?)),
         ConnectionEvent::REVIEWED => Event::Connection(ConnectionEvent::Reviewed(parse(t, v, data)?)),
         MessageEvent::SENT => Event::Message(MessageEvent::Sent(parse(t, v, data)?)),

@@ -42,6 +42,12 @@ pub struct ConnectionRequested {
     pub from_user_id: Uuid,
     pub to_user_id: Uuid,
     pub status: RequestStatus,
+    /// Its slot of the sender's daily limit was reserved on the sender's
+    /// aggregate (`user.request_slot_reserved`, same request id), which is
+    /// where it counts. Absent (false) on requests from before reservations,
+    /// which count themselves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub slot_reserved: bool,
 }
 
 /// `connection.reviewed` v1: the recipient accepted or rejected.

@@ -147,6 +147,21 @@ pub struct MembershipChanged {
     pub tier: Tier,
 }
 
+/// `user.request_slot_reserved` v1: one of the sender's connection requests
+/// for `day` (UTC), reserved by the owner of the sender's partition before
+/// the owner of the pair's partition appends the request
+/// (docs/scale-out.md §3). The daily limit is counted in these, at one
+/// owner. It counts whether or not the request follows: a crash in between
+/// costs the sender that slot for the day, and never lets them past the
+/// limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestSlotReserved {
+    pub request_id: Uuid,
+    pub to_user_id: Uuid,
+    pub day: chrono::NaiveDate,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserEvent {
     Registered(UserRegistered),
@@ -156,6 +171,7 @@ pub enum UserEvent {
     SessionRefreshed(SessionRefreshed),
     SessionsRevoked(SessionsRevoked),
     MembershipChanged(MembershipChanged),
+    RequestSlotReserved(RequestSlotReserved),
 }
 
 impl UserEvent {
@@ -166,6 +182,7 @@ impl UserEvent {
     pub const SESSION_REFRESHED: &'static str = "user.session_refreshed";
     pub const SESSIONS_REVOKED: &'static str = "user.sessions_revoked";
     pub const MEMBERSHIP_CHANGED: &'static str = "user.membership_changed";
+    pub const REQUEST_SLOT_RESERVED: &'static str = "user.request_slot_reserved";
 
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -176,6 +193,7 @@ impl UserEvent {
             UserEvent::SessionRefreshed(_) => Self::SESSION_REFRESHED,
             UserEvent::SessionsRevoked(_) => Self::SESSIONS_REVOKED,
             UserEvent::MembershipChanged(_) => Self::MEMBERSHIP_CHANGED,
+            UserEvent::RequestSlotReserved(_) => Self::REQUEST_SLOT_RESERVED,
         }
     }
 

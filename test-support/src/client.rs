@@ -38,8 +38,20 @@ impl Reply {
 }
 
 impl TestEnv {
+    /// The command API's URL of `path`. With several command APIs
+    /// (`DEVCONNECT_TEST_COMMAND_APIS`), API requests go round-robin over
+    /// them, so the whole suite runs as clients of several instances would;
+    /// operations endpoints (`/metrics`, `/readyz`) stay on the first.
     pub fn command_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.command_port)
+        let mut port = self.command_port;
+        if path.starts_with("/v1/") && !self.more_command_apis.is_empty() {
+            let turn = self.rotation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let index = turn % (self.more_command_apis.len() + 1);
+            if index > 0 {
+                port = self.more_command_apis[index - 1].0;
+            }
+        }
+        format!("http://127.0.0.1:{port}{path}")
     }
 
     pub fn query_url(&self, path: &str) -> String {

@@ -26,6 +26,11 @@ pub struct TestEnv {
     pub command_api: Option<Proc>,
     pub projector: Option<Proc>,
     pub query_api: Option<Proc>,
+    /// Command APIs besides the first, with their ports: started when
+    /// `DEVCONNECT_TEST_COMMAND_APIS` asks for more than one, and then
+    /// every API request goes to the next instance in turn (`command_url`).
+    pub more_command_apis: Vec<(u16, Proc)>,
+    pub(crate) rotation: std::sync::atomic::AtomicUsize,
     pub http: reqwest::Client,
 }
 
@@ -60,10 +65,19 @@ impl TestEnv {
             command_api: None,
             projector: None,
             query_api: None,
+            more_command_apis: Vec::new(),
+            rotation: std::sync::atomic::AtomicUsize::new(0),
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client"),
         };
         env.start_redis().await;
         env.start_command_api().await;
+        let instances: usize =
+            std::env::var("DEVCONNECT_TEST_COMMAND_APIS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+        for _ in 1..instances {
+            let started = env.start_another_command_api().await;
+            env.more_command_apis.push(started);
+        }
+        env.settle_command_apis().await;
         env.start_projector().await;
         env.start_query_api().await;
         env
@@ -153,6 +167,36 @@ impl TestEnv {
         (port, self.until_ready(proc, port).await)
     }
 
+    /// With several command APIs: waits until each is ready (every
+    /// partition has a live owner) and serves a share of the partitions,
+    /// so the group has settled before a test sends commands.
+    pub async fn settle_command_apis(&self) {
+        if self.more_command_apis.is_empty() {
+            return;
+        }
+        let ports: Vec<u16> =
+            std::iter::once(self.command_port).chain(self.more_command_apis.iter().map(|(p, _)| *p)).collect();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut settled_since: Option<Instant> = None;
+        loop {
+            let mut settled = true;
+            for port in &ports {
+                let ready = self.http.get(format!("http://127.0.0.1:{port}/readyz")).send().await;
+                let served =
+                    self.counter_at(&format!("http://127.0.0.1:{port}/metrics"), "command_api_partitions_served").await;
+                settled &= ready.is_ok_and(|r| r.status().is_success()) && served > 0;
+            }
+            match (settled, settled_since) {
+                (true, Some(since)) if since.elapsed() >= Duration::from_secs(2) => return,
+                (true, None) => settled_since = Some(Instant::now()),
+                (false, _) => settled_since = None,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "the command APIs did not share the partitions within 90 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn start_service(&mut self, binary: &str, port: u16) -> Proc {
         let proc = self.spawn(binary, &self.service_env());
         self.until_ready(proc, port).await
@@ -203,6 +247,7 @@ impl TestEnv {
             p.kill();
         }
         self.start_command_api().await;
+        self.settle_command_apis().await;
     }
 
     /// Stops Redis (SIGKILL); `start_redis` starts it again, empty, on the

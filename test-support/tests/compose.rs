@@ -203,7 +203,10 @@ fn services_are_built_and_configured_with_names_they_read() {
         if name == "command-api" {
             // `--scale command-api=3` needs a range of host ports, not one.
             assert!(ports.contains("${DEVCONNECT_COMMAND_API_PORTS:-8080}:8080"), "{name} can be scaled: {ports}");
-            assert!(!env_names(svc).contains("DEVCONNECT_COMMAND_API_ADVERTISED_URL"), "each replica advertises its own");
+            assert!(
+                !env_names(svc).contains("DEVCONNECT_COMMAND_API_ADVERTISED_URL"),
+                "each replica advertises its own"
+            );
         }
         let set = env_names(svc);
         let (known, required) = env_of(name);

@@ -150,6 +150,42 @@ async fn signups_logins_requests_and_logouts_through_any_instance_behave_as_one_
 }
 
 #[tokio::test]
+async fn twenty_simultaneous_requests_by_a_free_user_through_three_instances_stop_at_ten() {
+    let three = Three::start().await;
+    let sender_email = three.env.email("sender");
+    signup_at(&three, 0, &sender_email).await;
+    let token = login_at(&three, 1, &sender_email).await;
+    // Twenty recipients: their pairs fall on every partition, so the
+    // requests are decided by all three owners.
+    let recipients = futures::future::join_all((0..20).map(|n| {
+        let three = &three;
+        async move { signup_at(three, n, &three.env.email(&format!("recipient{n}"))).await }
+    }))
+    .await;
+    let sends = recipients.iter().enumerate().map(|(i, to)| {
+        let (three, token) = (&three, &token);
+        async move { three.at(i, Method::POST, &format!("/v1/requests/send/interested/{to}"), None, Some(token)).await }
+    });
+    let replies = futures::future::join_all(sends).await;
+    let sent = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    let limited =
+        replies.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS && r.code() == "daily_limit_reached");
+    assert_eq!(
+        (sent, limited.count()),
+        (10, 10),
+        "{:?}",
+        replies.iter().map(|r| (r.status, r.code().to_owned())).collect::<Vec<_>>()
+    );
+    let retry_after: u64 = replies
+        .iter()
+        .find(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .and_then(|r| r.header("retry-after"))
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After on a 429");
+    assert!((1..=86_400).contains(&retry_after), "until UTC midnight: {retry_after}");
+}
+
+#[tokio::test]
 async fn a_forged_forwarded_header_neither_skips_the_limits_nor_claims_another_address() {
     let three = Three::start().await;
     let email = three.env.email("guarded");

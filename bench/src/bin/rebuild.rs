@@ -196,7 +196,8 @@ impl History {
         if status == RequestStatus::Interested {
             self.open_requests.push((request_id, from, to));
         }
-        let requested = ConnectionRequested { request_id, from_user_id: from, to_user_id: to, status };
+        let requested =
+            ConnectionRequested { request_id, from_user_id: from, to_user_id: to, status, slot_reserved: false };
         let envelope = envelope(pair, *version, Some(from), Event::Connection(ConnectionEvent::Requested(requested)));
         if status == RequestStatus::Interested {
             self.unread_notifications.push((b, envelope.event_id));

@@ -138,6 +138,7 @@ async fn seed(args: &Args, topics: &TopicNames) -> anyhow::Result<Seeded> {
                         from_user_id: from,
                         to_user_id: to,
                         status: RequestStatus::Interested,
+                        slot_reserved: false,
                     };
                     let reviewed =
                         ConnectionReviewed { request_id, status: RequestStatus::Accepted, reviewed_at: Utc::now() };

@@ -63,20 +63,20 @@ pub fn seconds_to_utc_midnight(now: DateTime<Utc>) -> u64 {
     tomorrow.map_or(86_400, |t| (t - now).num_seconds().max(1) as u64)
 }
 
-/// What a send is decided on beyond the pair's own state: facts about the
-/// two users that the write model holds. A review needs only the time.
+/// What a send is decided on beyond the pair's own state: whether the
+/// recipient exists. The sender's daily limit is the sender's aggregate's
+/// to decide (`UserCommand::ReserveRequestSlot`), before the request is
+/// appended. A review needs only the time.
 #[derive(Debug, Clone)]
 pub struct ConnectionFacts {
     pub recipient_exists: bool,
-    pub sender_tier: Tier,
-    pub sent_today: u32,
     pub now: DateTime<Utc>,
 }
 
 impl ConnectionFacts {
     /// For a review, which reads nothing about the users.
     pub fn at(now: DateTime<Utc>) -> Self {
-        Self { recipient_exists: true, sender_tier: Tier::Free, sent_today: 0, now }
+        Self { recipient_exists: true, now }
     }
 }
 
@@ -109,14 +109,15 @@ fn decide_send(
             message: "a request between you two already exists".into(),
         });
     }
-    if daily_limit(facts.sender_tier).is_some_and(|limit| facts.sent_today >= limit) {
-        return Err(Rejection::LimitReached {
-            code: ErrorCode::DailyLimitReached,
-            message: format!("the {} tier's daily request limit is reached", facts.sender_tier.as_str()),
-            retry_after_secs: seconds_to_utc_midnight(facts.now),
-        });
-    }
-    Ok(vec![ConnectionEvent::Requested(ConnectionRequested { request_id, from_user_id: from, to_user_id: to, status })])
+    // Its slot of the daily limit is reserved on the sender's aggregate
+    // before this is appended (`service::connection`).
+    Ok(vec![ConnectionEvent::Requested(ConnectionRequested {
+        request_id,
+        from_user_id: from,
+        to_user_id: to,
+        status,
+        slot_reserved: true,
+    })])
 }
 
 fn decide_review(
@@ -169,7 +170,7 @@ mod tests {
     use crate::domain::spec::given;
 
     fn facts() -> ConnectionFacts {
-        ConnectionFacts { recipient_exists: true, sender_tier: Tier::Free, sent_today: 0, now: Utc::now() }
+        ConnectionFacts { recipient_exists: true, now: Utc::now() }
     }
 
     fn send(from: Uuid, to: Uuid, status: RequestStatus) -> ConnectionCommand {
@@ -208,26 +209,6 @@ mod tests {
         let mut pair = given::<Connection>(requested(a, b, RequestStatus::Ignored));
         assert_eq!(pair.when(send(a, b, RequestStatus::Interested), &facts()).code(), "request_exists");
         assert_eq!(pair.when(send(b, a, RequestStatus::Interested), &facts()).code(), "request_exists");
-    }
-
-    #[test]
-    fn the_daily_limit_follows_the_tier() {
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let at = |tier, sent_today| ConnectionFacts { sender_tier: tier, sent_today, ..facts() };
-        let mut nothing_yet = given::<Connection>([]);
-        let sends = |facts: ConnectionFacts| {
-            let then = given::<Connection>([]).when(send(a, b, RequestStatus::Interested), &facts);
-            then.decided
-        };
-        assert!(sends(at(Tier::Free, 9)).is_ok());
-        let tenth = sends(at(Tier::Free, 10));
-        assert!(
-            matches!(&tenth, Err(Rejection::LimitReached { retry_after_secs, .. }) if (1..=86_400).contains(retry_after_secs))
-        );
-        assert!(sends(at(Tier::Silver, 99)).is_ok());
-        let hundredth = nothing_yet.when(send(a, b, RequestStatus::Interested), &at(Tier::Silver, 100));
-        assert_eq!(hundredth.code(), "daily_limit_reached");
-        assert!(sends(at(Tier::Gold, 100_000)).is_ok());
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! The user aggregate: profile, credentials and sessions.
 
 use platform::error_code::ErrorCode;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use events::user::{
-    CredentialsSet, MembershipChanged, Profile, ProfileUpdated, RevocationReason, SessionRefreshed, SessionStarted,
-    SessionsRevoked, Tier, UserEvent, UserRegistered,
+    CredentialsSet, MembershipChanged, Profile, ProfileUpdated, RequestSlotReserved, RevocationReason,
+    SessionRefreshed, SessionStarted, SessionsRevoked, Tier, UserEvent, UserRegistered,
 };
 use uuid::Uuid;
 
@@ -74,6 +74,16 @@ pub struct UserState {
     pub sessions: HashMap<Uuid, Session>,
     pub tier: Tier,
     pub version: u64,
+    /// UTC day → request slots reserved that day (today and yesterday kept):
+    /// the daily request limit, counted at the owner of this user.
+    #[serde(default)]
+    pub request_slots: BTreeMap<NaiveDate, u32>,
+}
+
+impl UserState {
+    pub fn slots_on(&self, day: NaiveDate) -> u32 {
+        self.request_slots.get(&day).copied().unwrap_or(0)
+    }
 }
 
 /// A field of a partial update: absent (unchanged), `null` (cleared) or a value.
@@ -139,6 +149,15 @@ pub enum UserCommand {
     },
     ChangeMembership {
         tier: Tier,
+    },
+    /// One of the user's connection requests for today, before the pair's
+    /// owner appends it (docs/scale-out.md §3). `unreserved_today`: requests
+    /// of today that counted themselves (appended before reservations
+    /// existed), which the write model counts apart.
+    ReserveRequestSlot {
+        request_id: Uuid,
+        to: Uuid,
+        unreserved_today: u32,
     },
 }
 
@@ -238,6 +257,18 @@ fn decide_existing(state: &UserState, command: UserCommand, now: DateTime<Utc>) 
             _ => Err(Rejection::SessionNotActive),
         },
         UserCommand::ChangeMembership { tier } => Ok(vec![UserEvent::MembershipChanged(MembershipChanged { tier })]),
+        UserCommand::ReserveRequestSlot { request_id, to, unreserved_today } => {
+            let day = now.date_naive();
+            let used = state.slots_on(day) + unreserved_today;
+            if crate::domain::connection::daily_limit(state.tier).is_some_and(|limit| used >= limit) {
+                return Err(Rejection::LimitReached {
+                    code: ErrorCode::DailyLimitReached,
+                    message: format!("the {} tier's daily request limit is reached", state.tier.as_str()),
+                    retry_after_secs: crate::domain::connection::seconds_to_utc_midnight(now),
+                });
+            }
+            Ok(vec![UserEvent::RequestSlotReserved(RequestSlotReserved { request_id, to_user_id: to, day })])
+        }
     }
 }
 
@@ -255,6 +286,7 @@ fn apply_to(state: Option<UserState>, recorded: Recorded<'_, UserEvent>) -> Opti
                 sessions: HashMap::new(),
                 tier: Tier::Free,
                 version,
+                request_slots: BTreeMap::new(),
             });
         }
         (None, _) => return None,
@@ -286,6 +318,14 @@ fn apply_to(state: Option<UserState>, recorded: Recorded<'_, UserEvent>) -> Opti
             }
         }
         UserEvent::MembershipChanged(m) => state.tier = m.tier,
+        UserEvent::RequestSlotReserved(r) => {
+            *state.request_slots.entry(r.day).or_insert(0) += 1;
+            // Only today's count decides; yesterday's stays for a request
+            // decided just before midnight.
+            if let Some(yesterday) = r.day.pred_opt() {
+                state.request_slots.retain(|day, _| *day >= yesterday);
+            }
+        }
     }
     state.version = version;
     Some(state)
@@ -349,6 +389,59 @@ mod tests {
         let state = user(then.state);
         assert_eq!(state.password_hash.as_deref(), Some("$h1"));
         assert_eq!(state.version, 2);
+    }
+
+    fn reserve(unreserved_today: u32) -> UserCommand {
+        UserCommand::ReserveRequestSlot { request_id: Uuid::now_v7(), to: Uuid::new_v4(), unreserved_today }
+    }
+
+    fn reserved_today(count: usize) -> Vec<UserEvent> {
+        let day = Utc::now().date_naive();
+        (0..count)
+            .map(|_| {
+                UserEvent::RequestSlotReserved(RequestSlotReserved {
+                    request_id: Uuid::now_v7(),
+                    to_user_id: Uuid::new_v4(),
+                    day,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_daily_limit_follows_the_tier_and_counts_reserved_and_older_requests() {
+        let id = Uuid::new_v4();
+        let free = |reserved: usize| [registered(id), reserved_today(reserved)].concat();
+        let then = given::<User>(free(9)).when(reserve(0), &facts());
+        assert!(matches!(&then.events()[0], UserEvent::RequestSlotReserved(r) if r.day == Utc::now().date_naive()));
+        assert_eq!(user(then.state).slots_on(Utc::now().date_naive()), 10);
+        let tenth = given::<User>(free(10)).when(reserve(0), &facts());
+        assert!(
+            matches!(&tenth.decided, Err(Rejection::LimitReached { retry_after_secs, .. }) if (1..=86_400).contains(retry_after_secs))
+        );
+        // Requests that counted themselves (before reservations) count too.
+        assert_eq!(given::<User>(free(4)).when(reserve(6), &facts()).code(), "daily_limit_reached");
+        assert!(given::<User>(free(4)).when(reserve(5), &facts()).decided.is_ok());
+        let tier = |tier| UserEvent::MembershipChanged(MembershipChanged { tier });
+        let silver = [registered(id), vec![tier(Tier::Silver)], reserved_today(99)].concat();
+        assert!(given::<User>(silver.clone()).when(reserve(0), &facts()).decided.is_ok());
+        assert_eq!(given::<User>(silver).when(reserve(1), &facts()).code(), "daily_limit_reached");
+        let gold = [registered(id), vec![tier(Tier::Gold)]].concat();
+        assert!(given::<User>(gold).when(reserve(100_000), &facts()).decided.is_ok());
+    }
+
+    #[test]
+    fn slots_of_an_earlier_day_neither_count_nor_stay() {
+        let id = Uuid::new_v4();
+        let old = UserEvent::RequestSlotReserved(RequestSlotReserved {
+            request_id: Uuid::now_v7(),
+            to_user_id: Uuid::new_v4(),
+            day: Utc::now().date_naive() - Duration::days(5),
+        });
+        let history = [registered(id), vec![old; 10], reserved_today(1)].concat();
+        let then = given::<User>(history).when(reserve(0), &facts());
+        assert!(then.decided.is_ok(), "ten slots five days ago do not count today");
+        assert_eq!(user(then.state).request_slots.len(), 1, "only today's count is kept");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct OwnedElsewhere(pub i32);
 
 /// On a request that another instance forwarded, verified.
 #[derive(Debug, Clone, Copy)]
-struct Forwarded;
+pub(crate) struct Forwarded;
 
 pub async fn accept_forwarded(State(routes): State<Arc<Routes>>, mut request: Request, next: Next) -> Response {
     if let Some(value) = request.headers_mut().remove(HOP_HEADER) {

@@ -28,6 +28,7 @@ mod auth;
 mod connections;
 mod field_rules;
 pub mod forwarding;
+mod internal;
 mod messages;
 mod notifications;
 mod presence;
@@ -319,7 +320,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/presence/heartbeat", post(presence::heartbeat))
         .route("/v1/presence/offline", post(presence::offline))
         .route("/v1/notifications/{notification_id}/read", post(notifications::read_notification))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state.routes), forwarding::forward_to_owner));
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state.routes), forwarding::forward_to_owner))
+        // Between instances; never forwarded again.
+        .route(crate::routing::SLOTS_PATH, post(internal::reserve_slot));
     let forwarded = Arc::clone(&state.routes);
     let routes = ServiceRoutes {
         api,

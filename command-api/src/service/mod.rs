@@ -84,12 +84,32 @@ struct Decision {
     events: Vec<Event>,
     /// Recorded as the events' actor when the caller had no id yet (sign-up).
     actor: Option<Uuid>,
+    /// A slot of the sender's daily limit to reserve (at the owner of the
+    /// sender) before the events are appended: a connection request.
+    reserve: Option<SlotRequest>,
 }
 
 impl Decision {
     fn new(aggregate_id: impl Into<String>, base_version: u64, events: Vec<Event>) -> Self {
-        Self { aggregate_id: aggregate_id.into(), base_version, events, actor: None }
+        Self { aggregate_id: aggregate_id.into(), base_version, events, actor: None, reserve: None }
     }
+}
+
+/// How an instance stands among the others: the reader that folds the log
+/// into its model, and the table of which instance serves which partition.
+#[derive(Debug)]
+pub struct Cluster {
+    pub follower: std::sync::Arc<LogFollower>,
+    pub routes: std::sync::Arc<crate::routing::Routes>,
+}
+
+/// A request slot to reserve on the sender's aggregate.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotRequest {
+    pub sender_id: Uuid,
+    pub request_id: Uuid,
+    pub to_user_id: Uuid,
 }
 
 /// Which instance decides a command (docs/scale-out.md §1).
@@ -131,6 +151,8 @@ pub struct CommandService {
     follower: std::sync::Arc<LogFollower>,
     /// This process' id in the owner markers it appends.
     instance: String,
+    /// Where the owners of other partitions are, for request slots.
+    routes: std::sync::Arc<crate::routing::Routes>,
     /// Topic → partition → this instance's epoch there (its marker's offset).
     claims: RwLock<HashMap<String, HashMap<i32, i64>>>,
     /// The partition numbers this instance serves: claimed in every topic.
@@ -167,7 +189,7 @@ impl CommandService {
         keys: RedisKeys,
         revocations: mongodb::Collection<views::revocation::RevocationDoc>,
         sessions: SessionPolicy,
-        follower: std::sync::Arc<LogFollower>,
+        Cluster { follower, routes }: Cluster,
     ) -> Self {
         Self {
             model: follower.model(),
@@ -182,6 +204,7 @@ impl CommandService {
             resync_needed: tokio::sync::Notify::new(),
             follower,
             instance: format!("command-api-{}", Uuid::now_v7()),
+            routes,
             claims: RwLock::default(),
             served: RwLock::default(),
         }
@@ -608,6 +631,11 @@ impl CommandService {
         let Some(actor) = decision.actor.or(retrier) else {
             return Err(Rejection::invalid(ErrorCode::NothingToDo, "the command has no actor").into());
         };
+        // Still under this command's locks, so nothing it decided on can
+        // change meanwhile; only the limit can refuse it now.
+        if let Some(slot) = decision.reserve {
+            self.reserve_slot(slot).await?;
+        }
         // Holds the locks: a command cancelled mid-append (client gone,
         // request timeout) fences this instance before they are released.
         let in_flight = FenceIfCancelled { service: self, armed: true, _locks: held };

@@ -194,6 +194,9 @@ impl CommandService {
         client: IpAddr,
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError> {
+        // Decided where the user's sessions and password are held, before
+        // anything is read, counted or hashed here.
+        self.owned_partition(&Route::Owner(claims.sub.to_string()))?;
         self.ensure_ready()?;
         // A retry of a change that went through must not be judged against the
         // password it already replaced.

@@ -201,6 +201,7 @@ fn an_acceptance_lists_the_connection_on_both_sides_at_its_time() {
             from_user_id: alice,
             to_user_id: bob,
             status: RequestStatus::Interested,
+            slot_reserved: false,
         }),
     );
     let review = |status| {

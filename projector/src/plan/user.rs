@@ -82,5 +82,10 @@ pub(super) fn plan_user_event(plan: &mut Plan, envelope: &Envelope, event: &User
             plan.users.push(set_if_newer(user_id, version, doc! { "membership": m.tier.as_str() }));
             plan.touched_users.insert(user_id.to_owned());
         }
+        // Bookkeeping of the write side's daily limit: no view shows it, but
+        // the user's version moves on like any other event's.
+        UserEvent::RequestSlotReserved(_) => {
+            plan.users.push(set_if_newer(user_id, version, Document::new()));
+        }
     }
 }
