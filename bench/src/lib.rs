@@ -1,5 +1,7 @@
 //! What the benchmark binaries share.
 
+pub mod measure;
+
 use std::time::Duration;
 
 /// xorshift64: a small deterministic generator, so a run (a seeded history,

@@ -9,7 +9,6 @@ mod api;
 mod feed;
 mod floor;
 mod loaded;
-mod measure;
 mod messages;
 mod report;
 mod requests;
@@ -24,6 +23,8 @@ use clap::Parser;
 pub const IDLE_GAP: Duration = Duration::from_secs(3);
 
 use crate::api::Api;
+// Shared with the other benchmark binaries.
+use bench::measure;
 
 #[derive(Debug, Parser)]
 #[command(about = "DevConnect benchmark")]

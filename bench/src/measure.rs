@@ -1,4 +1,5 @@
 //! Timing an operation many times over, and printing the figures.
+#![allow(clippy::print_stdout)] // a benchmark prints its figures
 
 use std::future::Future;
 use std::sync::Arc;

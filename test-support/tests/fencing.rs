@@ -39,8 +39,12 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
     let first_port = env.command_port;
     first.pause();
 
-    // B starts on the same topics: it claims every partition and signs the email up.
+    // B starts on the same topics, in a group of its own: the group
+    // protocol cannot tell A it lost anything (as while the broker has not
+    // yet expired a paused member), so only the markers in the log decide
+    // between them. B claims every partition and signs the email up.
     env.command_port = free_port();
+    env.extra_env.push(("DEVCONNECT_COMMAND_API_GROUP".to_owned(), "successor".to_owned()));
     env.start_command_api().await;
     let second_port = env.command_port;
     let (owner, _) = env.signup(&email).await;

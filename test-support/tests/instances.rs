@@ -208,6 +208,75 @@ async fn a_forged_forwarded_header_neither_skips_the_limits_nor_claims_another_a
     assert_eq!(rejected, 7, "every forged header is counted as dropped");
 }
 
+/// The port of the instance the routing table names for `partition`, with
+/// how long ago it renewed the entry.
+async fn owner_in_table(three: &Three, partition: i32) -> Option<(u16, u64)> {
+    let client = redis::Client::open(three.env.redis_url()).expect("redis url");
+    let mut redis = client.get_multiplexed_async_connection().await.expect("redis");
+    let table = format!("command-owners:{}-", three.env.id);
+    let entry: Option<String> = redis::cmd("HGET").arg(&table).arg(partition).query_async(&mut redis).await.ok()?;
+    let entry = entry?;
+    let mut fields = entry.split('|');
+    let (_epoch, url, at) = (fields.next()?, fields.next()?, fields.next()?.parse::<u64>().ok()?);
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.ok()?;
+    let port = url.rsplit(':').next()?.parse().ok()?;
+    Some((port, (secs * 1000 + micros / 1000).saturating_sub(at)))
+}
+
+#[tokio::test]
+async fn an_owner_paused_past_its_session_acknowledges_nothing_its_successor_lacks() {
+    let three = Three::start().await;
+    let email = three.env.email("paused");
+    let partition = events::owner::partition_for(email.as_bytes(), 3);
+    let (owner_port, _) = owner_in_table(&three, partition).await.expect("the email's partition has an owner");
+    let owner_index = three.ports.iter().position(|p| *p == owner_port).expect("one of the three");
+    let others: Vec<usize> = (0..3).filter(|i| *i != owner_index).collect();
+    {
+        let owner = if owner_index == 0 { three.env.command_api.as_ref() } else { three.extra.get(owner_index - 1) };
+        owner.expect("the owner's process").pause();
+    }
+
+    // Past its session (6 s): the others heal the group and one of them
+    // claims the partition and publishes a fresh route.
+    eventually("another instance to take the paused owner's partition", Duration::from_secs(90), || async {
+        match owner_in_table(&three, partition).await {
+            Some((port, age)) if port != owner_port && age < 2000 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let successor = signup_at(&three, others[0], &email).await;
+
+    // The paused owner wakes up believing it still owns the partition, with
+    // a model that never saw the sign-up. Whatever it learns first (the
+    // group's new assignment, or the successor's marker when it reads its
+    // own record back), it must not acknowledge a second account.
+    {
+        let owner = if owner_index == 0 { three.env.command_api.as_ref() } else { three.extra.get(owner_index - 1) };
+        owner.expect("the owner's process").resume();
+    }
+    let body = TestEnv::signup_body(&email);
+    let woken = three.at(owner_index, Method::POST, "/v1/auth/signup", Some(&body), None).await;
+    assert!(
+        woken.status == StatusCode::CONFLICT || woken.status == StatusCode::SERVICE_UNAVAILABLE,
+        "the woken owner answered {}: {:?}",
+        woken.status,
+        woken.body
+    );
+    eventually("the woken instance to answer as one API again", Duration::from_secs(60), || async {
+        let again = three.at(owner_index, Method::POST, "/v1/auth/signup", Some(&body), None).await;
+        match (again.status, again.code()) {
+            (StatusCode::CONFLICT, "email_taken") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let credentials = json!({ "emailId": email, "password": PASSWORD });
+    let login = three.at(owner_index, Method::POST, "/v1/auth/login", Some(&credentials), None).await;
+    assert_eq!(login.status, StatusCode::OK, "{:?}", login.body);
+    assert_eq!(login.body["userId"].as_str(), Some(successor.as_str()), "the one account is the successor's");
+}
+
 #[tokio::test]
 async fn killing_one_of_three_instances_under_load_loses_no_acknowledged_write() {
     // Thirty edits per user in seconds: past the default account limit.
