@@ -134,6 +134,23 @@ fn a_partition_without_once_only_effects_is_not_fenced() {
 }
 
 #[test]
+fn a_reserved_request_slot_moves_the_users_version_and_refreshes_its_cache_only() {
+    let (user, _) = signup_record(0);
+    let slot = events::user::RequestSlotReserved {
+        request_id: Uuid::now_v7(),
+        to_user_id: Uuid::new_v4(),
+        day: Utc::now().date_naive(),
+    };
+    let reserved = envelope(user, 3, UserEvent::RequestSlotReserved(slot));
+    let record = Record { topic: "user-events".into(), partition: 1, offset: 4, commit: vec![reserved] };
+    let plan = plan(&[record], chrono::Duration::minutes(5), &Prior::default());
+    assert_eq!(plan.users.len(), 1, "one version-guarded statement on the user");
+    let statement = format!("{:?}", plan.users[0]);
+    assert!(!statement.contains("requestId") && !statement.contains("toUserId"), "no view shows the slot: {statement}");
+    assert!(plan.touched_users.contains(&user.to_string()), "a rebuild caches the document as it ends; so must this");
+}
+
+#[test]
 fn heartbeats_record_no_processed_ids_and_publish_only_changes() {
     let ttl = chrono::Duration::minutes(5);
     let (user, t) = (Uuid::new_v4(), Utc::now());

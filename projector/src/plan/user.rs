@@ -83,9 +83,11 @@ pub(super) fn plan_user_event(plan: &mut Plan, envelope: &Envelope, event: &User
             plan.touched_users.insert(user_id.to_owned());
         }
         // Bookkeeping of the write side's daily limit: no view shows it, but
-        // the user's version moves on like any other event's.
+        // the user's version moves on like any other event's, and so does
+        // the cached copy (a rebuild caches the document as it ends).
         UserEvent::RequestSlotReserved(_) => {
             plan.users.push(set_if_newer(user_id, version, Document::new()));
+            plan.touched_users.insert(user_id.to_owned());
         }
     }
 }
