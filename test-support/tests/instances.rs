@@ -277,10 +277,44 @@ async fn an_owner_paused_past_its_session_acknowledges_nothing_its_successor_lac
     assert_eq!(login.body["userId"].as_str(), Some(successor.as_str()), "the one account is the successor's");
 }
 
+/// Sends one request until it gets an answer that is not a 503, starting
+/// at instance `i` and moving to the next on a 503 or a refused
+/// connection, always with the same `Idempotency-Key`: a client's retry.
+async fn until_answered(
+    three: &Three,
+    i: usize,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+    key: &str,
+) -> (StatusCode, String) {
+    for attempt in 0..600 {
+        let port = three.ports[(i + attempt) % three.ports.len()];
+        let mut request = three.env.http.post(url(port, path)).header("idempotency-key", key);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Ok(reply) = request.send().await {
+            let status = reply.status();
+            let body: Value = reply.json().await.unwrap_or(Value::Null);
+            if status != StatusCode::SERVICE_UNAVAILABLE {
+                return (status, body["error"]["code"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} ({key}) never answered");
+}
+
 #[tokio::test]
 async fn killing_one_of_three_instances_under_load_loses_no_acknowledged_write() {
-    // Thirty edits per user in seconds: past the default account limit.
-    let mut three = Three::start_with(vec![("DEVCONNECT_RATE_LIMITS", "account=10000/1m")]).await;
+    // Thirty edits per user and dozens of sign-ups from one address in
+    // seconds: past the default rate limits, which are not under test here.
+    let limits = ("DEVCONNECT_RATE_LIMITS", "account=10000/1m,signup=10000/1m,auth=10000/1m,requests=10000/1m");
+    let mut three = Three::start_with(vec![limits]).await;
     // Users spread over the partitions, each with a session.
     let mut users = Vec::new();
     for n in 0..6 {
@@ -289,7 +323,33 @@ async fn killing_one_of_three_instances_under_load_loses_no_acknowledged_write()
         let token = login_at(&three, n + 1, &email).await;
         users.push((id, token));
     }
+    // A free sender and twenty recipients, for the limit's race below.
+    let sender_email = three.env.email("racer");
+    signup_at(&three, 0, &sender_email).await;
+    let sender = login_at(&three, 2, &sender_email).await;
+    let mut recipients = Vec::new();
+    for n in 0..20 {
+        recipients.push(signup_at(&three, n, &three.env.email(&format!("target{n}"))).await);
+    }
     let victim = three.extra.remove(0);
+    // While the instance dies and its partitions move: twenty sign-ups of
+    // one email and twenty requests of one free sender, each retried by its
+    // client until it gets an answer.
+    let races = async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let email = three.env.email("contested");
+        let signups = (0..20).map(|i| {
+            let body = TestEnv::signup_body(&email);
+            let three = &three;
+            async move { until_answered(three, i, "/v1/auth/signup", Some(&body), None, &format!("race-{i}")).await }
+        });
+        let sends = recipients.iter().enumerate().map(|(i, to)| {
+            let (three, sender) = (&three, &sender);
+            let path = format!("/v1/requests/send/interested/{to}");
+            async move { until_answered(three, i, &path, None, Some(sender), &format!("send-{i}")).await }
+        });
+        futures::future::join(futures::future::join_all(signups), futures::future::join_all(sends)).await
+    };
     let load = async {
         // Each user edits their profile over and over, through every
         // instance in turn; a 503 is retried with the same key.
@@ -338,8 +398,20 @@ async fn killing_one_of_three_instances_under_load_loses_no_acknowledged_write()
         let mut victim = victim;
         victim.kill();
     };
-    let (acknowledged, ()) = tokio::join!(load, kill);
+    let (acknowledged, (), (signups, sends)) = tokio::join!(load, kill, races);
     assert_eq!(acknowledged.len(), 6 * 30);
+    let count =
+        |answers: &[(StatusCode, String)], status: StatusCode| answers.iter().filter(|(s, _)| *s == status).count();
+    assert_eq!(
+        (count(&signups, StatusCode::CREATED), count(&signups, StatusCode::CONFLICT)),
+        (1, 19),
+        "one account for the email, whatever died meanwhile: {signups:?}"
+    );
+    assert_eq!(
+        (count(&sends, StatusCode::CREATED), count(&sends, StatusCode::TOO_MANY_REQUESTS)),
+        (10, 10),
+        "the daily limit holds through the failover: {sends:?}"
+    );
     // Every user's last acknowledged write is what the views hold.
     three.env.projector_caught_up().await;
     for (n, (id, token)) in users.iter().enumerate() {
