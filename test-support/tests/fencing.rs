@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use serde_json::json;
 use test_support::{
     HoldingProxy, PASSWORD, Proc, Servers, TestEnv, eventually, free_port, start_private_broker_advertising, wait_exit,
 };
@@ -22,10 +23,17 @@ async fn accounts_in_views(env: &TestEnv, email: &str) -> Vec<String> {
         .collect()
 }
 
-/// How many records of user-events mention `email`.
-async fn records_mentioning(env: &TestEnv, email: &str) -> usize {
+/// The `about` of user `id` in the views.
+async fn about_of(env: &TestEnv, id: &str) -> String {
+    let users = env.views_db().await.collection::<mongodb::bson::Document>("users");
+    let doc = users.find_one(mongodb::bson::doc! { "_id": id }).await.expect("find").expect("the user's document");
+    doc.get_str("about").map(str::to_owned).unwrap_or_default()
+}
+
+/// How many records of user-events mention `text`.
+async fn records_mentioning(env: &TestEnv, text: &str) -> usize {
     let records = env.read_topic(events::Topic::UserEvents).await;
-    records.iter().filter(|(payload, _)| String::from_utf8_lossy(payload).contains(email)).count()
+    records.iter().filter(|(payload, _)| String::from_utf8_lossy(payload).contains(text)).count()
 }
 
 #[tokio::test]
@@ -33,6 +41,10 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
     let mut env = TestEnv::start().await;
     let email = env.email("contested");
     let signup = TestEnv::signup_body(&email);
+    // A user of A's, to edit once A has lost its claim.
+    let editor_email = env.email("editor");
+    let (editor, _) = env.signup(&editor_email).await;
+    let (editor_token, _) = env.login(&editor_email, PASSWORD).await;
 
     // A is paused (SIGSTOP) with a model that has never seen `email`.
     let first = env.command_api.take().expect("command api");
@@ -53,18 +65,29 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
     env.projector_caught_up().await;
     env.stop_projector();
 
-    // A wakes up. Its model says the email is free, so it decides a sign-up
-    // and appends it, under the epoch of its old claim. B's marker lies
-    // before that record: A must not answer it as a success.
+    // A wakes up still believing it owns every partition. An edit is valid
+    // whatever A's model has read since, so A decides it and appends it
+    // under the epoch of its old claim. B's marker lies before that record:
+    // A must not answer it as a success.
     first.resume();
     env.command_port = first_port;
-    let stale = env.command(Method::POST, "/v1/auth/signup", Some(&signup), None).await;
+    let fenced_edit = json!({ "about": "written by a fenced owner" });
+    let stale = env.command(Method::PATCH, "/v1/profile", Some(&fenced_edit), Some(&editor_token)).await;
     assert_eq!(stale.status, StatusCode::SERVICE_UNAVAILABLE, "a fenced instance answered: {:?}", stale.body);
     assert_eq!(stale.header("retry-after").as_deref(), Some("1"), "{:?}", stale.headers);
     assert!(
         first.log_text().contains("was claimed again at offset"),
         "A must have been fenced by B's marker (not merely timed out):\n{}",
         first.log_text()
+    );
+    // Nor does it acknowledge a second account for the email: its model
+    // either never saw B's sign-up (then its append is fenced, 503) or has
+    // read it by now (409), or it forwards to B, which refuses it.
+    let second = env.command(Method::POST, "/v1/auth/signup", Some(&signup), None).await;
+    assert!(
+        [StatusCode::SERVICE_UNAVAILABLE, StatusCode::CONFLICT].contains(&second.status),
+        "a second account: {:?}",
+        second.body
     );
 
     env.start_projector().await;
@@ -80,11 +103,12 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
     })
     .await;
 
-    // A's record is in the log, and every reader ignores it: the views hold
-    // the one account B acknowledged.
-    assert_eq!(records_mentioning(&env, &email).await, 2, "both sign-ups were appended: B's, and A's fenced one");
+    // A's fenced edit is in the log, and every reader ignores it: the views
+    // hold the one account B acknowledged, and the editor's profile as it was.
+    assert_eq!(records_mentioning(&env, "written by a fenced owner").await, 1, "A's edit was appended");
     env.projector_caught_up().await;
     assert_eq!(accounts_in_views(&env, &email).await, vec![owner.clone()], "the views hold exactly B's account");
+    assert_ne!(about_of(&env, &editor).await, "written by a fenced owner", "the views ignore the fenced edit");
     let projector_metrics = format!("http://127.0.0.1:{}/metrics", env.projector_port);
     assert!(
         env.counter_at(&projector_metrics, "projector_fenced_records_total").await >= 1,
@@ -95,6 +119,7 @@ async fn a_command_api_paused_past_its_successors_start_acknowledges_nothing_the
     let status = wait_exit(&mut replay, Duration::from_secs(180)).await;
     assert!(status.success(), "replay failed:\n{}", replay.log_text());
     assert_eq!(accounts_in_views(&env, &email).await, vec![owner.clone()], "the rebuilt views hold B's account");
+    assert_ne!(about_of(&env, &editor).await, "written by a fenced owner", "the rebuilt views ignore the fenced edit");
 
     // A does not claim over B: a re-claim gives up what another instance
     // claimed since, and fresh claims follow the group's assignment, so the
