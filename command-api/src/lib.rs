@@ -113,7 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let owner = Arc::clone(&service);
     let member = membership.clone();
-    tokio::spawn(async move { owner.keep_ownership(&brokers, &owned_topics, &member, &routes).await });
+    tokio::spawn(async move { owner.keep_ownership(&brokers, &owned_topics, &member).await });
     let pruner = Arc::clone(&service);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(600));

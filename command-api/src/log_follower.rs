@@ -284,17 +284,10 @@ impl LogFollower {
         let deadline = started + self.timeout;
         for (topic, partition, high) in highs {
             let key = (topic, partition);
-            loop {
-                let advanced = self.advanced.notified();
-                tokio::pin!(advanced);
-                advanced.as_mut().enable();
-                let read = self.progress.lock().unwrap_or_else(PoisonError::into_inner).get(&key).map(|at| at.next);
-                if read.is_none_or(|next| next >= high) {
-                    break;
-                }
-                if tokio::time::timeout_at(deadline.into(), advanced).await.is_err() {
-                    anyhow::bail!("{}[{}] was not read up to {high} within {:?}", key.0, key.1, self.timeout);
-                }
+            // A partition not followed has nothing to wait for.
+            let caught_up = |at: Option<&Progress>| at.is_none_or(|at| at.next >= high).then_some(());
+            if self.until_read(&key, deadline, caught_up).await.is_none() {
+                anyhow::bail!("{}[{}] was not read up to {high} within {:?}", key.0, key.1, self.timeout);
             }
         }
         metrics::histogram!("follower_sync_seconds").record(started.elapsed().as_secs_f64());
@@ -303,34 +296,43 @@ impl LogFollower {
 
     async fn wait_for(&self, position: &Position, epoch: i64, deadline: Instant) -> Result<(), ConfirmError> {
         let key = (position.topic.clone(), position.partition);
+        // Read past the record: the epoch in force at it (the last marker before it).
+        let read_past = |at: Option<&Progress>| {
+            at.filter(|at| at.next > position.offset).map(|at| at.markers.epoch_before(position.offset))
+        };
+        match self.until_read(&key, deadline, read_past).await {
+            Some(Some(marker)) if marker > epoch => {
+                Err(ConfirmError::Fenced { topic: key.0, partition: key.1, marker, offset: position.offset })
+            }
+            Some(_) => Ok(()),
+            None => Err(ConfirmError::TimedOut {
+                topic: key.0,
+                partition: key.1,
+                offset: position.offset,
+                waited: self.timeout,
+            }),
+        }
+    }
+
+    /// Waits until `done` says the follower has read `key` far enough
+    /// (`Some`), or `deadline` passes (`None`). `done` sees the partition's
+    /// progress under its lock (`None`: the partition is not followed).
+    async fn until_read<T>(
+        &self,
+        key: &(String, i32),
+        deadline: Instant,
+        done: impl Fn(Option<&Progress>) -> Option<T>,
+    ) -> Option<T> {
         loop {
             // Registered before the check, so an advance in between wakes it.
             let advanced = self.advanced.notified();
             tokio::pin!(advanced);
             advanced.as_mut().enable();
-            {
-                let progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(at) = progress.get(&key)
-                    && at.next > position.offset
-                {
-                    return match at.markers.epoch_before(position.offset) {
-                        Some(marker) if marker > epoch => Err(ConfirmError::Fenced {
-                            topic: key.0,
-                            partition: key.1,
-                            marker,
-                            offset: position.offset,
-                        }),
-                        _ => Ok(()),
-                    };
-                }
+            if let Some(found) = done(self.progress.lock().unwrap_or_else(PoisonError::into_inner).get(key)) {
+                return Some(found);
             }
             if tokio::time::timeout_at(deadline.into(), advanced).await.is_err() {
-                return Err(ConfirmError::TimedOut {
-                    topic: key.0,
-                    partition: key.1,
-                    offset: position.offset,
-                    waited: self.timeout,
-                });
+                return None;
             }
         }
     }

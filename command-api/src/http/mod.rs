@@ -282,7 +282,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let kafka = tokio::task::spawn_blocking(move || service.event_log().broker_reachable()).await.unwrap_or(false);
     let redis = state.service.redis_reachable().await;
     // Every partition has a live owner: this instance can take any command.
-    let owners = state.service.every_partition_served(&state.routes).await;
+    let owners = state.service.every_partition_served().await;
     platform::http::readiness_response(&[
         ("writeModel", state.service.is_ready()),
         ("kafka", kafka),

@@ -151,7 +151,8 @@ pub struct CommandService {
     follower: std::sync::Arc<LogFollower>,
     /// This process' id in the owner markers it appends.
     instance: String,
-    /// Where the owners of other partitions are, for request slots.
+    /// Which instance serves which partition: renewed for the partitions
+    /// this one serves, read for request slots and healing.
     routes: std::sync::Arc<crate::routing::Routes>,
     /// Topic → partition → this instance's epoch there (its marker's offset).
     claims: RwLock<HashMap<String, HashMap<i32, i64>>>,
@@ -309,9 +310,9 @@ impl CommandService {
 
     /// Whether every partition is served by a live owner (this instance or
     /// one that renewed its route lately).
-    pub async fn every_partition_served(&self, routes: &crate::routing::Routes) -> bool {
+    pub async fn every_partition_served(&self) -> bool {
         let Some(count) = self.log.partition_count() else { return false };
-        let Ok(table) = routes.table().await else { return false };
+        let Ok(table) = self.routes.table().await else { return false };
         (0..count).all(|p| self.serves(p) || table.get(&p).is_some_and(|o| o.age < crate::routing::STALE_AFTER))
     }
 
@@ -379,13 +380,7 @@ impl CommandService {
     /// may use the model. The read is of the few records since the last
     /// one, so this is brief. A log that holds less than the model (a
     /// broker that lost data) is read again from offset 0.
-    pub async fn keep_ownership(
-        &self,
-        brokers: &str,
-        topics: &[String],
-        membership: &crate::ownership::Membership,
-        routes: &crate::routing::Routes,
-    ) {
+    pub async fn keep_ownership(&self, brokers: &str, topics: &[String], membership: &crate::ownership::Membership) {
         let mut assigned = membership.watch();
         // The start claimed what was assigned then; a change since shows
         // at the first tick (served and assigned differ).
@@ -407,7 +402,7 @@ impl CommandService {
                 () = self.resync_needed.notified() => false,
                 _ = tick.tick() => {
                     let wanted = assigned.borrow().clone();
-                    if !self.renew_and_heal(routes, membership, &wanted, &mut healing).await {
+                    if !self.renew_and_heal(membership, &wanted, &mut healing).await {
                         continue;
                     }
                     true
@@ -415,7 +410,7 @@ impl CommandService {
             };
             let targets = assigned.borrow_and_update().clone();
             self.reclaim(brokers, topics, &targets, fresh).await;
-            self.renew_routes(routes).await;
+            self.renew_routes().await;
         }
     }
 
@@ -451,9 +446,9 @@ impl CommandService {
         self.mark_ready();
     }
 
-    async fn renew_routes(&self, routes: &crate::routing::Routes) {
+    async fn renew_routes(&self) {
         let Some(topic) = self.log.partitions().into_iter().map(|(topic, _)| topic).min() else { return };
-        if let Err(err) = routes.renew(&self.served_epochs(&topic)).await {
+        if let Err(err) = self.routes.renew(&self.served_epochs(&topic)).await {
             tracing::warn!(error = %err, "renewing the routing table failed; other instances may forward less");
         }
     }
@@ -466,12 +461,11 @@ impl CommandService {
     /// on Tansu is what hands a dead member's partitions out again.
     async fn renew_and_heal(
         &self,
-        routes: &crate::routing::Routes,
         membership: &crate::ownership::Membership,
         assigned: &BTreeSet<i32>,
         healing: &mut Healing,
     ) -> bool {
-        self.renew_routes(routes).await;
+        self.renew_routes().await;
         if !self.is_ready() {
             return false;
         }
@@ -481,7 +475,7 @@ impl CommandService {
             tracing::info!("serving partitions the group no longer assigns here; claiming what it assigns");
             return true;
         }
-        let Ok(table) = routes.table().await else { return false };
+        let Ok(table) = self.routes.table().await else { return false };
         let count = self.log.partition_count().unwrap_or(0);
         let unserved: BTreeSet<i32> = (0..count)
             .filter(|p| !self.serves(*p) && table.get(p).is_none_or(|o| o.age >= crate::routing::STALE_AFTER))
