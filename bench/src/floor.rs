@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use redis::aio::MultiplexedConnection;
 
-use crate::measure::{Pair, measure};
+use crate::measure::{Pair, measure, plain_produce};
 use crate::{Args, Run};
 
 /// A plain produce (acks=all) of a 400-byte record to a topic of this run;
@@ -15,22 +15,11 @@ pub async fn produce(args: &Args, run: &Run) -> anyhow::Result<(Arc<FutureProduc
     let topic = format!("bench-raw-{}", run.id);
     platform::kafka::ensure_topics(&args.kafka_brokers, std::slice::from_ref(&topic), 3, 1).await?;
     let producer = Arc::new(platform::kafka::event_producer(&args.kafka_brokers, Duration::from_secs(10))?);
-    let payload = Arc::new(vec![b'x'; 400]);
-    let warm = FutureRecord::to(&topic).key("warm").payload(payload.as_slice());
+    let warm = FutureRecord::to(&topic).key("warm").payload("warm");
     producer.send(warm, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
-    let produce = |c: usize, ops: usize| {
-        let (producer, payload, topic) = (Arc::clone(&producer), Arc::clone(&payload), topic.clone());
-        measure(c, ops, move |i| {
-            let (producer, payload, topic) = (Arc::clone(&producer), Arc::clone(&payload), topic.clone());
-            async move {
-                let key = format!("k{i}");
-                let record = FutureRecord::to(&topic).key(&key).payload(payload.as_slice());
-                producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
-                Ok(())
-            }
-        })
-    };
-    let pair = Pair { one: produce(1, run.serial).await?, many: produce(64, run.parallel).await? };
+    let one = plain_produce(&producer, &topic, 1, run.serial).await?;
+    let many = plain_produce(&producer, &topic, 64, run.parallel).await?;
+    let pair = Pair { one, many };
     Ok((producer, pair))
 }
 

@@ -54,6 +54,27 @@ where
     Ok(Stats { p50_ms: pct(0.50), p99_ms: pct(0.99), per_sec: all.len() as f64 / elapsed.as_secs_f64() })
 }
 
+/// Plain produces of a 400-byte record to `topic`, `concurrency` at a time:
+/// the raw floor of a write, with no code of ours in the way.
+pub async fn plain_produce(
+    producer: &Arc<rdkafka::producer::FutureProducer>,
+    topic: &str,
+    concurrency: usize,
+    ops: usize,
+) -> anyhow::Result<Stats> {
+    let (producer, payload, topic) = (Arc::clone(producer), Arc::new(vec![b'x'; 400]), topic.to_owned());
+    measure(concurrency, ops, move |i| {
+        let (producer, payload, topic) = (Arc::clone(&producer), Arc::clone(&payload), topic.clone());
+        async move {
+            let key = format!("k{i}");
+            let record = rdkafka::producer::FutureRecord::to(&topic).key(&key).payload(payload.as_slice());
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+            Ok(())
+        }
+    })
+    .await
+}
+
 /// The `p` percentile of sorted durations, in milliseconds.
 pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3

@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::Context;
 use bench::measure::{Stats, measure};
 use clap::Parser;
-use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -119,15 +118,5 @@ async fn produce_floor(args: &Args, run: &str, concurrency: usize) -> anyhow::Re
     let topic = format!("bench-writes-raw-{run}");
     platform::kafka::ensure_topics(&args.kafka_brokers, std::slice::from_ref(&topic), 3, 1).await?;
     let producer = Arc::new(platform::kafka::event_producer(&args.kafka_brokers, Duration::from_secs(10))?);
-    let payload = Arc::new(vec![b'x'; 400]);
-    measure(concurrency, args.ops, move |i| {
-        let (producer, payload, topic) = (Arc::clone(&producer), Arc::clone(&payload), topic.clone());
-        async move {
-            let key = format!("k{i}");
-            let record = FutureRecord::to(&topic).key(&key).payload(payload.as_slice());
-            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
-            Ok(())
-        }
-    })
-    .await
+    bench::measure::plain_produce(&producer, &topic, concurrency, args.ops).await
 }
